@@ -1,0 +1,53 @@
+"""`python -m export <family> --checkpoint CKPT`: publish a checkpoint as a new model version."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from pathlib import Path
+
+import export.families
+from export.core import ExportError, publish
+
+
+def available_families() -> list[str]:
+    return sorted(m.name for m in pkgutil.iter_modules(export.families.__path__))
+
+
+def parse_options(pairs: list[str]) -> dict[str, str]:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--option expects key=value, got {pair!r}")
+        options[key.replace("-", "_")] = value
+    return options
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m export", description=__doc__)
+    parser.add_argument("family", choices=available_families())
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--repository", type=Path, default=Path("model_repository"))
+    parser.add_argument("--name", help="model name in the repository (default: the family name)")
+    parser.add_argument("--version", type=int, help="version number (default: latest + 1)")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="family-specific export option (repeatable)")
+    args = parser.parse_args(argv)
+    if not args.checkpoint.is_file():
+        parser.error(f"checkpoint {args.checkpoint} does not exist")
+    module = importlib.import_module(f"export.families.{args.family}")
+    plan = module.plan_from_checkpoint(args.checkpoint, **parse_options(args.option))
+    try:
+        path = publish(plan, args.repository, args.name or args.family, args.version)
+    except ExportError as exc:
+        print(f"export refused: {exc}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,274 @@
+"""Turn an export plan (eager modules + metadata) into a verified, atomically published model version.
+
+A family's export module builds an `ExportPlan` from its checkpoint; `publish` does the rest:
+ONNX/TorchScript conversion, `onnx.checker`, parity against the eager model on sample inputs (run with
+the service's own runtime classes), assets with checksums, `manifest.json`, then one `rename` so the
+service never sees a half-written version.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from service.manifest import (
+    MANIFEST_FILE,
+    NUMPY_TO_OIP,
+    Asset,
+    Batching,
+    GraphSpec,
+    Manifest,
+    Parity,
+    RuntimeFormat,
+    TensorSpec,
+    sha256_file,
+)
+from service.runtimes import open_runtime
+
+ONNX_OPSET = 18
+
+
+class ExportError(RuntimeError):
+    """The export was refused; nothing was written."""
+
+
+@dataclass
+class GraphExport:
+    """One graph to export.
+
+    `samples` are parity inputs (ordered dicts, keys = input names in call order); the first one also
+    defines dtypes and sample shapes. Axis 0 of every input/output is dynamic when `batchable`; more
+    dynamic axes go in `dynamic_axes` ({input or output name: {axis: label}}).
+    """
+
+    name: str
+    module: torch.nn.Module
+    samples: list[dict[str, torch.Tensor]]
+    output_names: list[str]
+    format: RuntimeFormat = "onnx"
+    batchable: bool = True
+    dynamic_axes: dict[str, dict[int, str]] = field(default_factory=dict)
+    atol: float = 1e-4
+    rtol: float = 1e-3
+
+    @property
+    def input_names(self) -> list[str]:
+        return list(self.samples[0].keys())
+
+    def all_dynamic_axes(self) -> dict[str, dict[int, str]]:
+        axes: dict[str, dict[int, str]] = {}
+        for tensor_name in self.input_names + self.output_names:
+            axes[tensor_name] = {0: "batch"} if self.batchable else {}
+            axes[tensor_name].update(self.dynamic_axes.get(tensor_name, {}))
+        return axes
+
+
+@dataclass
+class AssetFile:
+    content: bytes | Path
+    description: str = ""
+
+
+@dataclass
+class ExportPlan:
+    family: str
+    task: str
+    graphs: list[GraphExport]
+    primary_graph: str = "model"
+    batching: Batching = field(default_factory=Batching)
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    labels: list[str] | None = None
+    assets: dict[str, AssetFile] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+def code_revision() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def next_version(model_dir: Path) -> int:
+    if not model_dir.exists():
+        return 1
+    versions = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+    return max(versions, default=0) + 1
+
+
+def _to_numpy(value: Any) -> list[np.ndarray]:
+    if isinstance(value, torch.Tensor):
+        return [value.detach().cpu().numpy()]
+    if isinstance(value, Mapping):
+        return [v.detach().cpu().numpy() for v in value.values()]
+    return [v.detach().cpu().numpy() for v in value]
+
+
+def _tensor_specs(names: list[str], arrays: list[np.ndarray], axes: dict[str, dict[int, str]]) -> list[TensorSpec]:
+    specs = []
+    for name, array in zip(names, arrays, strict=True):
+        dtype = NUMPY_TO_OIP.get(array.dtype)
+        if dtype is None:
+            raise ExportError(f"tensor {name!r} has unsupported dtype {array.dtype}")
+        shape = [-1 if axis in axes.get(name, {}) else dim for axis, dim in enumerate(array.shape)]
+        specs.append(TensorSpec(name=name, datatype=dtype, shape=shape, sample_shape=list(array.shape)))
+    return specs
+
+
+def _write_onnx(graph: GraphExport, path: Path) -> None:
+    import onnx
+
+    sample = graph.samples[0]
+    buffer = io.BytesIO()
+    torch.onnx.export(
+        graph.module,
+        tuple(sample.values()),
+        buffer,
+        input_names=graph.input_names,
+        output_names=graph.output_names,
+        dynamic_axes=graph.all_dynamic_axes(),
+        opset_version=ONNX_OPSET,
+        dynamo=False,
+        do_constant_folding=True,
+    )
+    model = onnx.load_from_string(buffer.getvalue())
+    onnx.checker.check_model(model, full_check=True)
+    path.write_bytes(buffer.getvalue())
+
+
+def _write_torchscript(graph: GraphExport, path: Path) -> None:
+    try:
+        scripted = torch.jit.script(graph.module)
+    except Exception:  # noqa: BLE001 - fall back to tracing for modules scripting cannot handle
+        scripted = torch.jit.trace(graph.module, tuple(graph.samples[0].values()), check_trace=False)
+    scripted = torch.jit.freeze(scripted.eval()) if hasattr(scripted, "graph") else scripted
+    torch.jit.save(scripted, str(path))
+
+
+def _check_parity(graph: GraphExport, spec: GraphSpec, version_dir: Path) -> Parity:
+    runtime = open_runtime(version_dir, spec, "cpu")
+    max_abs = 0.0
+    max_rel = 0.0
+    passed = True
+    batch_sizes = []
+    for sample in graph.samples:
+        with torch.no_grad():
+            expected = _to_numpy(graph.module(*sample.values()))
+        got = runtime.run({k: v.detach().cpu().numpy() for k, v in sample.items()})
+        batch_sizes.append(int(next(iter(sample.values())).shape[0]))
+        for out_name, want in zip(graph.output_names, expected, strict=True):
+            have = got[out_name]
+            if have.shape != want.shape:
+                raise ExportError(f"{graph.name}.{out_name}: exported shape {have.shape} != eager {want.shape}")
+            if want.size == 0:
+                continue
+            diff = np.abs(have.astype(np.float64) - want.astype(np.float64))
+            max_abs = max(max_abs, float(diff.max()))
+            rel = diff / np.maximum(np.abs(want.astype(np.float64)), graph.atol)
+            max_rel = max(max_rel, float(rel.max()))
+            if not np.all(diff <= graph.atol + graph.rtol * np.abs(want)):
+                passed = False
+    return Parity(max_abs_err=max_abs, max_rel_err=max_rel, atol=graph.atol, rtol=graph.rtol,
+                  batch_sizes=batch_sizes, passed=passed)
+
+
+def _build_graph(graph: GraphExport, version_dir: Path) -> GraphSpec:
+    graph.module.eval()
+    suffix = "onnx" if graph.format == "onnx" else "pt"
+    file_name = f"{graph.name}.{suffix}"
+    if graph.format == "onnx":
+        _write_onnx(graph, version_dir / file_name)
+    else:
+        _write_torchscript(graph, version_dir / file_name)
+    sample = graph.samples[0]
+    with torch.no_grad():
+        outputs = _to_numpy(graph.module(*sample.values()))
+    axes = graph.all_dynamic_axes()
+    spec = GraphSpec(
+        file=file_name,
+        format=graph.format,
+        inputs=_tensor_specs(graph.input_names, [v.detach().cpu().numpy() for v in sample.values()], axes),
+        outputs=_tensor_specs(graph.output_names, outputs, axes),
+        batchable=graph.batchable,
+    )
+    spec.parity = _check_parity(graph, spec, version_dir)
+    return spec
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in root.rglob("*"):
+        if path.is_file():
+            with path.open("rb") as handle:
+                os.fsync(handle.fileno())
+
+
+def publish(plan: ExportPlan, repository: Path, name: str, version: int | None = None) -> Path:
+    """Export, verify and atomically publish `plan` as `repository/name/version`. Returns the version dir."""
+    if plan.primary_graph not in {g.name for g in plan.graphs}:
+        raise ExportError(f"primary graph {plan.primary_graph!r} is not among the exported graphs")
+    model_dir = repository / name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    version = version if version is not None else next_version(model_dir)
+    final_dir = model_dir / str(version)
+    if final_dir.exists():
+        raise ExportError(f"{final_dir} already exists; versions are immutable, pick another version")
+
+    # Dot-prefixed staging folder in the same filesystem: invisible to the service, renamed in one step.
+    staging = Path(tempfile.mkdtemp(prefix=f".staging-{version}-{uuid.uuid4().hex[:8]}-", dir=model_dir))
+    try:
+        graphs = {g.name: _build_graph(g, staging) for g in plan.graphs}
+        failed = {n: s.parity for n, s in graphs.items() if s.parity and not s.parity.passed}
+        if failed:
+            details = "; ".join(
+                f"{n}: max abs {p.max_abs_err:.3g} (atol {p.atol:g}), max rel {p.max_rel_err:.3g} (rtol {p.rtol:g})"
+                for n, p in failed.items()
+            )
+            raise ExportError(f"exported graph differs from the eager model beyond tolerance: {details}")
+        assets = {}
+        for asset_name, asset in plan.assets.items():
+            target = staging / asset_name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(asset.content, Path):
+                shutil.copyfile(asset.content, target)
+            else:
+                target.write_bytes(asset.content)
+            assets[asset_name] = Asset(file=asset_name, sha256=sha256_file(target), description=asset.description)
+        provenance = {
+            "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "code_revision": code_revision(),
+            "torch_version": torch.__version__,
+            **plan.provenance,
+        }
+        manifest = Manifest(
+            name=name, version=version, family=plan.family, task=plan.task, primary_graph=plan.primary_graph,
+            graphs=graphs, batching=plan.batching, preprocessing=plan.preprocessing, labels=plan.labels,
+            assets=assets, provenance=provenance,
+        )
+        (staging / MANIFEST_FILE).write_text(manifest.to_json())
+        _fsync_tree(staging)
+        staging.chmod(0o755)
+        os.rename(staging, final_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return final_dir

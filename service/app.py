@@ -1,0 +1,191 @@
+"""App factory: settings, model hub, routes, error shape, metrics middleware, lifespan (load, drain)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service import __version__
+from service.errors import PayloadTooLarge, ServiceError
+from service.families import discover
+from service.metrics import Metrics
+from service.oip.routes import repository_router
+from service.oip.routes import router as oip_router
+from service.repository import ModelHub
+from service.runtimes import resolve_device
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def error_response(request: Request, status: int, code: str, message: str, details: Any = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    """Task endpoints: {"error": {"code", "message", "details"}}; OIP routes: {"error": "message"}."""
+    if request.url.path.startswith("/v2"):
+        body: dict[str, Any] = {"error": message}
+    else:
+        body = {"error": {"code": code, "message": message}}
+        if details is not None:
+            body["error"]["details"] = details
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _describe_validation(errors: list[dict[str, Any]]) -> str:
+    parts = []
+    for error in errors[:5]:
+        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{where}: {error.get('msg', 'invalid')}")
+    more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
+    return "; ".join(parts) + more
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return error_response(request, exc.status_code, exc.code, exc.message, exc.details, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = list(exc.errors())
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return error_response(request, 400, "bad_request", "request body is not valid JSON: "
+                                  + _describe_validation(errors))
+        safe = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in errors]
+        return error_response(request, 422, "invalid_input", _describe_validation(errors), safe)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc.__cause__, PayloadTooLarge):
+            cause = exc.__cause__
+            return error_response(request, cause.status_code, cause.code, cause.message)
+        codes = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
+        return error_response(request, exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail),
+                              headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s", request.url.path)
+        return error_response(request, 500, "internal", f"internal error ({type(exc).__name__})")
+
+
+class ServiceMiddleware:
+    """Pure ASGI (keeps streaming and disconnect signals intact): payload bound, in-flight gauge, end-to-end
+    latency histogram per endpoint/model/version, and clean-up of the per-request disconnect watcher."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, max_body: int) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+            await _plain_error(scope, send, 413, "payload_too_large",
+                               f"request body of {int(declared)} bytes exceeds the limit of {self.max_body} bytes")
+            return
+        seen = 0
+
+        async def bounded_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body:
+                    raise PayloadTooLarge(f"request body exceeds the limit of {self.max_body} bytes")
+            return message
+
+        status = {"code": 500}
+
+        async def tracking_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        started = time.perf_counter()
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, bounded_receive, tracking_send)
+        finally:
+            self.metrics.in_flight.dec()
+            state = scope.get("state", {})
+            watch = state.get("disconnect_watch")
+            if watch is not None:
+                watch.cancel()
+            route = scope.get("route")
+            endpoint = getattr(route, "path", None) or "unmatched"
+            self.metrics.request_duration.labels(
+                endpoint=endpoint, method=scope["method"], code=str(status["code"]),
+                model=state.get("model_name", ""), version=state.get("model_version", ""),
+            ).observe(time.perf_counter() - started)
+
+
+async def _plain_error(scope: Scope, send: Send, status: int, code: str, message: str) -> None:
+    import json
+
+    body = {"error": message} if scope["path"].startswith("/v2") else {"error": {"code": code, "message": message}}
+    payload = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": payload})
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = Metrics()
+    families = discover()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        hub = ModelHub(settings, metrics, families, resolve_device(settings.device))
+        app.state.hub = hub
+        # Load in the background so that liveness answers at once; readiness waits for warm-up.
+        loading = asyncio.get_running_loop().create_task(hub.start())
+        try:
+            yield
+        finally:
+            if not loading.done():
+                loading.cancel()
+            await hub.shutdown()
+
+    app = FastAPI(
+        title="Research model inference service",
+        version=__version__,
+        description="Traffic forecasting, weld defect classification, hydrology reconstruction and learned image "
+                    "compression behind task endpoints and the Open Inference Protocol v2.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    install_error_handlers(app)
+    app.include_router(oip_router)
+    app.include_router(repository_router)
+    for family in families.values():
+        router = family.router()
+        if router is not None:
+            app.include_router(router)
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus_metrics() -> Response:
+        for loaded in app.state.hub.serving():
+            for name, batcher in loaded.batchers.items():
+                metrics.queue_depth.labels(loaded.name, str(loaded.version), name).set(batcher.depth)
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_middleware(ServiceMiddleware, metrics=metrics, max_body=settings.max_request_bytes)
+    return app

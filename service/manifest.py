@@ -1,0 +1,149 @@
+"""The artifact contract: `model_repository/<model>/<version>/manifest.json`.
+
+Export writes it, the service reads it; nothing else travels between them. Datatypes use the Open
+Inference Protocol names (FP32, INT64, ...) so that `/v2` metadata is the manifest verbatim.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MANIFEST_FILE = "manifest.json"
+SCHEMA_VERSION = 1
+
+# OIP datatype name <-> numpy dtype.
+OIP_TO_NUMPY: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+}
+NUMPY_TO_OIP: dict[np.dtype, str] = {v: k for k, v in OIP_TO_NUMPY.items()}
+
+RuntimeFormat = Literal["onnx", "torchscript"]
+
+
+class TensorSpec(BaseModel):
+    """One input or output of a graph. `shape` uses -1 for dynamic axes; axis 0 is the batch axis."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    datatype: str = "FP32"
+    shape: list[int]
+    # Concrete shape used for warm-up and parity samples (dynamic axes filled in); defaults to -1 -> 1.
+    sample_shape: list[int] | None = None
+
+    @field_validator("datatype")
+    @classmethod
+    def _known_datatype(cls, value: str) -> str:
+        if value not in OIP_TO_NUMPY:
+            raise ValueError(f"unknown datatype {value!r}; expected one of {sorted(OIP_TO_NUMPY)}")
+        return value
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        return OIP_TO_NUMPY[self.datatype]
+
+    def concrete_sample_shape(self) -> list[int]:
+        if self.sample_shape is not None:
+            return list(self.sample_shape)
+        return [1 if dim < 0 else dim for dim in self.shape]
+
+
+class Batching(BaseModel):
+    """Dynamic batcher limits (Triton's `dynamic_batching` in spirit)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: int = Field(8, ge=1)
+    max_queue_delay_ms: float = Field(2.0, ge=0)
+    max_queue_size: int = Field(128, ge=1)
+    default_timeout_ms: float = Field(30_000, gt=0)
+
+
+class Parity(BaseModel):
+    """Export check of one graph against the eager model."""
+
+    max_abs_err: float
+    max_rel_err: float
+    atol: float
+    rtol: float
+    batch_sizes: list[int]
+    passed: bool
+
+
+class GraphSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    file: str
+    format: RuntimeFormat
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    # False for graphs whose axis 0 is not a batch axis (the service then never concatenates requests).
+    batchable: bool = True
+    parity: Parity | None = None
+
+
+class Asset(BaseModel):
+    file: str
+    sha256: str
+    description: str = ""
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    name: str
+    version: int
+    family: str
+    task: str
+    # Graph served by `/v2/models/{name}` and warmed up first; families may ship more graphs.
+    primary_graph: str = "model"
+    graphs: dict[str, GraphSpec]
+    batching: Batching = Batching()
+    preprocessing: dict[str, Any] = {}
+    labels: list[str] | None = None
+    assets: dict[str, Asset] = {}
+    provenance: dict[str, Any] = {}
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not value or not all(c.isalnum() or c in "-_" for c in value):
+            raise ValueError(f"model name {value!r} must be letters, digits, '-' or '_'")
+        return value
+
+    @property
+    def primary(self) -> GraphSpec:
+        return self.graphs[self.primary_graph]
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def read(cls, version_dir: Path) -> Manifest:
+        return cls.model_validate_json((version_dir / MANIFEST_FILE).read_text())
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,24 @@
+"""Model runtimes: one class per artifact format, chosen by the manifest; the device by settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from service.manifest import GraphSpec
+from service.runtimes.base import Runtime, resolve_device
+
+__all__ = ["Runtime", "open_runtime", "resolve_device"]
+
+
+def open_runtime(version_dir: Path, graph: GraphSpec, device: str, cpu_threads: int = 0) -> Runtime:
+    """Open one graph of a model version on `device` ("cpu" or "cuda[:N]")."""
+    path = version_dir / graph.file
+    if graph.format == "onnx":
+        from service.runtimes.onnx import OnnxRuntime
+
+        return OnnxRuntime(path, graph, device, cpu_threads)
+    if graph.format == "torchscript":
+        from service.runtimes.torchscript import TorchScriptRuntime
+
+        return TorchScriptRuntime(path, graph, device, cpu_threads)
+    raise ValueError(f"unsupported runtime format {graph.format!r}")

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from service.manifest import GraphSpec
+from service.runtimes.base import Runtime, device_index
+
+
+class OnnxRuntime(Runtime):
+    """ONNX Runtime session: CUDA execution provider with IO binding on GPU, CPU provider otherwise."""
+
+    def __init__(self, path: Path, graph: GraphSpec, device: str, cpu_threads: int = 0) -> None:
+        super().__init__(graph, device)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if cpu_threads > 0:
+            options.intra_op_num_threads = cpu_threads
+        options.inter_op_num_threads = 1
+        self._use_cuda = device.startswith("cuda")
+        if self._use_cuda:
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise RuntimeError(
+                    "device is CUDA but onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)"
+                )
+            providers: list = [("CUDAExecutionProvider", {"device_id": device_index(device)}),
+                               "CPUExecutionProvider"]
+        else:
+            providers = ["CPUExecutionProvider"]
+        self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        self._output_names = [o.name for o in graph.outputs]
+        self._device_id = device_index(device)
+
+    @property
+    def name(self) -> str:
+        return f"onnxruntime:{self.session.get_providers()[0]}"
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not self._use_cuda:
+            values = self.session.run(self._output_names, inputs)
+            return dict(zip(self._output_names, values, strict=True))
+        # IO binding: copy each input to the GPU once, let ORT allocate outputs on the GPU, copy back once.
+        binding = self.session.io_binding()
+        for name, array in inputs.items():
+            value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), "cuda", self._device_id)
+            binding.bind_ortvalue_input(name, value)
+        for name in self._output_names:
+            binding.bind_output(name, "cuda", self._device_id)
+        self.session.run_with_iobinding(binding)
+        values = binding.copy_outputs_to_cpu()
+        return dict(zip(self._output_names, values, strict=True))

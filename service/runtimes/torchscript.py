@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from service.manifest import GraphSpec
+from service.runtimes.base import Runtime
+
+
+class TorchScriptRuntime(Runtime):
+    """`torch.jit.load` on the chosen device. Inputs are passed positionally in manifest order; the module
+    returns a tensor, a tuple of tensors or a dict keyed by output name."""
+
+    def __init__(self, path: Path, graph: GraphSpec, device: str, cpu_threads: int = 0) -> None:
+        super().__init__(graph, device)
+        if cpu_threads > 0 and device == "cpu":
+            torch.set_num_threads(cpu_threads)
+        self.module = torch.jit.load(str(path), map_location=device).eval()
+        self._input_names = [i.name for i in graph.inputs]
+        self._output_names = [o.name for o in graph.outputs]
+
+    @property
+    def name(self) -> str:
+        return f"torchscript:{self.device}"
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        tensors = [torch.from_numpy(np.ascontiguousarray(inputs[n])).to(self.device) for n in self._input_names]
+        with torch.inference_mode():
+            result = self.module(*tensors)
+        if isinstance(result, torch.Tensor):
+            result = (result,)
+        if isinstance(result, dict):
+            result = tuple(result[n] for n in self._output_names)
+        if len(result) != len(self._output_names):
+            raise RuntimeError(f"graph returned {len(result)} outputs, manifest declares {len(self._output_names)}")
+        return {n: t.detach().cpu().numpy() for n, t in zip(self._output_names, result, strict=True)}

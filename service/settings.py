@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Service configuration, from `SERVICE_*` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="SERVICE_", extra="ignore")
+
+    model_repository: Path = Path("model_repository")
+    state_dir: Path = Path("state")
+    device: str = "auto"
+    # Comma-separated model names to load at start; empty = every model in the repository.
+    models: str = ""
+    admin_token: str | None = None
+    max_request_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    cpu_threads: int = Field(0, ge=0, description="intra-op threads per model; 0 = runtime default")
+    strict_readiness: bool = True
+    # Extra seconds a draining version waits for in-flight work after a swap or unload.
+    drain_timeout_s: float = 30.0
+    gpu_metrics_interval_s: float = 5.0
+
+    @cached_property
+    def model_allowlist(self) -> set[str]:
+        return {m.strip() for m in self.models.split(",") if m.strip()}

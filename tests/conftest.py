@@ -1,0 +1,47 @@
+"""Shared fixtures: a real `python -m service` process on 127.0.0.1, and tiny model repositories."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from testkit import LiveServer, export_tiny, train_tiny
+
+
+@pytest.fixture
+def live_server(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
+    """Factory: `live_server(repository, env={...}, wait=True)` starts a real service process."""
+    servers: list[LiveServer] = []
+
+    def start(repository: Path, env: dict[str, str] | None = None, wait: bool = True,
+              timeout: float = 180.0) -> LiveServer:
+        server = LiveServer(repository, tmp_path / f"server-{len(servers)}.log", env)
+        servers.append(server)
+        if wait:
+            server.wait_ready(timeout)
+        return server
+
+    yield start
+    for server in servers:
+        server.terminate()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_tiny(tmp_path_factory.mktemp("tiny-train"))
+
+
+@pytest.fixture(scope="session")
+def slow_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real but deliberately expensive tiny model (~50 ms per batch of 8 on one CPU thread)."""
+    return train_tiny(tmp_path_factory.mktemp("slow-train"), hidden=1024, repeats=200, steps=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_repository(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Path:
+    """`tiny` (ONNX, v1) and `tiny_ts` (TorchScript, v1)."""
+    repository = tmp_path_factory.mktemp("repo")
+    export_tiny(tiny_checkpoint, repository, "tiny")
+    export_tiny(tiny_checkpoint, repository, "tiny_ts", format="torchscript")
+    return repository

@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class TinyConfig:
+    in_features: int = 16
+    hidden: int = 32
+    out_features: int = 4
+    depth: int = 2  # hidden layers
+    # Times the last hidden layer is re-applied (shared weights): a compute-cost knob that keeps the file
+    # small, used to make a deliberately slow model for load tests.
+    repeats: int = 1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class TinyRegressor(nn.Module):
+    """MLP with two outputs: a regression `y` (B, out) and its L2 norm `norm` (B, 1)."""
+
+    def __init__(self, config: TinyConfig) -> None:
+        super().__init__()
+        self.config = config
+        layers: list[nn.Module] = [nn.Linear(config.in_features, config.hidden), nn.GELU()]
+        for _ in range(config.depth - 1):
+            layers += [nn.Linear(config.hidden, config.hidden), nn.GELU()]
+        self.body = nn.Sequential(*layers)
+        self.shared = nn.Linear(config.hidden, config.hidden)
+        self.head = nn.Linear(config.hidden, config.out_features)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.body(x)
+        for _ in range(self.config.repeats):
+            h = torch.tanh(self.shared(h))
+        y = self.head(h)
+        return y, y.norm(dim=1, keepdim=True)
