@@ -104,7 +104,8 @@ class LoadedVersion:
             if actual != asset.sha256:
                 raise RuntimeError(f"asset {asset_name!r} checksum mismatch (corrupted artifact)")
         for graph_name, graph in self.manifest.graphs.items():
-            self.runtimes[graph_name] = open_runtime(self.path, graph, self.device, self._settings.cpu_threads)
+            self.runtimes[graph_name] = open_runtime(self.path, graph, self.device, self._settings.cpu_threads,
+                                                     self._settings.ort_tensorrt)
         if family is not None:
             family.prepare(self)
         self.warm_up()

@@ -21,6 +21,8 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(64 * 1024 * 1024, gt=0)
     cpu_threads: int = Field(0, ge=0, description="intra-op threads per model; 0 = runtime default")
     strict_readiness: bool = True
+    # Put ONNX Runtime's TensorRT execution provider first on GPU (when the build has it).
+    ort_tensorrt: bool = False
     # Extra seconds a draining version waits for in-flight work after a swap or unload.
     drain_timeout_s: float = 30.0
     gpu_metrics_interval_s: float = 5.0

@@ -10,13 +10,14 @@ from service.runtimes.base import Runtime, resolve_device
 __all__ = ["Runtime", "open_runtime", "resolve_device"]
 
 
-def open_runtime(version_dir: Path, graph: GraphSpec, device: str, cpu_threads: int = 0) -> Runtime:
+def open_runtime(version_dir: Path, graph: GraphSpec, device: str, cpu_threads: int = 0,
+                 tensorrt: bool = False) -> Runtime:
     """Open one graph of a model version on `device` ("cpu" or "cuda[:N]")."""
     path = version_dir / graph.file
     if graph.format == "onnx":
         from service.runtimes.onnx import OnnxRuntime
 
-        return OnnxRuntime(path, graph, device, cpu_threads)
+        return OnnxRuntime(path, graph, device, cpu_threads, tensorrt)
     if graph.format == "torchscript":
         from service.runtimes.torchscript import TorchScriptRuntime
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,8 @@ from service.runtimes.base import Runtime, device_index
 class OnnxRuntime(Runtime):
     """ONNX Runtime session: CUDA execution provider with IO binding on GPU, CPU provider otherwise."""
 
-    def __init__(self, path: Path, graph: GraphSpec, device: str, cpu_threads: int = 0) -> None:
+    def __init__(self, path: Path, graph: GraphSpec, device: str, cpu_threads: int = 0,
+                 tensorrt: bool = False) -> None:
         super().__init__(graph, device)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -27,6 +29,12 @@ class OnnxRuntime(Runtime):
                 )
             providers: list = [("CUDAExecutionProvider", {"device_id": device_index(device)}),
                                "CPUExecutionProvider"]
+            if tensorrt and "TensorrtExecutionProvider" in ort.get_available_providers():
+                # Optional: TensorRT takes the subgraphs it supports, CUDA the rest (engines cached on disk).
+                providers.insert(0, ("TensorrtExecutionProvider", {
+                    "device_id": device_index(device), "trt_engine_cache_enable": True,
+                    # Not in the version folder, which may be a read-only mount.
+                    "trt_engine_cache_path": str(Path(tempfile.gettempdir()) / "ort_trt_cache")}))
         else:
             providers = ["CPUExecutionProvider"]
         self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)

@@ -1,0 +1,37 @@
+# Two commands on a fresh machine: `make serve` and `make test` (see README.md).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+REPOSITORY ?= model_repository
+
+.PHONY: install models serve test test-all lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# The CPU build of torch from the local wheel cache; a bare `torch` would pull a multi-GB CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[cpu,train,dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+models: install
+	$(PY) -m export.defaults --repository $(REPOSITORY)
+
+serve: models
+	SERVICE_MODEL_REPOSITORY=$(REPOSITORY) HOST=$(HOST) PORT=$(PORT) $(PY) -m service
+
+test: install
+	$(PY) -m pytest
+
+test-all: install
+	$(PY) -m pytest -m "slow or not slow"
+
+lint: install
+	$(PY) -m ruff check .
+
+clean:
+	rm -rf $(VENV) runs state .pytest_cache

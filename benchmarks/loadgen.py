@@ -1,0 +1,107 @@
+"""Closed-loop HTTP load generator: N concurrent clients for a fixed number of requests or seconds.
+
+Used by the benchmark scripts; prints nothing itself. `start_service` launches `python -m service` on a
+repository when no URL is given, exactly as the integration tests do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class LoadResult:
+    concurrency: int
+    requests: int
+    errors: int
+    seconds: float
+    latencies_s: np.ndarray
+
+    @property
+    def throughput(self) -> float:
+        return self.requests / self.seconds
+
+    def percentile_ms(self, q: float) -> float:
+        return float(np.percentile(self.latencies_s, q) * 1000)
+
+    def summary(self) -> str:
+        return (f"concurrency {self.concurrency:>3}: {self.requests} requests, {self.errors} errors, "
+                f"p50 {self.percentile_ms(50):.1f} ms, p99 {self.percentile_ms(99):.1f} ms, "
+                f"{self.throughput:.1f} req/s")
+
+
+RequestFactory = Callable[[httpx.AsyncClient], "asyncio.Future[httpx.Response]"]
+
+
+async def _run(url: str, make_request: Callable, concurrency: int, total: int, warmup: int) -> LoadResult:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+        for _ in range(warmup):
+            await make_request(client)
+        latencies: list[float] = []
+        errors = 0
+        remaining = total
+
+        async def worker() -> None:
+            nonlocal remaining, errors
+            while remaining > 0:
+                remaining -= 1
+                started = time.perf_counter()
+                response = await make_request(client)
+                latencies.append(time.perf_counter() - started)
+                if response.status_code != 200:
+                    errors += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return LoadResult(concurrency, total, errors, elapsed, np.asarray(latencies))
+
+
+def run_load(url: str, make_request: Callable, concurrency: int, total: int, warmup: int = 5) -> LoadResult:
+    """`make_request(client) -> awaitable Response`; returns latency percentiles and throughput."""
+    return asyncio.run(_run(url, make_request, concurrency, total, warmup))
+
+
+class ServiceProcess:
+    def __init__(self, repository: Path, env: dict[str, str] | None = None) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "service", "--port", str(self.port), "--log-level", "warning"],
+            cwd=ROOT, env={**os.environ, "SERVICE_MODEL_REPOSITORY": str(repository), **(env or {})},
+        )
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/v2/health/ready", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if self.process.poll() is not None:
+                raise RuntimeError("service exited during start-up")
+            time.sleep(0.2)
+        raise TimeoutError("service not ready")
+
+    def __enter__(self) -> ServiceProcess:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=60)

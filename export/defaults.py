@@ -1,0 +1,112 @@
+"""Build the default version of every model family that the repository lacks (used by `make serve`).
+
+For each family: a committed artifact under `models/<family>/<version>/` is installed as is (for defaults
+that need more training than a first start can afford); otherwise `training.<family>.default.build_default`
+trains it (fixed seeds, synthetic or bundled data, bounded time) and it is exported like any other version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from export.core import publish
+from service.manifest import MANIFEST_FILE, Manifest, sha256_file
+
+log = logging.getLogger("export.defaults")
+
+FAMILIES = ("traffic", "weld", "water", "imagecodec")
+ROOT = Path(__file__).resolve().parents[1]
+COMMITTED = ROOT / "models"
+
+
+def has_version(repository: Path, name: str) -> bool:
+    model_dir = repository / name
+    return model_dir.is_dir() and any(
+        p.name.isdigit() and (p / MANIFEST_FILE).is_file() for p in model_dir.iterdir()
+    )
+
+
+def install_committed(source: Path, repository: Path) -> Path:
+    """Copy a committed artifact into the repository atomically, after verifying its checksums."""
+    manifest = Manifest.read(source)
+    for asset in manifest.assets.values():
+        if sha256_file(source / asset.file) != asset.sha256:
+            raise RuntimeError(f"committed artifact {source} is corrupted: {asset.file} checksum mismatch")
+    target = repository / manifest.name / str(manifest.version)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
+    try:
+        shutil.copytree(source, staging, dirs_exist_ok=True)
+        os.rename(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def committed_artifacts(family: str) -> list[Path]:
+    family_dir = COMMITTED / family
+    if not family_dir.is_dir():
+        return []
+    return sorted(p for p in family_dir.rglob(MANIFEST_FILE) if p.parent.name.isdigit())
+
+
+def build_family(family: str, repository: Path, workdir: Path) -> list[Path]:
+    committed = committed_artifacts(family)
+    if committed:
+        return [install_committed(m.parent, repository) for m in committed
+                if not (repository / Manifest.read(m.parent).name / m.parent.name).exists()]
+    training = importlib.import_module(f"training.{family}.default")
+    exporter = importlib.import_module(f"export.families.{family}")
+    checkpoint = training.build_default(workdir / family)
+    return [publish(exporter.plan_from_checkpoint(checkpoint), repository, family)]
+
+
+def family_available(family: str) -> bool:
+    if committed_artifacts(family):
+        return True
+    try:
+        importlib.import_module(f"training.{family}.default")
+        importlib.import_module(f"export.families.{family}")
+    except ModuleNotFoundError as exc:
+        log.warning("family %s has no default model builder (%s); skipped", family, exc)
+        return False
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m export.defaults", description=__doc__)
+    parser.add_argument("--repository", type=Path, default=Path("model_repository"))
+    parser.add_argument("--workdir", type=Path, default=Path("runs/defaults"))
+    parser.add_argument("--families", nargs="*", default=list(FAMILIES), choices=FAMILIES)
+    parser.add_argument("--force", action="store_true", help="build a new version even if one exists")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    failures = 0
+    for family in args.families:
+        if not args.force and has_version(args.repository, family):
+            log.info("%s: a version exists in %s; nothing to build", family, args.repository)
+            continue
+        if not family_available(family):
+            continue
+        started = time.perf_counter()
+        try:
+            paths = build_family(family, args.repository, args.workdir)
+        except Exception:  # noqa: BLE001 - report and go on with the other families
+            log.exception("%s: building the default model failed", family)
+            failures += 1
+            continue
+        log.info("%s: built %s in %.0f s", family, ", ".join(map(str, paths)), time.perf_counter() - started)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

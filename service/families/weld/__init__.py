@@ -1,0 +1,5 @@
+"""Weld defect family: four-modality embedding + k-NN classification (POST /weld/classify, /weld/gallery)."""
+
+from service.families.weld.family import WeldFamily
+
+FAMILY = WeldFamily()

@@ -1,0 +1,402 @@
+"""Decoding of the real weld file formats and the preprocessing shared by training and serving.
+
+One sample = arc video (.avi), post-weld photos (.jpg), audio (.flac) and a sensor log (.csv). Every
+function here takes bytes (or a path) and returns float32 arrays in the model's layout:
+
+    video   (T, 3, S, S)   T frames sampled uniformly over the clip, resized, ImageNet-normalised
+    photos  (P, 3, S, S)   P photos (sorted by file name), resized, ImageNet-normalised
+    audio   (L, M)         Kaldi-style log-mel fbank at 16 kHz (AST's layout: time x mel), AST-normalised
+    sensors (N, 6)         the 6 numeric channels resampled to N steps, standardised with train statistics
+
+Training (training/weld/data.py) and the service (service/families/weld/) both call `preprocess_sample`,
+so the two can never drift apart. Errors raise `ModalityError`, which names the modality.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MODALITIES: tuple[str, ...] = ("video", "photos", "audio", "sensors")
+SENSOR_COLUMNS: tuple[str, ...] = (
+    "Pressure",
+    "CO2 Weld Flow",
+    "Feed",
+    "Primary Weld Current",
+    "Wire Consumed",
+    "Secondary Weld Voltage",
+)
+CSV_HEADER: tuple[str, ...] = ("Date", "Time", "Part No", *SENSOR_COLUMNS, "Remarks")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+AUDIOSET_MEAN = -4.2677393  # AST's fbank normalisation (ASTFeatureExtractor defaults)
+AUDIOSET_STD = 4.5689974
+MAX_VIDEO_FRAMES_DECODED = 100_000  # guard against absurd uploads
+
+Source = bytes | Path
+
+
+class ModalityError(ValueError):
+    """A modality is missing, unreadable or has the wrong shape; `modality` names it."""
+
+    def __init__(self, modality: str, message: str) -> None:
+        super().__init__(f"{modality}: {message}")
+        self.modality = modality
+        self.message = message
+
+
+@dataclass
+class PreprocessParams:
+    """Everything preprocessing needs; stored in the checkpoint and in the manifest's `preprocessing`."""
+
+    video_frames: int = 32
+    video_size: int = 224
+    num_photos: int = 5
+    photo_size: int = 224
+    audio_sample_rate: int = 16_000
+    audio_mel_bins: int = 128
+    audio_frames: int = 256
+    audio_mean: float = AUDIOSET_MEAN
+    audio_std: float = AUDIOSET_STD
+    sensor_steps: int = 256
+    sensor_mean: list[float] = field(default_factory=lambda: [0.0] * len(SENSOR_COLUMNS))
+    sensor_std: list[float] = field(default_factory=lambda: [1.0] * len(SENSOR_COLUMNS))
+    image_mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    image_std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PreprocessParams:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Per-sample tensor shape of each modality (no batch axis)."""
+        return {
+            "video": (self.video_frames, 3, self.video_size, self.video_size),
+            "photos": (self.num_photos, 3, self.photo_size, self.photo_size),
+            "audio": (self.audio_frames, self.audio_mel_bins),
+            "sensors": (self.sensor_steps, len(SENSOR_COLUMNS)),
+        }
+
+
+def _read(source: Source) -> bytes:
+    return source.read_bytes() if isinstance(source, Path) else source
+
+
+def _normalise_rgb(rgb: np.ndarray, params: PreprocessParams) -> np.ndarray:
+    """(H, W, 3) uint8 -> (3, H, W) float32 normalised."""
+    x = rgb.astype(np.float32) / 255.0
+    x = (x - np.asarray(params.image_mean, np.float32)) / np.asarray(params.image_std, np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def _resize_rgb(rgb: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    image = Image.fromarray(rgb)
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(image, dtype=np.uint8)
+
+
+# --- video -------------------------------------------------------------------------------------------
+
+def frame_indices(total: int, count: int) -> np.ndarray:
+    """`count` frame indices spread uniformly over a clip of `total` frames (repeats when it is shorter)."""
+    if total <= 0:
+        raise ValueError("empty clip")
+    return np.linspace(0, total - 1, count).round().astype(np.int64)
+
+
+def decode_video(source: Source, params: PreprocessParams) -> np.ndarray:
+    """Decode an .avi (any codec FFmpeg reads) -> (T, 3, S, S)."""
+    import av
+
+    data = _read(source)
+    if not data:
+        raise ModalityError("video", "empty file")
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            if not container.streams.video:
+                raise ModalityError("video", "the file has no video stream")
+            stream = container.streams.video[0]
+            total = int(stream.frames or 0)
+            if total <= 0:  # container without a frame count: count by decoding once
+                with av.open(io.BytesIO(data), mode="r") as counting:
+                    total = sum(1 for _ in counting.decode(video=0))
+            if total <= 0:
+                raise ModalityError("video", "the video has no frames")
+            wanted = frame_indices(min(total, MAX_VIDEO_FRAMES_DECODED), params.video_frames)
+            kept: dict[int, np.ndarray] = {}
+            targets = set(wanted.tolist())
+            last = int(wanted.max())
+            last_frame = None
+            for index, frame in enumerate(container.decode(stream)):
+                if index in targets:
+                    kept[index] = _resize_rgb(frame.to_ndarray(format="rgb24"), params.video_size)
+                    last_frame = kept[index]
+                if index >= last:
+                    break
+    except ModalityError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any FFmpeg/PyAV failure means an unreadable upload
+        raise ModalityError("video", f"cannot decode the video ({type(exc).__name__}: {exc})") from None
+    if not kept:
+        raise ModalityError("video", "no frame could be decoded")
+    # A header that overstates the frame count: reuse the last decoded frame for the missing tail.
+    frames = [kept.get(int(i), last_frame) for i in wanted]
+    frames = [f if f is not None else last_frame for f in frames]
+    return np.stack([_normalise_rgb(f, params) for f in frames]).astype(np.float32)
+
+
+# --- photos ------------------------------------------------------------------------------------------
+
+def decode_photo(data: bytes, params: PreprocessParams) -> np.ndarray:
+    """One JPEG (or any image Pillow reads) -> (3, S, S)."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except Exception as exc:  # noqa: BLE001 - unreadable, truncated, or a decompression bomb
+        raise ModalityError("photos", f"cannot decode a photo ({type(exc).__name__}: {exc})") from None
+    return _normalise_rgb(_resize_rgb(rgb, params.photo_size), params)
+
+
+def decode_photos(sources: Sequence[Source], params: PreprocessParams, allow_fewer: bool = False) -> np.ndarray:
+    """Exactly `num_photos` photos -> (P, 3, S, S). With `allow_fewer`, missing slots are zero (training's
+    zero-fill policy); the service always requires all of them."""
+    if len(sources) < params.num_photos and not allow_fewer:
+        raise ModalityError("photos", f"expected {params.num_photos} photos, got {len(sources)}")
+    if not sources:
+        raise ModalityError("photos", "no photo given")
+    out = np.zeros((params.num_photos, 3, params.photo_size, params.photo_size), np.float32)
+    for slot, source in enumerate(list(sources)[: params.num_photos]):
+        out[slot] = decode_photo(_read(source), params)
+    return out
+
+
+# --- audio -------------------------------------------------------------------------------------------
+
+KALDI_FRAME, KALDI_HOP, KALDI_FFT, KALDI_PREEMPHASIS, KALDI_MEL_FLOOR = 400, 160, 512, 0.97, 1.192092955078125e-07
+
+
+@lru_cache(maxsize=8)
+def _fbank_tables(sample_rate: int, mel_bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Window and mel filter bank of transformers' ASTFeatureExtractor (its numpy Kaldi path)."""
+    from transformers import ASTFeatureExtractor
+
+    extractor = ASTFeatureExtractor(sampling_rate=sample_rate, num_mel_bins=mel_bins)
+    return np.asarray(extractor.window, np.float64), np.asarray(extractor.mel_filters, np.float64)
+
+
+def kaldi_fbank(wave: np.ndarray, params: PreprocessParams) -> np.ndarray:
+    """AST's Kaldi-compatible log-mel fbank, (L, M), normalised as ASTFeatureExtractor does.
+
+    Same arithmetic as ASTFeatureExtractor without torchaudio (25 ms Hann-like window, 10 ms hop, DC
+    removal, pre-emphasis 0.97, 512-point FFT, power, mel, log), vectorised over frames instead of a
+    Python loop, and computing only the L frames AST keeps: ~10x faster on a few seconds of audio.
+    """
+    window, mel_filters = _fbank_tables(params.audio_sample_rate, params.audio_mel_bins)
+    w = np.asarray(wave, np.float64)
+    frames_total = 1 + (w.size - KALDI_FRAME) // KALDI_HOP
+    keep = min(frames_total, params.audio_frames)
+    index = np.arange(KALDI_FRAME)[None, :] + KALDI_HOP * np.arange(keep)[:, None]
+    frames = w[index]
+    frames = frames - frames.mean(axis=1, keepdims=True)
+    emphasised = frames.copy()
+    emphasised[:, 1:] -= KALDI_PREEMPHASIS * frames[:, :-1]
+    emphasised[:, 0] *= 1 - KALDI_PREEMPHASIS
+    spectrum = np.fft.rfft(emphasised * window, n=KALDI_FFT, axis=1).astype(np.complex64)
+    power = np.abs(spectrum, dtype=np.float64) ** 2
+    # einsum, not `@`: a (L x 257) x (257 x M) product is far too small for BLAS, whose thread pool costs
+    # ~100x the arithmetic on a busy machine.
+    mel = np.einsum("fk,km->fm", power, mel_filters, optimize=False)
+    logmel = np.log(np.maximum(KALDI_MEL_FLOOR, mel)).astype(np.float32)
+    out = np.zeros((params.audio_frames, params.audio_mel_bins), np.float32)  # zero-pad short clips (AST)
+    out[:keep] = logmel
+    return (out - params.audio_mean) / (params.audio_std * 2)
+
+
+def resample_audio(wave: np.ndarray, rate: int, target: int) -> np.ndarray:
+    if rate == target:
+        return wave
+    from math import gcd
+
+    from scipy.signal import resample_poly
+
+    g = gcd(rate, target)
+    return resample_poly(wave, target // g, rate // g).astype(np.float32)
+
+
+def audio_features(wave: np.ndarray, rate: int, params: PreprocessParams) -> np.ndarray:
+    """Mono or multi-channel waveform -> (L, M) normalised log-mel fbank (pads/truncates to L frames)."""
+    wave = np.asarray(wave, dtype=np.float32)
+    if wave.ndim == 2:
+        wave = wave.mean(axis=1)
+    wave = resample_audio(wave, rate, params.audio_sample_rate)
+    if wave.shape[0] < 400:  # one 25 ms Kaldi window at 16 kHz
+        raise ModalityError("audio", f"audio too short ({wave.shape[0]} samples at {params.audio_sample_rate} Hz)")
+    if not np.all(np.isfinite(wave)):
+        raise ModalityError("audio", "audio contains NaN or infinite samples")
+    return np.ascontiguousarray(kaldi_fbank(wave, params), dtype=np.float32)
+
+
+def decode_audio(source: Source, params: PreprocessParams) -> np.ndarray:
+    """Decode a .flac (or .wav/.ogg, anything libsndfile reads) -> (L, M)."""
+    import soundfile as sf
+
+    data = _read(source)
+    if not data:
+        raise ModalityError("audio", "empty file")
+    try:
+        wave, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
+    except Exception as exc:  # noqa: BLE001 - libsndfile raises several types for corrupt input
+        raise ModalityError("audio", f"cannot decode the audio ({exc})") from None
+    return audio_features(wave, int(rate), params)
+
+
+# --- sensors -----------------------------------------------------------------------------------------
+
+def _column_key(name: str) -> str:
+    return "".join(ch for ch in str(name).lower() if ch.isalnum())
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return float("nan")  # blank or non-numeric cell: treated as a gap
+
+
+def _fill_gaps(column: np.ndarray) -> np.ndarray:
+    """Carry the previous reading forward over NaN gaps (and the first reading backward)."""
+    valid = ~np.isnan(column)
+    index = np.where(valid, np.arange(column.size), 0)
+    np.maximum.accumulate(index, out=index)
+    filled = column[index]
+    first = int(np.argmax(valid))
+    filled[:first] = column[first]
+    return filled
+
+
+def read_sensor_csv(source: Source) -> np.ndarray:
+    """Sensor log -> (rows, 6) float64 raw values of Pressure .. Secondary Weld Voltage."""
+    import csv
+
+    data = _read(source)
+    if not data:
+        raise ModalityError("sensors", "empty file")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ModalityError("sensors", "the CSV is not UTF-8 text") from None
+    try:
+        rows = list(csv.reader(text.splitlines()))
+    except csv.Error as exc:
+        raise ModalityError("sensors", f"cannot parse the CSV ({exc})") from None
+    if not rows:
+        raise ModalityError("sensors", "the CSV has no header")
+    by_key = {_column_key(name): i for i, name in enumerate(rows[0])}
+    missing = [c for c in SENSOR_COLUMNS if _column_key(c) not in by_key]
+    if missing:
+        raise ModalityError("sensors", f"CSV lacks the column(s) {', '.join(missing)}")
+    columns = [by_key[_column_key(c)] for c in SENSOR_COLUMNS]
+    values = np.array([[_number(row[i]) if i < len(row) else np.nan for i in columns] for row in rows[1:]],
+                      dtype=np.float64).reshape(-1, len(columns))
+    values = values[~np.isnan(values).all(axis=1)]
+    if len(values) < 2:
+        raise ModalityError("sensors", f"CSV has {len(values)} usable rows; at least 2 are needed")
+    empty = [c for c, j in zip(SENSOR_COLUMNS, range(values.shape[1]), strict=True) if np.isnan(values[:, j]).all()]
+    if empty:
+        raise ModalityError("sensors", f"column(s) {', '.join(empty)} hold no number")
+    if not np.isfinite(values[~np.isnan(values)]).all():
+        raise ModalityError("sensors", "the CSV holds infinite values")
+    # Sporadic blanks in the logger output: carry the neighbouring value.
+    return np.stack([_fill_gaps(values[:, j]) for j in range(values.shape[1])], axis=1)
+
+
+def resample_sensors(raw: np.ndarray, steps: int) -> np.ndarray:
+    """(rows, C) -> (steps, C) by linear interpolation over the row index."""
+    rows = raw.shape[0]
+    src = np.arange(rows, dtype=np.float64)
+    dst = np.linspace(0.0, rows - 1.0, steps)
+    return np.stack([np.interp(dst, src, raw[:, c]) for c in range(raw.shape[1])], axis=1)
+
+
+def normalise_sensors(resampled: np.ndarray, params: PreprocessParams) -> np.ndarray:
+    mean = np.asarray(params.sensor_mean, np.float64)
+    std = np.maximum(np.asarray(params.sensor_std, np.float64), 1e-8)
+    return ((resampled - mean) / std).astype(np.float32)
+
+
+def decode_sensors(source: Source, params: PreprocessParams) -> np.ndarray:
+    return normalise_sensors(resample_sensors(read_sensor_csv(source), params.sensor_steps), params)
+
+
+# --- a whole sample ----------------------------------------------------------------------------------
+
+@dataclass
+class SampleFiles:
+    """The raw files of one sample (bytes or paths); None/empty = the modality is absent."""
+
+    video: Source | None = None
+    photos: list[Source] = field(default_factory=list)
+    audio: Source | None = None
+    sensors: Source | None = None
+
+    def missing(self) -> list[str]:
+        absent = [m for m in ("video", "audio", "sensors") if getattr(self, m) is None]
+        if not self.photos:
+            absent.append("photos")
+        return [m for m in MODALITIES if m in absent]
+
+
+def preprocess_sample(files: SampleFiles, params: PreprocessParams) -> dict[str, np.ndarray]:
+    """All four modalities of one sample, or ModalityError naming the first absent/unreadable one."""
+    for modality in files.missing():
+        raise ModalityError(modality, "missing")
+    return {
+        "video": decode_video(files.video, params),  # type: ignore[arg-type]
+        "photos": decode_photos(files.photos, params),
+        "audio": decode_audio(files.audio, params),  # type: ignore[arg-type]
+        "sensors": decode_sensors(files.sensors, params),  # type: ignore[arg-type]
+    }
+
+
+def check_tensors(sample: dict[str, Any], params: PreprocessParams) -> dict[str, np.ndarray]:
+    """Validate ready tensors of one sample (shape, finiteness) -> float32 arrays; ModalityError otherwise."""
+    out = {}
+    for modality, shape in params.shapes().items():
+        if modality not in sample or sample[modality] is None:
+            raise ModalityError(modality, "missing")
+        try:
+            array = np.asarray(sample[modality], dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise ModalityError(modality, f"not a numeric tensor ({exc})") from None
+        if array.shape != shape:
+            raise ModalityError(modality, f"expected shape {list(shape)}, got {list(array.shape)}")
+        if not np.all(np.isfinite(array)):
+            raise ModalityError(modality, "tensor contains NaN or infinite values")
+        out[modality] = array
+    return out
+
+
+def warm_up(params: PreprocessParams) -> None:
+    """Import the decoders and build the fbank tables once, so the first request pays for neither."""
+    import av  # noqa: F401
+    import soundfile  # noqa: F401
+    from PIL import Image  # noqa: F401
+
+    rng = np.random.default_rng(0)
+    audio_features(rng.standard_normal(params.audio_sample_rate // 10).astype(np.float32),
+                   params.audio_sample_rate, params)
