@@ -27,7 +27,9 @@ class OnnxRuntime(Runtime):
                 raise RuntimeError(
                     "device is CUDA but onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)"
                 )
-            providers: list = [("CUDAExecutionProvider", {"device_id": device_index(device)}),
+            # TF32 off: its error exceeds what cross-device entropy coding tolerates (the codec's scale
+            # indices must agree between encoder and decoder machines).
+            providers: list = [("CUDAExecutionProvider", {"device_id": device_index(device), "use_tf32": 0}),
                                "CPUExecutionProvider"]
             if tensorrt and "TensorrtExecutionProvider" in ort.get_available_providers():
                 # Optional: TensorRT takes the subgraphs it supports, CUDA the rest (engines cached on disk).

@@ -17,6 +17,10 @@ class TorchScriptRuntime(Runtime):
         super().__init__(graph, device)
         if cpu_threads > 0 and device == "cpu":
             torch.set_num_threads(cpu_threads)
+        if device.startswith("cuda"):
+            # Full fp32 matmuls/convs, as on CPU: TF32 error would break cross-device entropy decoding.
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
         self.module = torch.jit.load(str(path), map_location=device).eval()
         self._input_names = [i.name for i in graph.inputs]
         self._output_names = [o.name for o in graph.outputs]

@@ -1,0 +1,61 @@
+"""Encode/decode wall time of a 768x512 image with the codec procedure (real entropy coding), small config,
+CPU, eager torch graphs and ONNX Runtime graphs. Run: .venv/bin/python benchmarks/imagecodec_speed.py
+[--checkpoint runs/imagecodec_gpu/q2/checkpoint.pt] [--phase phase2|baseline] [--threads 2]"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from service.families.imagecodec.codec import decode, encode
+from training.imagecodec.config import small_config
+from training.imagecodec.data import heldout_photos
+from training.imagecodec.model import ImageCodec
+from training.imagecodec.networks import TorchNetworks, codec_model
+from training.imagecodec.train import load_checkpoint
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--checkpoint", type=Path, default=None)
+    parser.add_argument("--phase", default="phase2")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--onnx", action="store_true", help="also time the exported ONNX graphs")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.checkpoint:
+        model, _ = load_checkpoint(args.checkpoint)
+    else:
+        torch.manual_seed(0)
+        model = ImageCodec(small_config(phase=args.phase)).eval()
+    photo = heldout_photos()["china"]
+    image = np.ascontiguousarray(np.pad(photo, ((0, 512 - photo.shape[0]), (0, 768 - photo.shape[1]), (0, 0)),
+                                        mode="reflect")[:512, :768])
+    cm = codec_model(model, "bench")
+    runs = {"torch-eager": TorchNetworks(model)}
+    if args.onnx:
+        from export.core import publish
+        from export.families.imagecodec import plan_from_checkpoint
+        from service.manifest import Manifest
+        from service.runtimes import open_runtime
+
+        tmp = Path(tempfile.mkdtemp())
+        torch.save({"config": model.cfg.to_dict(), "state_dict": model.state_dict()}, tmp / "ck.pt")
+        vdir = publish(plan_from_checkpoint(tmp / "ck.pt"), tmp / "repo", "bench")
+        manifest = Manifest.read(vdir)
+        rts = {n: open_runtime(vdir, g, "cpu", args.threads) for n, g in manifest.graphs.items()}
+        runs["onnxruntime"] = lambda g, i: rts[g].run(i)
+    for label, nets in runs.items():
+        encode(image[:64, :64], nets, cm)  # warm-up
+        data, enc = encode(image, nets, cm)
+        _, dec = decode(data, nets, cm)
+        print(f"{label:>12} 768x512 {model.cfg.phase}: encode {enc.seconds:.2f} s, decode {dec.seconds:.2f} s, "
+              f"{8 * len(data) / (768 * 512):.3f} bpp, {enc.hints} scale hints, threads={args.threads}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""The self-describing bitstream container.
+
+Layout (little endian):
+  magic "HPCM" | format version u8 | name length u8 | model name utf-8 | model hash 8 bytes |
+  image height u32 | image width u32 | 4 substream lengths u32 (z, y, escapes, hints) |
+  the substreams | CRC-32 of everything before it (u32).
+Parsing validates lengths and the checksum before any network runs, so truncated or corrupted streams
+fail fast and cheaply.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+
+MAGIC = b"HPCM"
+FORMAT_VERSION = 1
+HASH_BYTES = 8
+_FIXED = struct.Struct("<II4I")  # height, width, substream lengths
+SUBSTREAMS = ("z", "y", "escapes", "hints")
+
+
+class BitstreamError(ValueError):
+    """A stream that cannot be decoded; `kind` says why (truncated, corrupted, version, model)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass
+class Bitstream:
+    model_name: str
+    model_hash: bytes  # HASH_BYTES
+    height: int
+    width: int
+    z: bytes
+    y: bytes
+    escapes: bytes
+    hints: bytes
+    format_version: int = FORMAT_VERSION
+
+    def to_bytes(self) -> bytes:
+        name = self.model_name.encode()
+        if len(name) > 255 or len(self.model_hash) != HASH_BYTES:
+            raise ValueError("model name too long or hash of the wrong size")
+        body = b"".join([
+            MAGIC, bytes([self.format_version, len(name)]), name, self.model_hash,
+            _FIXED.pack(self.height, self.width, len(self.z), len(self.y), len(self.escapes), len(self.hints)),
+            self.z, self.y, self.escapes, self.hints,
+        ])
+        return body + struct.pack("<I", zlib.crc32(body))
+
+    @classmethod
+    def parse(cls, data: bytes) -> Bitstream:
+        if len(data) < 4 or data[:4] != MAGIC:
+            raise BitstreamError("corrupted", "not an HPCM image bitstream (bad magic bytes)")
+        if len(data) < 6:
+            raise BitstreamError("truncated", "bitstream truncated inside the header")
+        version, name_len = data[4], data[5]
+        if version != FORMAT_VERSION:
+            raise BitstreamError(
+                "version", f"bitstream format version {version} is not supported (this service reads {FORMAT_VERSION})")
+        offset = 6
+        header_end = offset + name_len + HASH_BYTES + _FIXED.size
+        if len(data) < header_end + 4:
+            raise BitstreamError("truncated", "bitstream truncated inside the header")
+        try:
+            name = data[offset:offset + name_len].decode()
+        except UnicodeDecodeError:
+            raise BitstreamError("corrupted", "bitstream header is corrupted (model name)") from None
+        offset += name_len
+        model_hash = data[offset:offset + HASH_BYTES]
+        offset += HASH_BYTES
+        height, width, *lengths = _FIXED.unpack_from(data, offset)
+        offset += _FIXED.size
+        expected = offset + sum(lengths) + 4
+        if len(data) < expected:
+            raise BitstreamError("truncated", f"bitstream truncated: {len(data)} bytes, header announces {expected}")
+        if len(data) > expected:
+            raise BitstreamError("corrupted", f"bitstream has {len(data) - expected} trailing bytes")
+        (crc,) = struct.unpack_from("<I", data, expected - 4)
+        if zlib.crc32(data[: expected - 4]) != crc:
+            raise BitstreamError("corrupted", "bitstream checksum mismatch (corrupted data)")
+        parts = {}
+        for key, length in zip(SUBSTREAMS, lengths, strict=True):
+            parts[key] = data[offset:offset + length]
+            offset += length
+        return cls(model_name=name, model_hash=model_hash, height=height, width=width, format_version=version,
+                   **parts)

@@ -1,0 +1,1 @@
+"""HPCM learned image codec with RWKV context cells (see ../shared/specs/imagecodec.md)."""

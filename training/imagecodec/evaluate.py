@@ -1,0 +1,189 @@
+"""Rate-distortion evaluation on held-out photos with the real bitstream (actual bytes), against JPEG and
+WebP from Pillow at matched bpp; BD-rate / BD-PSNR vs JPEG; JSON + PNG plot.
+
+    python -m training.imagecodec.evaluate --checkpoints runs/ic/q*/checkpoint.pt --out runs/ic/eval
+    (--artifacts model_repository/imagecodec-q1/1 ... evaluates exported versions instead)
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from service.families.imagecodec.codec import decode, encode
+from training.imagecodec.data import folder_images, heldout_photos
+from training.imagecodec.networks import TorchNetworks, codec_model
+from training.imagecodec.train import load_checkpoint
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255.0**2 / max(mse, 1e-10)))
+
+
+def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """MS-SSIM (Wang et al. 2003; 5 scales, Gaussian window 11 / sigma 1.5) on RGB averaged over channels."""
+    weights = torch.tensor([0.0448, 0.2856, 0.3001, 0.2363, 0.1333], dtype=torch.float64)
+    x = torch.from_numpy(a).permute(2, 0, 1)[None].double()
+    y = torch.from_numpy(b).permute(2, 0, 1)[None].double()
+    g = torch.exp(-((torch.arange(11, dtype=torch.float64) - 5) ** 2) / (2 * 1.5**2))
+    g = (g / g.sum())
+    win = (g[:, None] * g[None, :]).expand(3, 1, 11, 11)
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    values = []
+    for level in range(5):
+        if min(x.shape[-2:]) < 11:
+            break
+        mu_x, mu_y = F.conv2d(x, win, groups=3), F.conv2d(y, win, groups=3)
+        sxx = F.conv2d(x * x, win, groups=3) - mu_x**2
+        syy = F.conv2d(y * y, win, groups=3) - mu_y**2
+        sxy = F.conv2d(x * y, win, groups=3) - mu_x * mu_y
+        cs = ((2 * sxy + c2) / (sxx + syy + c2)).mean()
+        ssim = (((2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1)) * (2 * sxy + c2) / (sxx + syy + c2)).mean()
+        values.append(ssim if level == 4 else cs)
+        x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
+    vals = torch.stack(values).clamp(min=1e-6)
+    w = weights[: len(values)] / weights[: len(values)].sum()
+    return float(torch.prod(vals**w))
+
+
+def pillow_codec(image: np.ndarray, fmt: str, quality: int) -> tuple[float, np.ndarray]:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format=fmt, quality=quality)
+    data = buffer.getvalue()
+    rec = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    return 8 * len(data) / (image.shape[0] * image.shape[1]), rec
+
+
+def pillow_curve(image: np.ndarray, fmt: str) -> list[dict]:
+    rows = []
+    for q in (1, 3, 5, 8, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90):
+        bpp, rec = pillow_codec(image, fmt, q)
+        rows.append({"quality": q, "bpp": bpp, "psnr": psnr(image, rec)})
+    return rows
+
+
+def matched(curve: list[dict], bpp: float) -> dict:
+    """Pillow point whose bpp is closest to `bpp`."""
+    return min(curve, key=lambda r: abs(np.log(r["bpp"]) - np.log(bpp)))
+
+
+def bd_rate(rate_a, psnr_a, rate_b, psnr_b) -> float:
+    """Bjontegaard delta rate (%) of B vs A (negative: B needs fewer bits at equal PSNR)."""
+    la, lb = np.log(rate_a), np.log(rate_b)
+    pa, pb = np.polyfit(psnr_a, la, 3), np.polyfit(psnr_b, lb, 3)
+    lo, hi = max(min(psnr_a), min(psnr_b)), min(max(psnr_a), max(psnr_b))
+    if hi - lo < 0.1:  # the curves do not overlap in PSNR: no meaningful Bjontegaard number
+        return float("nan")
+    ia, ib = np.polyint(pa), np.polyint(pb)
+    avg_a = (np.polyval(ia, hi) - np.polyval(ia, lo)) / (hi - lo)
+    avg_b = (np.polyval(ib, hi) - np.polyval(ib, lo)) / (hi - lo)
+    return float((np.exp(avg_b - avg_a) - 1) * 100)
+
+
+def bd_psnr(rate_a, psnr_a, rate_b, psnr_b) -> float:
+    la, lb = np.log(rate_a), np.log(rate_b)
+    pa, pb = np.polyfit(la, psnr_a, 3), np.polyfit(lb, psnr_b, 3)
+    lo, hi = max(min(la), min(lb)), min(max(la), max(lb))
+    if hi - lo < 0.05:
+        return float("nan")
+    ia, ib = np.polyint(pa), np.polyint(pb)
+    return float(((np.polyval(ib, hi) - np.polyval(ib, lo)) - (np.polyval(ia, hi) - np.polyval(ia, lo))) / (hi - lo))
+
+
+def _mean_curve(per_image: dict[str, list[dict]]) -> tuple[np.ndarray, np.ndarray]:
+    rows = list(per_image.values())
+    rates = np.mean([[r["bpp"] for r in c] for c in rows], axis=0)
+    return rates, np.mean([[r["psnr"] for r in c] for c in rows], axis=0)
+
+
+def evaluate(checkpoints: list[Path], images: dict[str, np.ndarray], out: Path) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    levels = []
+    for ckpt_path in checkpoints:
+        model, ckpt = load_checkpoint(ckpt_path)
+        nets, cm = TorchNetworks(model), codec_model(model, f"imagecodec-q{ckpt.get('quality')}")
+        rows = []
+        for name, image in images.items():
+            data, enc = encode(image, nets, cm)
+            rec, dec = decode(data, nets, cm)  # the real decoder: the reconstruction the bytes give
+            assert np.array_equal(enc.symbols, dec.symbols)
+            bpp = 8 * len(data) / (image.shape[0] * image.shape[1])
+            jpeg = matched(pillow_curve(image, "JPEG"), bpp)
+            webp = matched(pillow_curve(image, "WEBP"), bpp)
+            rows.append({"image": name, "bpp": bpp, "psnr": psnr(image, rec), "ms_ssim": ms_ssim(image, rec),
+                         "encode_s": enc.seconds, "decode_s": dec.seconds, "hints": enc.hints,
+                         "jpeg": jpeg, "webp": webp})
+        levels.append({"checkpoint": str(ckpt_path), "quality": ckpt.get("quality"), "lambda": ckpt.get("lambda"),
+                       "images": rows, "bpp": float(np.mean([r["bpp"] for r in rows])),
+                       "psnr": float(np.mean([r["psnr"] for r in rows])),
+                       "ms_ssim": float(np.mean([r["ms_ssim"] for r in rows]))})
+    levels.sort(key=lambda lv: lv["bpp"])
+    jpeg_rate, jpeg_psnr = _mean_curve({n: pillow_curve(img, "JPEG") for n, img in images.items()})
+    webp_rate, webp_psnr = _mean_curve({n: pillow_curve(img, "WEBP") for n, img in images.items()})
+    ours_rate = np.array([lv["bpp"] for lv in levels])
+    ours_psnr = np.array([lv["psnr"] for lv in levels])
+    summary: dict = {"images": sorted(images), "levels": levels,
+                     "jpeg_curve": {"bpp": jpeg_rate.tolist(), "psnr": jpeg_psnr.tolist()},
+                     "webp_curve": {"bpp": webp_rate.tolist(), "psnr": webp_psnr.tolist()}}
+    if len(levels) >= 4:
+        summary["bd_rate_vs_jpeg_percent"] = bd_rate(jpeg_rate, jpeg_psnr, ours_rate, ours_psnr)
+        summary["bd_psnr_vs_jpeg_db"] = bd_psnr(jpeg_rate, jpeg_psnr, ours_rate, ours_psnr)
+        summary["bd_rate_vs_webp_percent"] = bd_rate(webp_rate, webp_psnr, ours_rate, ours_psnr)
+    (out / "rd.json").write_text(json.dumps(summary, indent=2))
+    _plot(summary, out / "rd.png")
+    return summary
+
+
+def _plot(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(summary["jpeg_curve"]["bpp"], summary["jpeg_curve"]["psnr"], "o-", label="JPEG (Pillow)")
+    ax.plot(summary["webp_curve"]["bpp"], summary["webp_curve"]["psnr"], "s-", label="WebP (Pillow)")
+    ax.plot([lv["bpp"] for lv in summary["levels"]], [lv["psnr"] for lv in summary["levels"]], "^-",
+            label="HPCM-RWKV (actual bitstream)")
+    ax.set_xlabel("bpp")
+    ax.set_ylabel("PSNR-RGB (dB)")
+    ax.set_xlim(0, 1.2)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--checkpoints", type=Path, nargs="+", required=True)
+    parser.add_argument("--images", type=Path, default=None, help="folder of evaluation images")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    images = folder_images(args.images) if args.images else heldout_photos()
+    summary = evaluate(args.checkpoints, images, args.out)
+    print(f"{'q':>3} {'bpp':>7} {'PSNR':>7} {'MS-SSIM':>8} | {'JPEG bpp':>8} {'PSNR':>6} | {'WebP bpp':>8} {'PSNR':>6}")
+    for lv in summary["levels"]:
+        jb = np.mean([r["jpeg"]["bpp"] for r in lv["images"]])
+        jp = np.mean([r["jpeg"]["psnr"] for r in lv["images"]])
+        wb = np.mean([r["webp"]["bpp"] for r in lv["images"]])
+        wp = np.mean([r["webp"]["psnr"] for r in lv["images"]])
+        print(f"{lv['quality']!s:>3} {lv['bpp']:7.3f} {lv['psnr']:7.2f} {lv['ms_ssim']:8.4f} | {jb:8.3f} {jp:6.2f} | "
+              f"{wb:8.3f} {wp:6.2f}")
+    for key in ("bd_rate_vs_jpeg_percent", "bd_psnr_vs_jpeg_db", "bd_rate_vs_webp_percent"):
+        if key in summary:
+            print(f"{key}: {summary[key]:.2f}")
+    print(f"wrote {args.out / 'rd.json'} and {args.out / 'rd.png'}")
+
+
+if __name__ == "__main__":
+    main()
