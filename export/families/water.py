@@ -1,0 +1,90 @@
+"""Export plan of the water family: one graph taking full-size normalised fields plus boolean masks.
+
+Inputs (B = batch): precip/soil/temp [B, T, H, W] FP32, evap/riverflow [B, T_v] FP32, static [B, 11] FP32
+(all normalised with the manifest's `preprocessing.stats`; hidden values may hold anything, send 0), and
+precip_mask/soil_mask/temp_mask [B, T, H/p, W/p] BOOL, evap_mask/riverflow_mask [B, T_v] BOOL (True =
+hidden patch / step). Outputs: the five completed fields, normalised, visible tokens copied from the input.
+Hidden tokens are removed by attention masks inside the graph, so every masking pattern and visible count
+runs through the same graph; parity is checked on several patterns and batch sizes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from export.core import ExportPlan, GraphExport
+from service.families.water.preprocessing import STATIC_NAMES, UNITS
+from service.manifest import Batching
+from training.water.config import IMAGE_MODALITIES, MODALITIES, VECTOR_MODALITIES, WaterConfig
+from training.water.model import DenseReconstructor
+from training.water.train import load_checkpoint
+
+
+def _masks(cfg: WaterConfig, batch: int, pattern: str, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    hp, wp = cfg.grid_patches
+    shapes = {m: (batch, cfg.frames, hp, wp) if m in IMAGE_MODALITIES else (batch, cfg.series_len) for m in MODALITIES}
+    if pattern == "random":
+        return {m: torch.rand(s, generator=generator) < 0.75 for m, s in shapes.items()}
+    if pattern == "none":
+        return {m: torch.zeros(s, dtype=torch.bool) for m, s in shapes.items()}
+    # "gaps": a block of days in precip, a region in soil, all of temp, a mix of counts per row in the series.
+    masks = {m: torch.zeros(s, dtype=torch.bool) for m, s in shapes.items()}
+    masks["precip"][:, 1:3] = True
+    masks["soil"][:, :, : max(1, hp // 2), : max(1, wp // 2)] = True
+    masks["temp"][:] = True
+    for row in range(batch):
+        masks["evap"][row, : (row * 7) % cfg.series_len] = True
+        masks["riverflow"][row, (row * 3) % cfg.series_len:] = True
+    return masks
+
+
+def _sample(cfg: WaterConfig, batch: int, pattern: str, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    sample = {}
+    for m in MODALITIES:
+        shape = (batch, cfg.frames, cfg.height, cfg.width) if m in IMAGE_MODALITIES else (batch, cfg.series_len)
+        sample[m] = torch.randn(shape, generator=generator)
+    sample["static"] = torch.randn(batch, cfg.n_static, generator=generator)
+    sample.update({f"{m}_mask": v for m, v in _masks(cfg, batch, pattern, generator).items()})
+    return sample
+
+
+def preprocessing(cfg: WaterConfig, stats: dict) -> dict:
+    """What the service needs to validate requests and (de)normalise: shared via the manifest."""
+    return {
+        "grid": {"height": cfg.height, "width": cfg.width, "patch": cfg.patch, "frames": cfg.frames,
+                 "series_len": cfg.series_len, "n_static": cfg.n_static},
+        "image_modalities": list(IMAGE_MODALITIES),
+        "vector_modalities": list(VECTOR_MODALITIES),
+        "static_names": list(STATIC_NAMES),
+        "units": UNITS,
+        "stats": stats,
+    }
+
+
+def plan_from_checkpoint(checkpoint: Path, format: str = "onnx", max_batch_size: str = "8",
+                         max_queue_delay_ms: str = "5", max_queue_size: str = "128") -> ExportPlan:
+    model, stats, _, ckpt = load_checkpoint(Path(checkpoint))
+    cfg = model.cfg
+    generator = torch.Generator().manual_seed(0)
+    samples = [_sample(cfg, b, p, generator) for b, p in ((2, "random"), (1, "none"), (3, "gaps"), (5, "random"))]
+    outputs = [f"{m}_out" for m in MODALITIES]
+    graph = GraphExport(name="model", module=DenseReconstructor(model).eval(), samples=samples,
+                        output_names=outputs, format=format)  # type: ignore[arg-type]
+    metrics = ckpt.get("metrics", {})
+    return ExportPlan(
+        family="water",
+        task="reconstruct",
+        graphs=[graph],
+        batching=Batching(max_batch_size=int(max_batch_size), max_queue_delay_ms=float(max_queue_delay_ms),
+                          max_queue_size=int(max_queue_size)),
+        preprocessing=preprocessing(cfg, stats.to_dict()),
+        provenance={
+            "training_config": cfg.to_dict(),
+            "metrics": {k: v for k, v in metrics.items() if k != "history"},
+            "evaluation": ckpt.get("evaluation"),
+            "data": ckpt.get("data", ""),
+            "checkpoint": str(checkpoint),
+        },
+    )

@@ -1,0 +1,231 @@
+"""`POST /water/reconstruct`: fill the missing values of grids and series with the served MAE.
+
+Per sample the client sends the three grids [T][H][W] and two series [T_v] in physical units, missing
+values as null (or NaN via an explicit `masks` entry), plus the 11 static attributes. A patch / step with
+any missing value is hidden from the model; only the missing values are replaced, everything sent is
+returned unchanged. Shapes are checked against the served version's manifest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.errors import InvalidInput
+from service.families.base import Family, request_context, resolve_version
+from service.families.water.preprocessing import (
+    IMAGE_MODALITIES,
+    MODALITIES,
+    STATIC_NAMES,
+    UNITS,
+    NormStats,
+    patch_mask,
+)
+
+if TYPE_CHECKING:
+    from service.repository import LoadedVersion
+
+MAX_SAMPLES = 64
+Grid = list[list[list[float | None]]]
+Series = list[float | None]
+
+
+class WaterMasks(BaseModel):
+    """Optional explicit masks (true = missing, reconstruct it), same shapes as the fields."""
+
+    model_config = ConfigDict(extra="forbid")
+    precip: list[list[list[bool]]] | None = None
+    soil: list[list[list[bool]]] | None = None
+    temp: list[list[list[bool]]] | None = None
+    evap: list[bool] | None = None
+    riverflow: list[bool] | None = None
+
+
+class WaterSample(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    precip: Grid | None = Field(None, description="precipitation [T][H][W] in mm/day; null = missing "
+                                "(omit the field when the whole grid is missing)")
+    soil: Grid | None = Field(None, description="soil moisture [T][H][W] in m3/m3")
+    temp: Grid | None = Field(None, description="temperature [T][H][W] in degC")
+    evap: Series | None = Field(None, description="evaporation series [T_v] in mm/day")
+    riverflow: Series | None = Field(None, description="river flow series [T_v] in mm/day")
+    static: list[float] = Field(..., description=f"the {len(STATIC_NAMES)} static attributes: "
+                                + ", ".join(STATIC_NAMES))
+    masks: WaterMasks | None = None
+
+
+class ReconstructRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"samples": [{
+            "precip": [[[0.0, None], [1.2, 0.4]]], "soil": [[[0.21, 0.2], [None, 0.19]]],
+            "temp": [[[12.5, 12.1], [11.8, None]]], "evap": [1.1, None, 0.9], "riverflow": [0.5, 0.6, None],
+            "static": [850.0, 640.0, 0.5, 1.1, 0.4, 1.2, 0.35, 2.0, 0.45, 0.85, 47.0]}]}]},
+    )
+    samples: list[WaterSample] = Field(..., min_length=1, max_length=MAX_SAMPLES)
+
+
+class ReconstructedSample(BaseModel):
+    precip: Grid
+    soil: Grid
+    temp: Grid
+    evap: Series
+    riverflow: Series
+    mask: dict[str, Any] = Field(description="per modality, true where a value was missing and has been filled")
+    hidden: dict[str, Any] = Field(description="per modality, the patches [T][H/p][W/p] / steps [T_v] "
+                                   "hidden from the model")
+
+
+class ReconstructResponse(BaseModel):
+    model: str
+    version: int
+    units: dict[str, str]
+    samples: list[ReconstructedSample]
+
+
+@dataclass
+class WaterSpec:
+    frames: int
+    height: int
+    width: int
+    patch: int
+    series_len: int
+    n_static: int
+    stats: NormStats
+
+    @classmethod
+    def from_preprocessing(cls, pre: dict[str, Any]) -> WaterSpec:
+        grid = pre["grid"]
+        return cls(frames=int(grid["frames"]), height=int(grid["height"]), width=int(grid["width"]),
+                   patch=int(grid["patch"]), series_len=int(grid["series_len"]), n_static=int(grid["n_static"]),
+                   stats=NormStats.from_dict(pre["stats"]))
+
+    def shape(self, modality: str) -> tuple[int, ...]:
+        if modality in IMAGE_MODALITIES:
+            return (self.frames, self.height, self.width)
+        return (self.series_len,)
+
+
+@dataclass
+class ParsedSample:
+    values: dict[str, np.ndarray]  # physical units, float64, NaN where missing
+    missing: dict[str, np.ndarray]  # value-level bool
+    static: np.ndarray
+
+
+def _as_array(raw: Any, modality: str, where: str, spec: WaterSpec, dtype: type) -> np.ndarray:
+    want = spec.shape(modality)
+    what = "grid [T][H][W]" if modality in IMAGE_MODALITIES else "series [T_v]"
+    try:
+        array = np.array(raw, dtype=dtype)
+    except (ValueError, TypeError) as exc:
+        raise InvalidInput(f"{where}: {modality} must be a rectangular {what} of numbers") from exc
+    if array.shape != want:
+        if modality in IMAGE_MODALITIES:
+            raise InvalidInput(f"{where}: {modality} grid size is {list(array.shape)}, expected "
+                               f"{list(want)} (T, H, W) for this model")
+        raise InvalidInput(f"{where}: {modality} series length is {list(array.shape)}, expected "
+                           f"[{spec.series_len}] for this model")
+    return array
+
+
+def parse_sample(sample: WaterSample, index: int, spec: WaterSpec) -> ParsedSample:
+    where = f"samples[{index}]"
+    values, missing = {}, {}
+    for m in MODALITIES:
+        raw = getattr(sample, m)
+        if raw is None:  # the whole modality is missing
+            values[m] = np.full(spec.shape(m), np.nan)
+        else:
+            values[m] = _as_array(raw, m, where, spec, float)
+            if np.isinf(values[m]).any():
+                raise InvalidInput(f"{where}: {m} contains an infinite value")
+        missing[m] = np.isnan(values[m])
+        explicit = getattr(sample.masks, m) if sample.masks is not None else None
+        if explicit is not None:
+            missing[m] |= _as_array(explicit, m, f"{where}.masks", spec, bool)
+    if not any(bool((~missing[m]).any()) for m in MODALITIES):
+        raise InvalidInput(f"{where}: every value of every modality is missing; there is nothing to "
+                           "reconstruct from")
+    static = np.array(sample.static, dtype=float)
+    if static.shape != (spec.n_static,):
+        raise InvalidInput(f"{where}: static has {static.size} values, expected {spec.n_static} "
+                           f"({', '.join(STATIC_NAMES[: spec.n_static])})")
+    if not np.isfinite(static).all():
+        raise InvalidInput(f"{where}: static attributes must all be finite numbers")
+    return ParsedSample(values, missing, static)
+
+
+def model_inputs(parsed: list[ParsedSample], spec: WaterSpec) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Normalised, zero-filled fields + token masks for the graph; also returns the token masks."""
+    inputs: dict[str, np.ndarray] = {}
+    tokens: dict[str, np.ndarray] = {}
+    for m in MODALITIES:
+        missing = np.stack([p.missing[m] for p in parsed])
+        values = np.stack([p.values[m] for p in parsed])
+        normed = spec.stats.normalise(m, np.where(missing, spec.stats.mean[m], values))
+        tokens[m] = patch_mask(missing, spec.patch) if m in IMAGE_MODALITIES else missing
+        inputs[m] = normed.astype(np.float32)
+        inputs[f"{m}_mask"] = tokens[m]
+    inputs["static"] = spec.stats.normalise_static(np.stack([p.static for p in parsed])).astype(np.float32)
+    return inputs, tokens
+
+
+def _mask_lists(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    return {m: a.tolist() for m, a in arrays.items()}
+
+
+def complete(parsed: ParsedSample, outputs: dict[str, np.ndarray] | None, row: int, spec: WaterSpec,
+             tokens: dict[str, np.ndarray] | None) -> ReconstructedSample:
+    """Sent values unchanged; missing values from the model output (denormalised)."""
+    fields, hidden = {}, {}
+    for m in MODALITIES:
+        values = parsed.values[m]
+        if outputs is not None and parsed.missing[m].any():
+            predicted = spec.stats.denormalise(m, outputs[f"{m}_out"][row]).astype(np.float64)
+            values = np.where(parsed.missing[m], predicted, values)
+        fields[m] = values.tolist()
+        if tokens is not None:
+            hidden[m] = tokens[m][row]
+        else:
+            hidden[m] = np.zeros((spec.frames, spec.height // spec.patch, spec.width // spec.patch)
+                                 if m in IMAGE_MODALITIES else (spec.series_len,), bool)
+    return ReconstructedSample(**fields, mask=_mask_lists(parsed.missing), hidden=_mask_lists(hidden))
+
+
+class WaterFamily(Family):
+    name = "water"
+
+    def prepare(self, version: LoadedVersion) -> None:
+        version.state["spec"] = WaterSpec.from_preprocessing(version.manifest.preprocessing)
+
+    def router(self) -> APIRouter:
+        router = APIRouter(tags=["water"])
+
+        @router.post("/water/reconstruct", response_model=ReconstructResponse)
+        async def reconstruct(body: ReconstructRequest, request: Request,
+                              model: str | None = Query(None, description="model name (default: water)"),
+                              version: int | None = Query(None, description="version (default: latest)"),
+                              ) -> ReconstructResponse:
+            """Fill the missing values of each sample; values that were sent come back unchanged."""
+            loaded = resolve_version(request, family="water", model=model, version=version)
+            spec: WaterSpec = loaded.state["spec"]
+            parsed = [parse_sample(s, i, spec) for i, s in enumerate(body.samples)]
+            todo = [i for i, p in enumerate(parsed) if any(p.missing[m].any() for m in MODALITIES)]
+            outputs, tokens = None, None
+            if todo:
+                inputs, tokens = model_inputs([parsed[i] for i in todo], spec)
+                outputs = await loaded.infer(inputs, ctx=request_context(request))
+            row_of = {i: r for r, i in enumerate(todo)}
+            samples = [
+                complete(p, outputs if i in row_of else None, row_of.get(i, 0), spec,
+                         tokens if i in row_of else None)
+                for i, p in enumerate(parsed)
+            ]
+            return ReconstructResponse(model=loaded.name, version=loaded.version, units=UNITS, samples=samples)
+
+        return router

@@ -1,0 +1,93 @@
+"""Configuration of the multimodal hydrology MAE (spec: shared/specs/water.md).
+
+One dataclass holds data shape, model size and the design switches; `full_config()` is the ~25.6M
+reference model of the spec, `small_config()` the CPU default, `fast_config()` the test model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+IMAGE_MODALITIES: tuple[str, ...] = ("precip", "soil", "temp")
+VECTOR_MODALITIES: tuple[str, ...] = ("evap", "riverflow")
+MODALITIES: tuple[str, ...] = IMAGE_MODALITIES + VECTOR_MODALITIES
+N_STATIC = 11
+
+
+@dataclass
+class WaterConfig:
+    # Data shape.
+    height: int = 40
+    width: int = 30
+    patch: int = 10
+    frames: int = 5  # T of the gridded modalities
+    series_len: int = 20  # T_v of the vector modalities
+    n_static: int = N_STATIC
+    # Encoders.
+    d_model: int = 256
+    heads: int = 8
+    image_layers: int = 6
+    vector_layers: int = 4
+    mlp_ratio: float = 4.0
+    # Decoders.
+    decoder_dim: int = 128
+    decoder_depth: int = 4
+    decoder_heads: int = 4
+    decoder_mlp_ratio: float = 4.0
+    # Design switches of the spec.
+    use_cross_attn: bool = True  # False = old pooled-token / self-attention decoder (baseline)
+    decoder_self_attn: bool = False
+    use_weighted_fm: bool = False
+    use_fm_layers: list[int] | None = None  # encoder layers fed to the WeightedFeatureMaps (None = all)
+    use_input: bool = False  # the patch embedding as one more WeightedFeatureMaps layer
+    kept_mask_ratio: float = 1.0  # fraction of masked tokens decoded and scored during training
+    mask_ratio: float = 0.75
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.height % self.patch or self.width % self.patch:
+            raise ValueError(f"grid {self.height}x{self.width} is not divisible by patch {self.patch}")
+        if self.d_model % self.heads or self.decoder_dim % self.decoder_heads:
+            raise ValueError("model widths must be divisible by the head counts")
+        if not 0.0 < self.kept_mask_ratio <= 1.0:
+            raise ValueError("kept_mask_ratio must be in (0, 1]")
+
+    @property
+    def grid_patches(self) -> tuple[int, int]:
+        return self.height // self.patch, self.width // self.patch
+
+    @property
+    def image_tokens(self) -> int:
+        hp, wp = self.grid_patches
+        return self.frames * hp * wp
+
+    def tokens(self, modality: str) -> int:
+        return self.image_tokens if modality in IMAGE_MODALITIES else self.series_len
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WaterConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def full_config(**overrides: Any) -> WaterConfig:
+    """The reference model of the spec: 290x180 grids, patch 10, T=5, T_v=20, d_model 256 (~25.6M)."""
+    return WaterConfig(**{"height": 290, "width": 180, **overrides})
+
+
+def small_config(**overrides: Any) -> WaterConfig:
+    """The CPU default served by `make serve` (trains in about a minute on 2 cores)."""
+    base = dict(height=40, width=30, d_model=64, heads=4, image_layers=2, vector_layers=2, mlp_ratio=2.0,
+                decoder_dim=64, decoder_depth=2, decoder_heads=4, decoder_mlp_ratio=2.0)
+    return WaterConfig(**{**base, **overrides})
+
+
+def fast_config(**overrides: Any) -> WaterConfig:
+    """Tiny model for tests."""
+    base = dict(height=20, width=20, d_model=32, heads=2, image_layers=2, vector_layers=2, mlp_ratio=2.0,
+                decoder_dim=32, decoder_depth=2, decoder_heads=2, decoder_mlp_ratio=2.0)
+    return WaterConfig(**{**base, **overrides})

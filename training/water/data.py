@@ -1,0 +1,209 @@
+"""Data for the water family: a physically linked synthetic generator and a per-sample file loader.
+
+Sample format (one file per sample, NPZ or NetCDF-4/HDF5 with the same variable names):
+  precip, soil, temp   float32 [T, H, W]   mm/day, m3/m3, degC   (gridded, T days ending on day 0)
+  evap, riverflow      float32 [T_v]       mm/day                (catchment series, last T_v days ending on
+                                                                  the same day as the grids)
+  static               float32 [11]        CAMELS-style attributes in the order of STATIC_NAMES
+Missing values are NaN. A dataset is a folder of such files (sorted by name) or one NPZ holding the
+stacked arrays with a leading sample axis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from service.families.water.preprocessing import IMAGE_MODALITIES, MODALITIES, STATIC_NAMES, VECTOR_MODALITIES
+
+SPINUP_DAYS = 15
+
+
+@dataclass
+class WaterData:
+    """Stacked samples: fields[m] is [N, T, H, W] (image) or [N, T_v] (vector); static is [N, 11]."""
+
+    fields: dict[str, np.ndarray]
+    static: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.static.shape[0])
+
+    def subset(self, index: np.ndarray | slice) -> WaterData:
+        return WaterData({m: v[index] for m, v in self.fields.items()}, self.static[index])
+
+    def split(self, n_val: int) -> tuple[WaterData, WaterData]:
+        return self.subset(slice(0, len(self) - n_val)), self.subset(slice(len(self) - n_val, len(self)))
+
+
+def _smooth_bumps(rng: np.random.Generator, n: int, yy: np.ndarray, xx: np.ndarray, count: int,
+                  width: tuple[float, float]) -> np.ndarray:
+    """Sum of `count` Gaussian bumps with unit height per sample: [n, H, W]."""
+    out = np.zeros((n, *yy.shape))
+    for _ in range(count):
+        cy, cx = rng.uniform(0, 1, (2, n, 1, 1))
+        w = rng.uniform(*width, (n, 1, 1))
+        amp = rng.uniform(0.3, 1.0, (n, 1, 1))
+        out += amp * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * w**2))
+    return out
+
+
+def _generate_chunk(rng: np.random.Generator, n: int, height: int, width: int, frames: int,
+                    series_len: int) -> dict[str, np.ndarray]:
+    days = SPINUP_DAYS + series_len
+    yy, xx = np.meshgrid(np.linspace(0, 1, height), np.linspace(0, 1, width), indexing="ij")
+
+    # Catchment parameters; most of them are also exposed as static attributes.
+    area = rng.uniform(200, 5000, n)
+    aridity = rng.uniform(0.3, 2.0, n)
+    forest = rng.uniform(0.0, 0.9, n)
+    soil_depth = rng.uniform(0.5, 2.0, n)
+    bfi = rng.uniform(0.1, 0.7, n)
+    lag = rng.uniform(1.0, 4.0, n)
+    runoff_coef = rng.uniform(0.2, 0.7, n)
+    decay = rng.uniform(0.75, 0.95, n)
+    latitude = rng.uniform(30, 60, n)
+    doy0 = rng.uniform(0, 365, n)
+
+    elevation = 100 + rng.uniform(100, 500, (n, 1, 1)) + 1500 * _smooth_bumps(rng, n, yy, xx, 3, (0.15, 0.4))
+    gy, gx = np.gradient(elevation, axis=(1, 2))
+    slope = np.sqrt(gx**2 + gy**2).mean(axis=(1, 2)) / 100.0
+
+    # Rain: a few smooth storms moving across the grid, enhanced over high terrain.
+    rain = np.zeros((n, days, height, width))
+    t_axis = np.arange(days)[None, :, None, None]
+    for _ in range(6):
+        start = rng.integers(-3, days, (n, 1, 1, 1))
+        life = rng.integers(3, 9, (n, 1, 1, 1))
+        cy, cx = rng.uniform(-0.2, 1.2, (2, n, 1, 1, 1))
+        vy, vx = rng.uniform(-0.15, 0.15, (2, n, 1, 1, 1))
+        w = rng.uniform(0.12, 0.3, (n, 1, 1, 1))
+        intensity = rng.gamma(2.0, 4.0, (n, 1, 1, 1)) / np.sqrt(aridity[:, None, None, None])
+        age = t_axis - start
+        active = (age >= 0) & (age < life)
+        envelope = np.sin(np.pi * (age + 0.5) / life).clip(0) * active
+        py, px = cy + vy * age, cx + vx * age
+        dist2 = (yy[None, None] - py) ** 2 + (xx[None, None] - px) ** 2
+        rain += intensity * envelope * np.exp(-dist2 / (2 * w**2))
+    rain *= 1 + 0.4 * (elevation[:, None] - 100) / 1000
+    rain = np.where(rain < 0.3, 0.0, rain)
+
+    # Soil moisture integrates rain and decays toward a dry equilibrium.
+    s_eq = 0.08 + 0.1 * forest[:, None, None]
+    soil = np.zeros_like(rain)
+    state = s_eq + 0.15 * _smooth_bumps(rng, n, yy, xx, 2, (0.2, 0.5))
+    for t in range(days):
+        state = decay[:, None, None] * state + (1 - decay[:, None, None]) * s_eq
+        state = state + 0.012 * rain[:, t] / soil_depth[:, None, None] * (1 - state / 0.55)
+        soil[:, t] = state = np.clip(state, 0.02, 0.55)
+
+    # Temperature: seasonal cycle, lapse rate with terrain, latitude, cooling under rain, anomaly.
+    doy = doy0[:, None] + np.arange(days)[None]
+    seasonal = 10 * np.sin(2 * np.pi * (doy - 110) / 365)  # [n, days]
+    anomaly = np.cumsum(rng.normal(0, 1.0, (n, days)), axis=1) * 0.5
+    temp = (28 - 0.4 * latitude[:, None, None, None] + seasonal[:, :, None, None] + anomaly[:, :, None, None]
+            - 6.5 * elevation[:, None] / 1000 - 0.08 * rain)
+
+    # Catchment series: evaporation from temperature and soil; river flow routed from effective rain.
+    t_mean, s_mean, r_mean = temp.mean(axis=(2, 3)), soil.mean(axis=(2, 3)), rain.mean(axis=(2, 3))
+    evap = (0.15 * np.clip(t_mean + 5, 0, None) * s_mean / (s_mean + 0.12) * (0.7 + 0.5 * forest[:, None]))
+    effective = runoff_coef[:, None] * r_mean * (s_mean / 0.3)
+    k = np.arange(10)[None]
+    kernel = (k + 1) ** 2 * np.exp(-(k + 1) / lag[:, None] * 1.5)
+    kernel /= kernel.sum(axis=1, keepdims=True)
+    quick = np.zeros_like(effective)
+    for j in range(10):
+        quick[:, j:] += kernel[:, j : j + 1] * effective[:, : days - j]
+    base = np.zeros_like(effective)
+    store = bfi * 2.0
+    for t in range(days):
+        store = 0.97 * store + 0.03 * bfi * r_mean[:, t] * 2
+        base[:, t] = store
+    flow = (1 - bfi[:, None]) * quick + base
+
+    noise = lambda shape, scale: rng.normal(0, scale, shape)  # noqa: E731 - measurement noise
+    grids = slice(days - frames, days)
+    out = {
+        "precip": np.clip(rain[:, grids] + noise((n, frames, height, width), 0.05), 0, None),
+        "soil": soil[:, grids] + noise((n, frames, height, width), 0.002),
+        "temp": temp[:, grids] + noise((n, frames, height, width), 0.1),
+        "evap": np.clip(evap[:, -series_len:] + noise((n, series_len), 0.02), 0, None),
+        "riverflow": np.clip(flow[:, -series_len:] + noise((n, series_len), 0.02), 0, None),
+    }
+    static = np.stack([area, elevation.mean(axis=(1, 2)), slope, aridity, forest, soil_depth, bfi, lag,
+                       runoff_coef, decay, latitude], axis=1)
+    out["static"] = static
+    return {k: v.astype(np.float32) for k, v in out.items()}
+
+
+def generate(n: int, height: int, width: int, frames: int = 5, series_len: int = 20, seed: int = 0,
+             chunk: int = 128) -> WaterData:
+    """`n` synthetic samples with the shapes of the spec; deterministic for a given seed."""
+    if frames > series_len:
+        raise ValueError("the gridded frames must lie inside the series window (frames <= series_len)")
+    rng = np.random.default_rng(seed)
+    parts = [_generate_chunk(rng, min(chunk, n - i), height, width, frames, series_len) for i in range(0, n, chunk)]
+    fields = {m: np.concatenate([p[m] for p in parts]) for m in MODALITIES}
+    return WaterData(fields, np.concatenate([p["static"] for p in parts]))
+
+
+def save_samples(data: WaterData, folder: Path) -> list[Path]:
+    """Write one NPZ per sample in the documented format."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(len(data)):
+        path = folder / f"sample_{i:06d}.npz"
+        np.savez(path, static=data.static[i], **{m: data.fields[m][i] for m in MODALITIES})
+        paths.append(path)
+    return paths
+
+
+def _read_sample(path: Path) -> dict[str, np.ndarray]:
+    if path.suffix == ".npz":
+        with np.load(path) as archive:
+            return {k: np.asarray(archive[k], dtype=np.float32) for k in (*MODALITIES, "static") if k in archive}
+    if path.suffix in {".nc", ".nc4", ".h5"}:
+        import h5py  # NetCDF-4 files are HDF5 files
+
+        with h5py.File(path, "r") as handle:
+            return {k: np.asarray(handle[k], dtype=np.float32) for k in (*MODALITIES, "static") if k in handle}
+    raise ValueError(f"{path}: unsupported sample file (expected .npz or NetCDF-4 .nc)")
+
+
+def _check_sample(sample: dict[str, np.ndarray], path: Path) -> None:
+    missing = [k for k in (*MODALITIES, "static") if k not in sample]
+    if missing:
+        raise ValueError(f"{path}: missing variables {missing}")
+    grid_shape = sample[IMAGE_MODALITIES[0]].shape
+    for m in IMAGE_MODALITIES:
+        if sample[m].ndim != 3 or sample[m].shape != grid_shape:
+            raise ValueError(f"{path}: {m} has shape {sample[m].shape}, expected [T, H, W] = {grid_shape}")
+    for m in VECTOR_MODALITIES:
+        if sample[m].ndim != 1:
+            raise ValueError(f"{path}: {m} must be a 1-D series, got shape {sample[m].shape}")
+    if sample["static"].shape != (len(STATIC_NAMES),):
+        raise ValueError(f"{path}: static must have {len(STATIC_NAMES)} values, got {sample['static'].shape}")
+
+
+def load(path: Path) -> WaterData:
+    """Load a folder of per-sample files, or one stacked NPZ."""
+    if path.is_file():
+        with np.load(path) as archive:
+            return WaterData({m: np.asarray(archive[m], np.float32) for m in MODALITIES},
+                             np.asarray(archive["static"], np.float32))
+    files = sorted(p for p in path.iterdir() if p.suffix in {".npz", ".nc", ".nc4", ".h5"})
+    if not files:
+        raise ValueError(f"{path}: no .npz/.nc sample files")
+    samples = []
+    for file in files:
+        sample = _read_sample(file)
+        _check_sample(sample, file)
+        samples.append(sample)
+    for file, sample in zip(files, samples, strict=True):
+        for key in (*MODALITIES, "static"):
+            if sample[key].shape != samples[0][key].shape:
+                raise ValueError(f"{file}: {key} shape {sample[key].shape} differs from {samples[0][key].shape}")
+    return WaterData({m: np.stack([s[m] for s in samples]) for m in MODALITIES},
+                     np.stack([s["static"] for s in samples]))
