@@ -1,0 +1,213 @@
+"""`POST /traffic/forecast`: readings + timestamps -> features (shared preprocessing) -> batcher -> mph.
+
+Everything model-specific (sensor ids and order, scaler, features, step length, horizon) comes from the
+served version's manifest `preprocessing`; nothing is hard-coded here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from fastapi import APIRouter, Query, Request
+
+from service.errors import InvalidInput
+from service.families.base import request_context, resolve_version
+from service.families.traffic.preprocessing import (
+    FEATURE_DAY_OF_WEEK,
+    FEATURE_SPEED,
+    FEATURE_TIME_OF_DAY,
+    Scaler,
+    build_features,
+)
+from service.families.traffic.schemas import (
+    Forecast,
+    ForecastRequest,
+    ForecastResponse,
+    ForecastWindow,
+    SensorsResponse,
+)
+
+if TYPE_CHECKING:
+    from service.repository import LoadedVersion
+
+STATE_KEY = "traffic"
+MAX_SPEED = 250.0  # mph; anything above is a unit or data error, not a reading
+
+
+@dataclass(frozen=True)
+class TrafficSpec:
+    """What the manifest says about the model's inputs; built once per loaded version."""
+
+    sensor_ids: list[str]
+    index: dict[str, int]
+    scaler: Scaler
+    use_time_of_day: bool
+    use_day_of_week: bool
+    step_seconds: int
+    input_steps: int
+    horizon: int
+
+    @classmethod
+    def from_preprocessing(cls, pre: dict[str, Any]) -> TrafficSpec:
+        missing = [k for k in ("sensor_ids", "scaler", "features", "step_seconds", "input_steps", "horizon")
+                   if k not in pre]
+        if missing:
+            raise ValueError(f"traffic manifest preprocessing lacks {missing}")
+        features = list(pre["features"])
+        known = {FEATURE_SPEED, FEATURE_TIME_OF_DAY, FEATURE_DAY_OF_WEEK}
+        if not features or features[0] != FEATURE_SPEED or set(features) - known:
+            raise ValueError(f"unsupported traffic features {features}")
+        sensor_ids = [str(s) for s in pre["sensor_ids"]]
+        return cls(
+            sensor_ids=sensor_ids,
+            index={s: i for i, s in enumerate(sensor_ids)},
+            scaler=Scaler(float(pre["scaler"]["mean"]), float(pre["scaler"]["std"])),
+            use_time_of_day=FEATURE_TIME_OF_DAY in features,
+            use_day_of_week=FEATURE_DAY_OF_WEEK in features,
+            step_seconds=int(pre["step_seconds"]),
+            input_steps=int(pre["input_steps"]),
+            horizon=int(pre["horizon"]),
+        )
+
+
+def spec_of(version: LoadedVersion) -> TrafficSpec:
+    spec = version.state.get(STATE_KEY)
+    if spec is None:  # prepare() did not run (e.g. a version loaded before the family existed)
+        spec = TrafficSpec.from_preprocessing(version.manifest.preprocessing)
+        version.state[STATE_KEY] = spec
+    return spec
+
+
+def _fail(window: int, field: str, message: str, **details: Any) -> InvalidInput:
+    return InvalidInput(f"windows[{window}].{field}: {message}", details={"window": window, "field": field, **details})
+
+
+def _wall_clock(value: datetime) -> np.datetime64:
+    """Local wall-clock time as given (an offset is not converted: time-of-day is the sensors' local time)."""
+    return np.datetime64(value.replace(tzinfo=None), "ns")
+
+
+@dataclass
+class PreparedWindow:
+    order: np.ndarray  # request row i -> model sensor index
+    speeds: np.ndarray  # (T, N) model order, 0 = missing
+    stamps: np.ndarray  # (T,) datetime64[ns]
+    last: datetime
+
+
+def prepare_window(i: int, window: ForecastWindow, spec: TrafficSpec) -> PreparedWindow:
+    """Check one window against the model's sensor set and step grid; 422 naming the problem otherwise."""
+    n, steps = len(spec.sensor_ids), spec.input_steps
+    ids = window.sensor_ids
+    if len(window.values) != len(ids):
+        raise _fail(i, "values", f"has {len(window.values)} rows but sensor_ids has {len(ids)}; one row per sensor")
+    unknown = [s for s in ids if s not in spec.index]
+    if unknown:
+        raise _fail(i, "sensor_ids", f"unknown sensor id(s) {unknown[:10]}; this model serves {n} sensors "
+                    "(GET /traffic/sensors lists them)", unknown=unknown[:100])
+    if len(set(ids)) != len(ids):
+        dupes = sorted({s for s in ids if ids.count(s) > 1})
+        raise _fail(i, "sensor_ids", f"duplicate sensor id(s) {dupes[:10]}", duplicates=dupes[:100])
+    if len(ids) != n:
+        given = set(ids)
+        absent = [s for s in spec.sensor_ids if s not in given]
+        raise _fail(i, "sensor_ids", f"got {len(ids)} sensors, the model needs all {n}; missing {absent[:10]} "
+                    "(send 0 or null readings for sensors without data)", missing=absent[:100])
+    for row, readings in enumerate(window.values):
+        if len(readings) != steps:
+            raise _fail(i, f"values[{row}]", f"sensor {ids[row]!r} has {len(readings)} readings, expected {steps} "
+                        f"(the last {steps} steps, oldest first)", sensor=ids[row])
+    raw = np.array([[0.0 if v is None else v for v in readings] for readings in window.values], dtype=np.float64)
+    bad = ~np.isfinite(raw)
+    if bad.any():
+        row, step = (int(a) for a in np.argwhere(bad)[0])
+        raise _fail(i, f"values[{row}][{step}]", f"sensor {ids[row]!r} has a non-finite reading (NaN/inf); "
+                    "use null or 0 for missing", sensor=ids[row], step=step)
+    out_of_range = (raw < 0) | (raw > MAX_SPEED)
+    if out_of_range.any():
+        row, step = (int(a) for a in np.argwhere(out_of_range)[0])
+        raise _fail(i, f"values[{row}][{step}]", f"sensor {ids[row]!r} reading {raw[row, step]} is outside "
+                    f"[0, {MAX_SPEED:g}] mph", sensor=ids[row], step=step)
+
+    step = timedelta(seconds=spec.step_seconds)
+    if window.timestamps is not None:
+        stamps_in = window.timestamps
+        if len(stamps_in) != steps:
+            raise _fail(i, "timestamps", f"has {len(stamps_in)} entries, expected {steps} (one per reading)")
+        if len({s.tzinfo is None for s in stamps_in}) > 1:
+            raise _fail(i, "timestamps", "mixes timestamps with and without a UTC offset")
+        for k in range(1, steps):
+            if stamps_in[k] <= stamps_in[k - 1]:
+                raise _fail(i, "timestamps", f"not strictly increasing: [{k}] {stamps_in[k].isoformat()} <= "
+                            f"[{k - 1}] {stamps_in[k - 1].isoformat()}", index=k)
+        for k in range(1, steps):
+            delta = stamps_in[k] - stamps_in[k - 1]
+            if delta != step:
+                raise _fail(i, "timestamps", f"[{k - 1}] -> [{k}] is {delta.total_seconds():g} s apart; the "
+                            f"model's step is {spec.step_seconds} s", index=k)
+        last = stamps_in[-1]
+    else:  # the schema guarantees exactly one of the two
+        last = window.last_timestamp  # type: ignore[assignment]
+    stamps = _wall_clock(last) + (np.arange(-(steps - 1), 1) * np.timedelta64(spec.step_seconds, "s"))
+    order = np.fromiter((spec.index[s] for s in ids), dtype=np.int64, count=len(ids))
+    speeds = np.zeros((steps, n), dtype=np.float64)
+    speeds[:, order] = raw.T
+    return PreparedWindow(order=order, speeds=speeds, stamps=stamps, last=last)
+
+
+def features_for(prepared: list[PreparedWindow], spec: TrafficSpec) -> np.ndarray:
+    speeds = np.stack([p.speeds for p in prepared])
+    stamps = np.stack([p.stamps for p in prepared])
+    return build_features(speeds, stamps, spec.scaler, spec.use_time_of_day, spec.use_day_of_week)
+
+
+def to_forecast(window: ForecastWindow, prepared: PreparedWindow, y: np.ndarray, spec: TrafficSpec) -> Forecast:
+    """y (horizon, N, 1) in model order -> per requested sensor, in request order."""
+    step = timedelta(seconds=spec.step_seconds)
+    per_sensor = y[:, prepared.order, 0].T.astype(np.float64)
+    return Forecast(
+        id=window.id,
+        timestamps=[prepared.last + step * (h + 1) for h in range(spec.horizon)],
+        sensor_ids=window.sensor_ids,
+        values=per_sensor.tolist(),
+    )
+
+
+def build_router() -> APIRouter:
+    router = APIRouter(prefix="/traffic", tags=["traffic"])
+
+    @router.post("/forecast", response_model=ForecastResponse)
+    async def forecast(body: ForecastRequest, request: Request, model: str | None = Query(None),
+                       version: int | None = Query(None)) -> ForecastResponse:
+        """Forecast the next `horizon` steps (12 x 5 min) of every sensor from its last 12 readings.
+
+        One request may hold several windows (e.g. several points in time); they are batched together with
+        other requests by the model's dynamic batcher. Missing readings: null or 0.
+        """
+        served = resolve_version(request, family="traffic", model=model, version=version)
+        spec = spec_of(served)
+        prepared = [prepare_window(i, w, spec) for i, w in enumerate(body.windows)]
+        x = features_for(prepared, spec)
+        outputs = await served.infer({"x": x}, ctx=request_context(request))
+        y = outputs["y"]
+        return ForecastResponse(
+            model=served.name, version=served.version, step_seconds=spec.step_seconds, horizon=spec.horizon,
+            forecasts=[to_forecast(w, p, y[k], spec)
+                       for k, (w, p) in enumerate(zip(body.windows, prepared, strict=True))],
+        )
+
+    @router.get("/sensors", response_model=SensorsResponse)
+    async def sensors(request: Request, model: str | None = Query(None),
+                      version: int | None = Query(None)) -> SensorsResponse:
+        """The served version's sensor ids (the set every forecast window must cover) and its time grid."""
+        served = resolve_version(request, family="traffic", model=model, version=version)
+        spec = spec_of(served)
+        return SensorsResponse(
+            model=served.name, version=served.version, sensor_ids=spec.sensor_ids, step_seconds=spec.step_seconds,
+            input_steps=spec.input_steps, horizon=spec.horizon,
+        )
+
+    return router

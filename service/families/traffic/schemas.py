@@ -1,0 +1,107 @@
+"""Request/response models of `POST /traffic/forecast` (examples appear in the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MAX_WINDOWS = 64
+MAX_SENSORS = 20_000
+
+_EXAMPLE_STAMPS = [f"2012-06-04T07:{m:02d}:00" for m in range(0, 60, 5)]
+_EXAMPLE_REQUEST = {
+    "windows": [
+        {
+            "id": "monday-morning",
+            "sensor_ids": ["773869", "767541"],
+            "timestamps": _EXAMPLE_STAMPS,
+            "values": [
+                [64.4, 63.9, 62.1, 60.0, None, 57.3, 55.8, 54.0, 0, 50.2, 48.9, 47.5],
+                [66.1, 66.0, 65.8, 65.5, 65.0, 64.2, 63.6, 62.9, 62.0, 61.2, 60.3, 59.7],
+            ],
+        },
+        {
+            "sensor_ids": ["767541", "773869"],
+            "last_timestamp": "2012-06-04T17:55:00",
+            "values": [
+                [55.0, 54.2, 53.1, 52.0, 51.1, 50.5, 49.8, 49.0, 48.5, 48.1, 47.6, 47.0],
+                [40.2, 39.5, 38.8, 38.0, 37.5, 37.1, 36.6, 36.0, 35.8, 35.5, 35.0, 34.6],
+            ],
+        },
+    ]
+}
+
+
+class ForecastWindow(BaseModel):
+    """The last `input_steps` readings (oldest first) of every sensor of the served model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = Field(None, max_length=200, description="client id, echoed in the result")
+    sensor_ids: list[str] = Field(
+        ..., min_length=1, max_length=MAX_SENSORS,
+        description="sensor ids, in any order; must be exactly the served model's sensor set",
+    )
+    values: list[list[float | None]] = Field(
+        ..., description="per sensor (same order as sensor_ids), the readings in mph, oldest first; "
+        "null or 0 = missing",
+    )
+    timestamps: list[datetime] | None = Field(
+        None, description="timestamp of each reading (strictly increasing, one step apart); sensors' local "
+        "wall-clock time: a UTC offset, if given, is kept in the response, not converted",
+    )
+    last_timestamp: datetime | None = Field(
+        None, description="alternative to `timestamps`: the time of the newest reading"
+    )
+
+    @model_validator(mode="after")
+    def _one_time_reference(self) -> ForecastWindow:
+        if (self.timestamps is None) == (self.last_timestamp is None):
+            raise ValueError("give exactly one of `timestamps` (one per reading) or `last_timestamp`")
+        return self
+
+
+class ForecastRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [_EXAMPLE_REQUEST]})
+
+    windows: list[ForecastWindow] = Field(..., min_length=1, max_length=MAX_WINDOWS)
+
+
+class Forecast(BaseModel):
+    id: str | None = None
+    timestamps: list[datetime] = Field(description="the forecast steps' timestamps")
+    sensor_ids: list[str] = Field(description="same order as the request")
+    values: list[list[float]] = Field(description="per sensor, the forecast speeds in mph, one per timestamp")
+
+
+class ForecastResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "model": "traffic", "version": 1, "unit": "mph", "step_seconds": 300, "horizon": 12,
+        "forecasts": [{
+            "id": "monday-morning",
+            "timestamps": [f"2012-06-04T08:{m:02d}:00" for m in range(0, 60, 5)],
+            "sensor_ids": ["773869", "767541"],
+            "values": [[46.1] * 12, [58.9] * 12],
+        }],
+    }]})
+
+    model: str
+    version: int
+    unit: str = "mph"
+    step_seconds: int
+    horizon: int
+    forecasts: list[Forecast]
+
+
+class SensorsResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "model": "traffic", "version": 1, "sensor_ids": ["773869", "767541"], "step_seconds": 300,
+        "input_steps": 12, "horizon": 12}]})
+
+    model: str
+    version: int
+    sensor_ids: list[str]
+    step_seconds: int
+    input_steps: int
+    horizon: int
