@@ -1,9 +1,10 @@
-"""Serving overhead and dynamic batching on the tiny platform model through `/v2/.../infer`.
+"""Dynamic batching through `/v2/.../infer` on a compute-bound tiny-family model (1024-wide MLP, one
+CPU thread per model), with the batcher on and off.
 
     python benchmarks/platform_oip.py [--url URL]   # default: starts a service on a fresh tiny repository
 
-Prints p50/p99 latency at concurrency 1 and 64, throughput, and the mean executed batch size, with the
-batcher on (max_batch_size 32) and off (max_batch_size 1).
+Prints p50/p99 latency at concurrency 1 and 64, throughput, and the mean executed batch size, with
+max_batch_size 32 (batched) and 1 (unbatched).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def measure(url: str, model: str) -> None:
     def request(client: httpx.AsyncClient):
         return client.post(f"/v2/models/{model}/infer", json=payload)
 
-    for concurrency, total in ((1, 300), (64, 3000)):
+    for concurrency, total in ((1, 30), (64, 400)):
         result = run_load(url, request, concurrency, total)
         text = httpx.get(f"{url}/metrics").text
         labels = {"model": model, "queue": "model"}
@@ -49,12 +50,12 @@ def main() -> None:
         measure(args.url, "tiny")
         return
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = train_tiny(Path(tmp) / "train", hidden=256, depth=4)
+        checkpoint = train_tiny(Path(tmp) / "train", hidden=1024, depth=2, repeats=400, steps=0)
         repository = Path(tmp) / "repo"
         export_tiny(checkpoint, repository, "batched", max_batch_size="32", max_queue_delay_ms="2",
                     max_queue_size="512")
         export_tiny(checkpoint, repository, "unbatched", max_batch_size="1", max_queue_size="512")
-        with ServiceProcess(repository) as service:
+        with ServiceProcess(repository, env={"SERVICE_CPU_THREADS": "1"}) as service:
             for model in ("batched", "unbatched"):
                 measure(service.url, model)
 
