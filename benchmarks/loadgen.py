@@ -13,8 +13,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -29,22 +30,21 @@ class LoadResult:
     requests: int
     errors: int
     seconds: float
-    latencies_s: np.ndarray
+    latencies_s: np.ndarray  # successful (200) requests only
+    statuses: Counter = field(default_factory=Counter)
 
     @property
     def throughput(self) -> float:
-        return self.requests / self.seconds
+        """Successful requests per second."""
+        return len(self.latencies_s) / self.seconds
 
     def percentile_ms(self, q: float) -> float:
-        return float(np.percentile(self.latencies_s, q) * 1000)
+        return float(np.percentile(self.latencies_s, q) * 1000) if len(self.latencies_s) else float("nan")
 
     def summary(self) -> str:
         return (f"concurrency {self.concurrency:>3}: {self.requests} requests, {self.errors} errors, "
                 f"p50 {self.percentile_ms(50):.1f} ms, p99 {self.percentile_ms(99):.1f} ms, "
-                f"{self.throughput:.1f} req/s")
-
-
-RequestFactory = Callable[[httpx.AsyncClient], "asyncio.Future[httpx.Response]"]
+                f"{self.throughput:.1f} req/s, statuses {dict(self.statuses)}")
 
 
 async def _run(url: str, make_request: Callable, concurrency: int, total: int, warmup: int) -> LoadResult:
@@ -53,23 +53,24 @@ async def _run(url: str, make_request: Callable, concurrency: int, total: int, w
         for _ in range(warmup):
             await make_request(client)
         latencies: list[float] = []
-        errors = 0
+        statuses: Counter = Counter()
         remaining = total
 
         async def worker() -> None:
-            nonlocal remaining, errors
+            nonlocal remaining
             while remaining > 0:
                 remaining -= 1
                 started = time.perf_counter()
                 response = await make_request(client)
-                latencies.append(time.perf_counter() - started)
-                if response.status_code != 200:
-                    errors += 1
+                statuses[response.status_code] += 1
+                if response.status_code == 200:  # rejections (429, ...) are counted, not timed
+                    latencies.append(time.perf_counter() - started)
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
-    return LoadResult(concurrency, total, errors, elapsed, np.asarray(latencies))
+    errors = total - statuses[200]
+    return LoadResult(concurrency, total, errors, elapsed, np.asarray(latencies), statuses)
 
 
 def run_load(url: str, make_request: Callable, concurrency: int, total: int, warmup: int = 5) -> LoadResult:

@@ -11,13 +11,16 @@ status counts; non-200 answers (e.g. 429 when the queue is full) are counted, no
 from __future__ import annotations
 
 import argparse
-import asyncio
+import itertools
 import json
-import time
-from collections import Counter
+import sys
+from pathlib import Path
 
 import httpx
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loadgen import run_load  # noqa: E402
 
 
 def make_body(sensor_ids: list[str], rng: np.random.Generator, windows: int) -> dict:
@@ -28,35 +31,6 @@ def make_body(sensor_ids: list[str], rng: np.random.Generator, windows: int) -> 
         last = np.datetime64("2012-05-01T00:00") + int(rng.integers(0, 7 * 288)) * np.timedelta64(300, "s")
         out.append({"sensor_ids": sensor_ids, "values": values.tolist(), "last_timestamp": str(last)})
     return {"windows": out}
-
-
-async def run_level(url: str, params: dict, bodies: list[bytes], concurrency: int, total: int) -> dict:
-    latencies: list[float] = []
-    statuses: Counter = Counter()
-    counter = iter(range(total))
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
-
-        async def worker() -> None:
-            for i in counter:
-                started = time.perf_counter()
-                response = await client.post(f"{url}/traffic/forecast", params=params, content=bodies[i % len(bodies)],
-                                             headers={"content-type": "application/json"})
-                statuses[response.status_code] += 1
-                if response.status_code == 200:
-                    latencies.append(time.perf_counter() - started)
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall = time.perf_counter() - started
-    ms = np.array(latencies) * 1000
-    return {
-        "concurrency": concurrency, "requests": total, "ok": len(latencies), "statuses": dict(statuses),
-        "p50_ms": float(np.percentile(ms, 50)) if len(ms) else None,
-        "p90_ms": float(np.percentile(ms, 90)) if len(ms) else None,
-        "p99_ms": float(np.percentile(ms, 99)) if len(ms) else None,
-        "throughput_rps": len(latencies) / wall, "wall_s": wall,
-    }
 
 
 def main() -> None:
@@ -75,14 +49,19 @@ def main() -> None:
     bodies = [json.dumps(make_body(info["sensor_ids"], rng, args.windows)).encode() for _ in range(32)]
     print(f"model {info['model']} v{info['version']}: N={len(info['sensor_ids'])} sensors, "
           f"{args.windows} window(s)/request, body {len(bodies[0]) / 1024:.0f} KiB")
-    asyncio.run(run_level(args.url, params, bodies, 1, args.warmup))
+    cycle = itertools.cycle(bodies)
+
+    def request(client: httpx.AsyncClient):
+        return client.post("/traffic/forecast", params=params, content=next(cycle),
+                           headers={"content-type": "application/json"})
+
     results = []
     for level in (int(c) for c in args.concurrency.split(",")):
-        result = asyncio.run(run_level(args.url, params, bodies, level, args.requests))
-        results.append(result)
-        print(f"concurrency {level:>3}: p50 {result['p50_ms']:.1f} ms  p90 {result['p90_ms']:.1f} ms  "
-              f"p99 {result['p99_ms']:.1f} ms  throughput {result['throughput_rps']:.1f} req/s  "
-              f"statuses {result['statuses']}")
+        result = run_load(args.url, request, level, args.requests, warmup=args.warmup)
+        print(result.summary() + f", p90 {result.percentile_ms(90):.1f} ms")
+        results.append({"concurrency": level, "requests": result.requests, "statuses": dict(result.statuses),
+                        **{f"p{q}_ms": result.percentile_ms(q) for q in (50, 90, 99)},
+                        "throughput_rps": result.throughput, "wall_s": result.seconds})
     print(json.dumps({"model": info["model"], "version": info["version"], "sensors": len(info["sensor_ids"]),
                       "results": results}, indent=2))
 
