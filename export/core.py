@@ -161,7 +161,7 @@ def _write_torchscript(graph: GraphExport, path: Path) -> None:
         scripted = torch.jit.script(graph.module)
     except Exception:  # noqa: BLE001 - fall back to tracing for modules scripting cannot handle
         scripted = torch.jit.trace(graph.module, tuple(graph.samples[0].values()), check_trace=False)
-    scripted = torch.jit.freeze(scripted.eval()) if hasattr(scripted, "graph") else scripted
+    scripted = torch.jit.freeze(scripted.eval())
     torch.jit.save(scripted, str(path))
 
 

@@ -182,9 +182,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus_metrics() -> Response:
-        for loaded in app.state.hub.serving():
-            for name, batcher in loaded.batchers.items():
-                metrics.queue_depth.labels(loaded.name, str(loaded.version), name).set(batcher.depth)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     app.add_middleware(ServiceMiddleware, metrics=metrics, max_body=settings.max_request_bytes)

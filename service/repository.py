@@ -168,9 +168,6 @@ class LoadedVersion:
         await asyncio.gather(*(b.drain() for b in self.batchers.values()))
         self.executor.shutdown(wait=True)
 
-    def queue_depth(self) -> int:
-        return sum(b.depth for b in self.batchers.values())
-
 
 def _rows_of(graph: GraphSpec) -> Callable[[Tensors], int]:
     if not graph.batchable:
@@ -214,6 +211,7 @@ class ModelHub:
         self._states: dict[tuple[str, int], VersionState] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._retired: set[asyncio.Task] = set()
+        self._wanted: set[str] = set()  # models that should be serving (readiness); no disk scan per probe
         self.startup_complete = False
 
     # ---- repository on disk -----------------------------------------------------------------------
@@ -238,7 +236,8 @@ class ModelHub:
 
     # ---- lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
-        for name in self.wanted_models():
+        self._wanted = set(self.wanted_models())
+        for name in sorted(self._wanted):
             try:
                 await self.load(name)
             except Exception as exc:  # noqa: BLE001 - one bad model must not stop the others
@@ -260,6 +259,7 @@ class ModelHub:
                 return current[version]
             loaded = await self._build(name, version)
             self._serving[name] = {version: loaded}
+            self._wanted.add(name)
             for old in current.values():
                 self._retire(old)
             return loaded
@@ -305,6 +305,7 @@ class ModelHub:
             current = self._serving.pop(name, None)
             if current is None:
                 raise NotFound(f"model {name!r} is not loaded")
+            self._wanted.discard(name)
             for loaded in current.values():
                 self._retire(loaded)
 
@@ -337,16 +338,13 @@ class ModelHub:
     def serving(self) -> list[LoadedVersion]:
         return [v for versions in self._serving.values() for v in versions.values()]
 
-    def latest_for_family(self, family: str) -> list[LoadedVersion]:
-        return [v for v in self.serving() if v.manifest.family == family]
-
     @property
     def ready(self) -> bool:
         if not self.startup_complete:
             return False
         if not self.settings.strict_readiness:
             return True
-        return all(name in self._serving for name in self.wanted_models())
+        return all(name in self._serving for name in self._wanted)
 
     def index(self) -> list[dict[str, str]]:
         rows = []
