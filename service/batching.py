@@ -112,10 +112,6 @@ class DynamicBatcher(Generic[P, R]):
         if self._worker is not None:
             await self._worker
 
-    @property
-    def depth(self) -> int:
-        return self._queued
-
     # ---- submission ------------------------------------------------------------------------------
     async def submit(self, payload: P, ctx: RequestContext) -> R:
         loop = asyncio.get_running_loop()
