@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import export.families
-from export.core import ExportError, publish
+from export.core import ExportError, publish, split_batching_options, with_batching
 
 
 def available_families() -> list[str]:
@@ -34,12 +34,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", help="model name in the repository (default: the family name)")
     parser.add_argument("--version", type=int, help="version number (default: latest + 1)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                        help="family-specific export option (repeatable)")
+                        help="export option (repeatable): batching limits (max_batch_size, max_queue_delay_ms, "
+                             "max_queue_size, default_timeout_ms) for every family, plus the family's own")
     args = parser.parse_args(argv)
     if not args.checkpoint.is_file():
         parser.error(f"checkpoint {args.checkpoint} does not exist")
     module = importlib.import_module(f"export.families.{args.family}")
-    plan = module.plan_from_checkpoint(args.checkpoint, **parse_options(args.option))
+    batching, options = split_batching_options(parse_options(args.option))
+    plan = with_batching(module.plan_from_checkpoint(args.checkpoint, **options), batching)
     try:
         path = publish(plan, args.repository, args.name or args.family, args.version)
     except ExportError as exc:

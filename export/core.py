@@ -40,6 +40,9 @@ from service.runtimes import open_runtime
 ONNX_OPSET = 18
 
 
+BATCHING_OPTIONS = ("max_batch_size", "max_queue_delay_ms", "max_queue_size", "default_timeout_ms")
+
+
 class ExportError(RuntimeError):
     """The export was refused; nothing was written."""
 
@@ -92,6 +95,19 @@ class ExportPlan:
     labels: list[str] | None = None
     assets: dict[str, AssetFile] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+
+
+def with_batching(plan: ExportPlan, overrides: dict[str, str]) -> ExportPlan:
+    """Apply batching limits given as CLI strings (validated by `Batching`) over the family's defaults."""
+    if overrides:
+        plan.batching = Batching.model_validate({**plan.batching.model_dump(), **overrides})
+    return plan
+
+
+def split_batching_options(options: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """(batching overrides, family options)."""
+    batching = {k: v for k, v in options.items() if k in BATCHING_OPTIONS}
+    return batching, {k: v for k, v in options.items() if k not in BATCHING_OPTIONS}
 
 
 def code_revision() -> str:

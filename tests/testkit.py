@@ -76,10 +76,11 @@ def train_tiny(out_dir: Path, hidden: int = 32, depth: int = 2, repeats: int = 1
 
 def export_tiny(checkpoint: Path, repository: Path, name: str = "tiny", version: int | None = None,
                 **options: str) -> Path:
-    from export.core import publish
+    from export.core import publish, split_batching_options, with_batching
     from export.families.tiny import plan_from_checkpoint
 
-    return publish(plan_from_checkpoint(checkpoint, **options), repository, name, version)
+    batching, options = split_batching_options(options)
+    return publish(with_batching(plan_from_checkpoint(checkpoint, **options), batching), repository, name, version)
 
 
 

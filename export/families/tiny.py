@@ -11,8 +11,7 @@ from service.manifest import Batching
 from training.tiny.model import TinyConfig, TinyRegressor
 
 
-def plan_from_checkpoint(checkpoint: Path, format: str = "onnx", max_batch_size: str = "8",
-                         max_queue_delay_ms: str = "5", max_queue_size: str = "64") -> ExportPlan:
+def plan_from_checkpoint(checkpoint: Path, format: str = "onnx") -> ExportPlan:
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     config = TinyConfig(**state["config"])
     model = TinyRegressor(config).eval()
@@ -24,8 +23,7 @@ def plan_from_checkpoint(checkpoint: Path, format: str = "onnx", max_batch_size:
         task="regression",
         graphs=[GraphExport(name="model", module=model, samples=samples, output_names=["y", "norm"],
                             format=format)],  # type: ignore[arg-type]
-        batching=Batching(max_batch_size=int(max_batch_size), max_queue_delay_ms=float(max_queue_delay_ms),
-                          max_queue_size=int(max_queue_size)),
+        batching=Batching(max_batch_size=8, max_queue_delay_ms=5, max_queue_size=64),
         provenance={"training_config": state["config"], "metrics": state.get("metrics", {}),
                     "data": "synthetic linear regression", "checkpoint": str(checkpoint)},
     )

@@ -52,11 +52,7 @@ def plan_from_checkpoint(checkpoint: Path, **options: Any) -> ExportPlan:
         atol=float(options.get("atol", 2e-3)),  # mph; outputs are O(60)
         rtol=float(options.get("rtol", 1e-4)),
     )
-    batching = Batching(
-        max_batch_size=int(options.get("max_batch_size", 16)),
-        max_queue_delay_ms=float(options.get("max_queue_delay_ms", 2.0)),
-        max_queue_size=int(options.get("max_queue_size", 256)),
-    )
+    batching = Batching(max_batch_size=16, max_queue_delay_ms=2.0, max_queue_size=256)
     preprocessing = {
         "sensor_ids": list(ckpt["sensor_ids"]),
         "scaler": {"mean": scaler.mean, "std": scaler.std},

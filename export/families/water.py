@@ -63,8 +63,7 @@ def preprocessing(cfg: WaterConfig, stats: dict) -> dict:
     }
 
 
-def plan_from_checkpoint(checkpoint: Path, format: str = "onnx", max_batch_size: str = "8",
-                         max_queue_delay_ms: str = "5", max_queue_size: str = "128") -> ExportPlan:
+def plan_from_checkpoint(checkpoint: Path, format: str = "onnx") -> ExportPlan:
     model, stats, _, ckpt = load_checkpoint(Path(checkpoint))
     cfg = model.cfg
     generator = torch.Generator().manual_seed(0)
@@ -77,8 +76,7 @@ def plan_from_checkpoint(checkpoint: Path, format: str = "onnx", max_batch_size:
         family="water",
         task="reconstruct",
         graphs=[graph],
-        batching=Batching(max_batch_size=int(max_batch_size), max_queue_delay_ms=float(max_queue_delay_ms),
-                          max_queue_size=int(max_queue_size)),
+        batching=Batching(max_batch_size=8, max_queue_delay_ms=5, max_queue_size=128),
         preprocessing=preprocessing(cfg, stats.to_dict()),
         provenance={
             "training_config": cfg.to_dict(),

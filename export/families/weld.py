@@ -2,7 +2,7 @@
 with the k-NN gallery and the preprocessing parameters as assets of the version.
 
 Options (strings, from `--option key=value`): gallery (path to gallery.npz; default: next to the
-checkpoint), k, metric, max_batch_size, max_queue_delay_ms, max_queue_size, format (onnx|torchscript).
+checkpoint), k, metric, format (onnx|torchscript). Batching limits are applied by the export CLI.
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ def _check_gallery(path: Path, embed_dim: int) -> dict:
 
 
 def plan_from_checkpoint(checkpoint: Path, gallery: str | None = None, k: str = "5", metric: str | None = None,
-                         max_batch_size: str = "16", max_queue_delay_ms: str = "5", max_queue_size: str = "128",
                          format: str = "onnx") -> ExportPlan:
     checkpoint = Path(checkpoint)
     model, config, state = load_checkpoint(checkpoint)
@@ -71,8 +70,7 @@ def plan_from_checkpoint(checkpoint: Path, gallery: str | None = None, k: str = 
         family="weld",
         task="classification",
         graphs=[graph],
-        batching=Batching(max_batch_size=int(max_batch_size), max_queue_delay_ms=float(max_queue_delay_ms),
-                          max_queue_size=int(max_queue_size)),
+        batching=Batching(max_batch_size=16, max_queue_delay_ms=5, max_queue_size=128),
         preprocessing={
             "params": config.preprocess.to_dict(),
             "inputs": {m: list(shapes[m]) for m in MODALITIES},

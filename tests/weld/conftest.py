@@ -37,9 +37,9 @@ def weld_run(tmp_path_factory: pytest.TempPathFactory, weld_data: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def weld_repository(tmp_path_factory: pytest.TempPathFactory, weld_run: Path) -> Path:
-    from export.core import publish
+    from export.core import publish, with_batching
     from export.families.weld import plan_from_checkpoint
 
     repository = tmp_path_factory.mktemp("weld-repo")
-    publish(plan_from_checkpoint(weld_run / "best.pt", max_queue_delay_ms="2"), repository, "weld")
+    publish(with_batching(plan_from_checkpoint(weld_run / "best.pt"), {"max_queue_delay_ms": "2"}), repository, "weld")
     return repository
