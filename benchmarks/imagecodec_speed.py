@@ -1,10 +1,13 @@
-"""Encode/decode wall time of a 768x512 image with the codec procedure (real entropy coding), small config,
-CPU, eager torch graphs and ONNX Runtime graphs. Run: .venv/bin/python benchmarks/imagecodec_speed.py
-[--checkpoint runs/imagecodec_gpu/q2/checkpoint.pt] [--phase phase2|baseline] [--threads 2]"""
+"""Encode/decode wall time of a 768x512 image with the codec procedure (real entropy coding): eager torch
+graphs and ONNX Runtime graphs. Run: .venv/bin/python benchmarks/imagecodec_speed.py
+[--checkpoint runs/imagecodec_gpu/q2/checkpoint.pt] [--phase phase2|baseline] [--threads 2] [--onnx]
+Full HPCM-Base size on a GPU (untrained weights: the time does not depend on them):
+    python benchmarks/imagecodec_speed.py --size base --device cuda"""
 
 from __future__ import annotations
 
 import argparse
+import copy
 import tempfile
 from pathlib import Path
 
@@ -12,7 +15,7 @@ import numpy as np
 import torch
 
 from service.families.imagecodec.codec import decode, encode
-from training.imagecodec.config import small_config
+from training.imagecodec.config import hpcm_base_config, small_config
 from training.imagecodec.data import heldout_photos
 from training.imagecodec.model import ImageCodec
 from training.imagecodec.networks import TorchNetworks, codec_model
@@ -25,18 +28,24 @@ def main() -> None:
     parser.add_argument("--phase", default="phase2")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--onnx", action="store_true", help="also time the exported ONNX graphs")
+    parser.add_argument("--size", choices=["small", "base"], default="small", help="untrained config size")
+    parser.add_argument("--device", default="cpu", help="device of the eager graphs (cpu, cuda)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.checkpoint:
         model, _ = load_checkpoint(args.checkpoint)
     else:
         torch.manual_seed(0)
-        model = ImageCodec(small_config(phase=args.phase)).eval()
+        config = small_config if args.size == "small" else hpcm_base_config
+        model = ImageCodec(config(phase=args.phase)).eval()
     photo = heldout_photos()["china"]
     image = np.ascontiguousarray(np.pad(photo, ((0, 512 - photo.shape[0]), (0, 768 - photo.shape[1]), (0, 0)),
                                         mode="reflect")[:512, :768])
-    cm = codec_model(model, "bench")
-    runs = {"torch-eager": TorchNetworks(model)}
+    cm = codec_model(model, "bench")  # tables and weight hash from the CPU copy
+    if args.device.startswith("cuda"):  # FP32 matmuls/convolutions (no TF32): the hints assume FP32 graphs
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    runs = {f"torch-{args.device}": TorchNetworks(copy.deepcopy(model), args.device)}
     if args.onnx:
         from export.core import publish
         from export.families.imagecodec import plan_from_checkpoint
@@ -53,8 +62,11 @@ def main() -> None:
         encode(image[:64, :64], nets, cm)  # warm-up
         data, enc = encode(image, nets, cm)
         _, dec = decode(data, nets, cm)
+        if torch.cuda.is_available():
+            print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
         print(f"{label:>12} 768x512 {model.cfg.phase}: encode {enc.seconds:.2f} s, decode {dec.seconds:.2f} s, "
-              f"{8 * len(data) / (768 * 512):.3f} bpp, {enc.hints} scale hints, threads={args.threads}")
+              f"{8 * len(data) / (768 * 512):.3f} bpp, {enc.hints} scale hints, threads={args.threads}, "
+              f"{args.size} config, {sum(p.numel() for p in model.parameters()):,} parameters")
 
 
 if __name__ == "__main__":

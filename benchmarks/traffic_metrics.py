@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--max-batches-per-epoch", type=int)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast for training (CUDA only)")
     parser.add_argument("--cross-stage-scope", choices=["full", "node"], help="override the presets' scope")
     args = parser.parse_args()
 
@@ -57,7 +58,8 @@ def main() -> None:
         config = load_config(PRESETS[name])
         config["data"] = base["data"]
         config["train"].update(epochs=args.epochs, patience=args.patience, device=args.device, threads=args.threads,
-                               time_budget_s=args.time_budget_s, max_batches_per_epoch=args.max_batches_per_epoch)
+                               time_budget_s=args.time_budget_s, max_batches_per_epoch=args.max_batches_per_epoch,
+                               amp=args.amp)
         if args.cross_stage_scope:
             config["model"]["cross_stage_scope"] = args.cross_stage_scope
         started = time.perf_counter()

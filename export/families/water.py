@@ -1,7 +1,9 @@
 """Export plan of the water family: one graph taking full-size normalised fields plus boolean masks.
 
 Inputs (B = batch): precip/soil/temp [B, T, H, W] FP32, evap/riverflow [B, T_v] FP32, static [B, 11] FP32
-(all normalised with the manifest's `preprocessing.stats`; hidden values may hold anything, send 0), and
+(all normalised with the manifest's `preprocessing.stats`; hidden values are ignored, send 0 -- unless the
+manifest's `preprocessing.prior_fill` is true: then every value of a hidden patch / step must hold
+`service.families.water.preprocessing.gap_prior` of the visible values, which the decoders correct), and
 precip_mask/soil_mask/temp_mask [B, T, H/p, W/p] BOOL, evap_mask/riverflow_mask [B, T_v] BOOL (True =
 hidden patch / step). Outputs: the five completed fields, normalised, visible tokens copied from the input.
 Hidden tokens are removed by attention masks inside the graph, so every masking pattern and visible count
@@ -60,6 +62,7 @@ def preprocessing(cfg: WaterConfig, stats: dict) -> dict:
         "static_names": list(STATIC_NAMES),
         "units": UNITS,
         "stats": stats,
+        "prior_fill": cfg.prior_fill,
     }
 
 

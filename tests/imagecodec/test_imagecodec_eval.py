@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from training.imagecodec.evaluate import bd_psnr, bd_rate, ms_ssim, pillow_codec, psnr
+from training.imagecodec.evaluate import bd_psnr, bd_rate, ms_ssim, pillow_codec, psnr, rd_front
 
 
 def test_bd_rate_sign_and_size() -> None:
@@ -16,6 +16,17 @@ def test_bd_rate_sign_and_size() -> None:
     assert math.isclose(bd_rate(rate, quality, rate * 0.8, quality), -20.0, abs_tol=1e-6)  # 20 % fewer bits
     assert math.isclose(bd_psnr(rate, quality, rate, quality + 0.5), 0.5, abs_tol=1e-6)
     assert math.isnan(bd_rate(rate, quality, rate, quality + 20))  # no PSNR overlap -> undefined
+
+
+def test_bd_ignores_dominated_points() -> None:
+    """A point that spends more bits for less PSNR (a saturated curve) is off the RD front: it must not bend
+    the interpolation into nonsense (a cubic fit through it gave -100 %)."""
+    rate = np.array([0.1, 0.2, 0.4, 0.8])
+    quality = np.array([26.0, 29.0, 32.0, 35.0])
+    ours_rate = np.array([0.08, 0.16, 0.32, 0.64])
+    ours_quality = np.array([26.0, 29.0, 32.0, 31.5])  # the last point is dominated
+    assert rd_front(ours_rate, ours_quality)[0].tolist() == [0.08, 0.16, 0.32]
+    assert math.isclose(bd_rate(rate, quality, ours_rate, ours_quality), -20.0, abs_tol=1e-6)
 
 
 def test_metrics_on_pillow_jpeg() -> None:

@@ -131,3 +131,16 @@ def test_variants_export_to_onnx_with_a_dynamic_batch_axis(name: str, tmp_path) 
     spec = Manifest.read(version_dir).primary
     assert spec.parity is not None and spec.parity.passed and spec.parity.batch_sizes == [1, 3]
     assert spec.inputs[0].shape == [-1, 12, N, cfg.input_dim]
+
+
+@pytest.mark.parametrize(("chunks", "steps"), [(6, 12), (3, 12), (2, 12), (1, 12), (5, 7)])
+def test_patch_upsampling_matrix_equals_linear_interpolation(chunks: int, steps: int) -> None:
+    """The multi-scale patches upsample with a matmul (fast backward on GPU); it must be the same map as
+    F.interpolate(mode="linear", align_corners=False)."""
+    from training.traffic.model import linear_upsampling
+
+    y = torch.randn(3, 4, chunks, 5)  # (B, N, chunks, D)
+    reference = torch.nn.functional.interpolate(y.reshape(-1, chunks, 5).transpose(1, 2), size=steps,
+                                                mode="linear", align_corners=False)
+    reference = reference.transpose(1, 2).reshape(3, 4, steps, 5)
+    torch.testing.assert_close(linear_upsampling(chunks, steps) @ y, reference)

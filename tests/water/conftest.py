@@ -38,9 +38,9 @@ def _one_torch_thread_per_module() -> Iterator[None]:
 def water_trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[TrainResult, Path]:
     out = tmp_path_factory.mktemp("water-train")
     cfg = fast_config()
-    train_data, val_data = synthetic_splits(cfg, 512, 32, seed=0)
+    train_data, val_data = synthetic_splits(cfg, 2048, 32, seed=0)
     with one_torch_thread():
-        result = train(cfg, train_data, val_data, steps=TRAIN_STEPS, batch_size=32, lr=3e-3, seed=0,
+        result = train(cfg, train_data, val_data, steps=TRAIN_STEPS, batch_size=32, lr=1e-3, seed=0,
                        eval_every=TRAIN_STEPS, out_dir=out, data_description="synthetic test data", log=False)
     return result, out / "best.pt"
 

@@ -24,7 +24,17 @@ SWITCHES = [
     {"use_weighted_fm": True},
     {"use_weighted_fm": True, "use_input": True, "use_fm_layers": [0]},
     {"use_cross_attn": False},
+    {"prior_fill": False},
+    {"prior_fill": False, "use_cross_attn": False},
 ]
+
+
+def _randomise_heads(model: WaterMAE) -> None:
+    """prior_fill starts the output heads at zero (output = prior); give them weights so tests see the decoder."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for decoder in model.decoders.values():
+            decoder.head.weight.copy_(torch.randn(decoder.head.weight.shape, generator=g) * 0.1)
 
 
 def _batch(cfg, b: int, ratio: float, seed: int = 0):
@@ -44,6 +54,7 @@ def test_masked_dense_graph_equals_visible_only_encoding(switches: dict) -> None
     torch.manual_seed(0)
     cfg = fast_config(**switches)
     model = WaterMAE(cfg).eval()
+    _randomise_heads(model)
     fields, static, masks = _batch(cfg, 4, 0.6)
     with torch.no_grad():
         dense = DenseReconstructor(model)(*[fields[m] for m in MODALITIES], static, *[masks[m] for m in MODALITIES])
@@ -63,7 +74,7 @@ def test_masked_dense_graph_equals_visible_only_encoding(switches: dict) -> None
 
 
 def test_hidden_input_values_are_ignored() -> None:
-    cfg = fast_config()
+    cfg = fast_config(prior_fill=False)
     model = DenseReconstructor(WaterMAE(cfg).eval())
     fields, static, masks = _batch(cfg, 2, 0.75)
     noisy = {m: torch.where(model._value_mask(m, masks[m]), fields[m] * 100 + 7, fields[m]) for m in MODALITIES}
@@ -72,6 +83,28 @@ def test_hidden_input_values_are_ignored() -> None:
         b = model(*[noisy[m] for m in MODALITIES], static, *[masks[m] for m in MODALITIES])
     for x, y in zip(a, b, strict=True):
         torch.testing.assert_close(x, y)
+
+
+def test_prior_fill_starts_at_the_prior_and_corrects_it() -> None:
+    """With prior_fill the hidden input values are the prior: an untrained model returns it unchanged (zero
+    heads), and once the heads are non-zero the output is the prior plus a correction that depends on it."""
+    cfg = fast_config(prior_fill=True)
+    mae = WaterMAE(cfg).eval()
+    model = DenseReconstructor(mae)
+    fields, static, masks = _batch(cfg, 2, 0.75)
+    with torch.no_grad():
+        out = model(*[fields[m] for m in MODALITIES], static, *[masks[m] for m in MODALITIES])
+        for x, m in zip(out, MODALITIES, strict=True):
+            torch.testing.assert_close(x, fields[m])
+        _randomise_heads(mae)
+        shifted = {m: torch.where(model._value_mask(m, masks[m]), fields[m] + 1.0, fields[m]) for m in MODALITIES}
+        a = model(*[fields[m] for m in MODALITIES], static, *[masks[m] for m in MODALITIES])
+        b = model(*[shifted[m] for m in MODALITIES], static, *[masks[m] for m in MODALITIES])
+    for x, y, m in zip(a, b, MODALITIES, strict=True):
+        hidden = model._value_mask(m, masks[m])
+        assert not torch.allclose(x[hidden], fields[m][hidden])  # a correction is applied
+        assert not torch.allclose(x[hidden], y[hidden])  # and it starts from the prior it was given
+        assert torch.equal(x[~hidden], y[~hidden])
 
 
 def test_fully_hidden_modality_gives_finite_output() -> None:
@@ -135,10 +168,11 @@ def test_losses_are_per_modality_and_train() -> None:
     fields, static, masks = _batch(cfg, 4, 0.75)
     tokens = to_tokens(cfg, fields)
     hidden = {m: masks[m].reshape(4, -1) for m in MODALITIES}
+    prior = {m: torch.where(hidden[m][:, :, None], 0.0, tokens[m]) for m in MODALITIES}  # a mean-fill prior
     optimizer = torch.optim.Adam(model.parameters(), 3e-3)
     first = None
     for _ in range(15):
-        losses = loss_terms(model, tokens, static, hidden)
+        losses = loss_terms(model, prior, static, hidden, targets=tokens)
         assert set(losses) == set(MODALITIES)
         total = sum(losses.values())
         first = float(total) if first is None else first

@@ -6,8 +6,10 @@ a handful of steps (a working but useless codec). The project therefore ships a 
 `models/imagecodec/imagecodec-q2.pt` (small config, Phase 2, quality 2, float16 weights, ~7.8 MB),
 reproduced by
 
-    bash benchmarks/imagecodec_gpu_train.sh runs/imagecodec 430 8     # one H100, ~7.5 min, q1..q4
-    (then store runs/imagecodec/q2/checkpoint.pt with float16 weights, see store_half below)
+    bash benchmarks/imagecodec_gpu_train.sh runs/ic1 430 8                  # one H100, q1..q4 at once
+    bash benchmarks/imagecodec_gpu_train.sh runs/ic2 320 16 runs/ic1 5e-4   # continue
+    bash benchmarks/imagecodec_gpu_train.sh runs/ic3 330 16 runs/ic2 3e-4   # continue (~18 min in all)
+    (then store runs/ic3/q2/checkpoint.pt with float16 weights, see store_half below)
 
 `build_default` uses that checkpoint when present and otherwise falls back to the bounded CPU run.
 """

@@ -75,27 +75,48 @@ def matched(curve: list[dict], bpp: float) -> dict:
     return min(curve, key=lambda r: abs(np.log(r["bpp"]) - np.log(bpp)))
 
 
-def bd_rate(rate_a, psnr_a, rate_b, psnr_b) -> float:
-    """Bjontegaard delta rate (%) of B vs A (negative: B needs fewer bits at equal PSNR)."""
-    la, lb = np.log(rate_a), np.log(rate_b)
-    pa, pb = np.polyfit(psnr_a, la, 3), np.polyfit(psnr_b, lb, 3)
-    lo, hi = max(min(psnr_a), min(psnr_b)), min(max(psnr_a), max(psnr_b))
-    if hi - lo < 0.1:  # the curves do not overlap in PSNR: no meaningful Bjontegaard number
+def rd_front(rate, quality) -> tuple[np.ndarray, np.ndarray]:
+    """The points of an RD curve that improve on every cheaper point (sorted by rate): Bjontegaard
+    integration needs quality increasing with rate, and a point that spends more bits for no gain is
+    dominated anyway."""
+    order = np.argsort(rate)
+    keep_rate, keep_quality = [], []
+    for r, q in zip(np.asarray(rate, float)[order], np.asarray(quality, float)[order], strict=True):
+        if not keep_quality or q > keep_quality[-1]:
+            keep_rate.append(r)
+            keep_quality.append(q)
+    return np.array(keep_rate), np.array(keep_quality)
+
+
+def _mean_gap(xa, ya, xb, yb, min_overlap: float) -> float:
+    """Mean of yb(x) - ya(x) over the x range both curves cover, with monotone piecewise-cubic (PCHIP)
+    interpolation, as current Bjontegaard implementations do; NaN without enough overlap."""
+    from scipy.interpolate import PchipInterpolator
+
+    if len(xa) < 2 or len(xb) < 2:
         return float("nan")
-    ia, ib = np.polyint(pa), np.polyint(pb)
-    avg_a = (np.polyval(ia, hi) - np.polyval(ia, lo)) / (hi - lo)
-    avg_b = (np.polyval(ib, hi) - np.polyval(ib, lo)) / (hi - lo)
-    return float((np.exp(avg_b - avg_a) - 1) * 100)
+    lo, hi = max(xa.min(), xb.min()), min(xa.max(), xb.max())
+    if hi - lo < min_overlap:
+        return float("nan")
+    grid = np.linspace(lo, hi, 200)
+    gap = PchipInterpolator(xb, yb)(grid) - PchipInterpolator(xa, ya)(grid)
+    return float(np.mean(gap))
+
+
+def bd_rate(rate_a, psnr_a, rate_b, psnr_b) -> float:
+    """Bjontegaard delta rate (%) of B vs A (negative: B needs fewer bits at equal PSNR), over the PSNR range
+    both cover."""
+    ra, pa = rd_front(rate_a, psnr_a)
+    rb, pb = rd_front(rate_b, psnr_b)
+    gap = _mean_gap(pa, np.log(ra), pb, np.log(rb), min_overlap=0.1)
+    return float((np.exp(gap) - 1) * 100)
 
 
 def bd_psnr(rate_a, psnr_a, rate_b, psnr_b) -> float:
-    la, lb = np.log(rate_a), np.log(rate_b)
-    pa, pb = np.polyfit(la, psnr_a, 3), np.polyfit(lb, psnr_b, 3)
-    lo, hi = max(min(la), min(lb)), min(max(la), max(lb))
-    if hi - lo < 0.05:
-        return float("nan")
-    ia, ib = np.polyint(pa), np.polyint(pb)
-    return float(((np.polyval(ib, hi) - np.polyval(ib, lo)) - (np.polyval(ia, hi) - np.polyval(ia, lo))) / (hi - lo))
+    """Bjontegaard delta PSNR (dB) of B vs A (positive: B has higher PSNR at equal rate)."""
+    ra, pa = rd_front(rate_a, psnr_a)
+    rb, pb = rd_front(rate_b, psnr_b)
+    return _mean_gap(np.log(ra), pa, np.log(rb), pb, min_overlap=0.05)
 
 
 def _mean_curve(per_image: dict[str, list[dict]]) -> tuple[np.ndarray, np.ndarray]:
@@ -137,6 +158,11 @@ def evaluate(checkpoints: list[Path], images: dict[str, np.ndarray], out: Path) 
         summary["bd_rate_vs_jpeg_percent"] = bd_rate(jpeg_rate, jpeg_psnr, ours_rate, ours_psnr)
         summary["bd_psnr_vs_jpeg_db"] = bd_psnr(jpeg_rate, jpeg_psnr, ours_rate, ours_psnr)
         summary["bd_rate_vs_webp_percent"] = bd_rate(webp_rate, webp_psnr, ours_rate, ours_psnr)
+        # BD-rate only speaks for the PSNR range both curves cover (and our points on the RD front)
+        front_rate, front_psnr = rd_front(ours_rate, ours_psnr)
+        summary["rd_front_bpp"] = front_rate.tolist()
+        summary["bd_vs_jpeg_psnr_range_db"] = [max(front_psnr.min(), jpeg_psnr.min()),
+                                               min(front_psnr.max(), jpeg_psnr.max())]
     (out / "rd.json").write_text(json.dumps(summary, indent=2))
     _plot(summary, out / "rd.png")
     return summary
@@ -182,6 +208,9 @@ def main() -> None:
     for key in ("bd_rate_vs_jpeg_percent", "bd_psnr_vs_jpeg_db", "bd_rate_vs_webp_percent"):
         if key in summary:
             print(f"{key}: {summary[key]:.2f}")
+    if "bd_vs_jpeg_psnr_range_db" in summary:
+        lo, hi = summary["bd_vs_jpeg_psnr_range_db"]
+        print(f"(over PSNR {lo:.2f}..{hi:.2f} dB, our RD-front points at {summary['rd_front_bpp']} bpp)")
     print(f"wrote {args.out / 'rd.json'} and {args.out / 'rd.png'}")
 
 

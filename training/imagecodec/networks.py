@@ -22,15 +22,18 @@ def graph_modules(model: ImageCodec) -> dict[str, nn.Module]:
 
 
 class TorchNetworks:
-    def __init__(self, model: ImageCodec) -> None:
-        self.modules = graph_modules(model.eval())
+    """The model's graphs run eagerly on `device` (numpy in and out, as the codec procedure expects)."""
+
+    def __init__(self, model: ImageCodec, device: str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.modules = graph_modules(model.eval().to(self.device))
 
     def __call__(self, graph: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        args = [torch.from_numpy(inputs[name]) for name in GRAPH_INPUTS[graph]]
+        args = [torch.from_numpy(inputs[name]).to(self.device) for name in GRAPH_INPUTS[graph]]
         with torch.inference_mode():
             out = self.modules[graph](*args)
         out = (out,) if isinstance(out, torch.Tensor) else out
-        return {name: t.numpy() for name, t in zip(GRAPH_OUTPUTS[graph], out, strict=True)}
+        return {name: t.cpu().numpy() for name, t in zip(GRAPH_OUTPUTS[graph], out, strict=True)}
 
 
 def build_tables(model: ImageCodec) -> PmfTables:

@@ -35,8 +35,11 @@ def train(out_dir: Path, quality: int = 3, size: str = "small", phase: str = "ph
     photos = folder_images(images) if images else skimage_photos()
     crops = RandomCrops(list(photos.values()), crop, seed=seed)
     model = ImageCodec(cfg)
+    earlier = None
     if init is not None:  # continue from an earlier run of the same config
-        model.load_state_dict(torch.load(init, map_location="cpu", weights_only=False)["state_dict"])
+        start_from = torch.load(init, map_location="cpu", weights_only=False)
+        model.load_state_dict(start_from["state_dict"])
+        earlier = start_from.get("provenance", {}).get("training")  # the chain of earlier rounds
     model = model.to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimiser, [int(steps * 0.8), int(steps * 0.95)], 0.3)
@@ -73,7 +76,7 @@ def train(out_dir: Path, quality: int = 3, size: str = "small", phase: str = "ph
         "provenance": {
             "training": {"steps": step, "seconds": round(time.perf_counter() - start, 1), "batch": batch,
                          "crop": crop, "lr": lr, "seed": seed, "device": device, "lambda": lmbda,
-                         "quality": quality, "phase": cfg.phase, "size": size},
+                         "quality": quality, "phase": cfg.phase, "size": size, "continued_from": earlier},
             "data": str(images) if images else "scikit-image bundled photographs: " + ", ".join(sorted(photos)),
             "parameters": count_parameters(model),
             "history": history[-5:],

@@ -39,7 +39,7 @@ CHECKPOINT_FORMAT = "traffic-checkpoint/1"
 TRAIN_DEFAULTS: dict[str, Any] = {
     "batch_size": 32, "lr": 1e-3, "weight_decay": 0.0, "epochs": 50, "patience": 10, "grad_clip": 5.0,
     "seed": 0, "max_batches_per_epoch": None, "max_eval_batches": None, "time_budget_s": None, "threads": None,
-    "eval_batch_size": 64, "device": "cpu", "test_max_batches": None,
+    "eval_batch_size": 64, "device": "cpu", "test_max_batches": None, "amp": False,
 }
 DATA_DEFAULTS: dict[str, Any] = {
     "source": "synthetic", "dir": None, "nodes": 207, "days": 35, "seed": 0,
@@ -180,6 +180,7 @@ def _train(config: dict[str, Any], out_dir: Path, data: TrafficData | None, resu
     seed_everything(int(tcfg["seed"]))
     data = data if data is not None else prepare_data(config["data"], out_dir)
     device = torch.device(tcfg.get("device") or "cpu")
+    amp = bool(tcfg.get("amp")) and device.type == "cuda"  # training only; evaluation stays FP32
     model = build_model(config, data).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
@@ -215,7 +216,10 @@ def _train(config: dict[str, Any], out_dir: Path, data: TrafficData | None, resu
                 out_of_time = True  # bounded wall time (default model): validate and save what we have
                 break
             x, y = data.windows("train", order[start : start + batch_size])
-            outputs = model.forward_all(torch.from_numpy(x).to(device))
+            # bf16 autocast on GPU lets SDPA take its fused kernels (the cross-stage attention is long)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                outputs = model.forward_all(torch.from_numpy(x).to(device))
+            outputs = [out.float() for out in outputs]
             target = torch.from_numpy(y).to(device)
             # Deep supervision: every stage's prediction gets its own loss (one output without it).
             loss = sum(masked_mae_torch(out, target) for out in outputs) / len(outputs)
@@ -319,6 +323,7 @@ OVERRIDES: dict[str, tuple[str, str, Any]] = {
     "device": ("train", "device", str),
     "max_batches_per_epoch": ("train", "max_batches_per_epoch", int),
     "time_budget_s": ("train", "time_budget_s", float),
+    "amp": ("train", "amp", _on_off),
 }
 
 

@@ -43,6 +43,10 @@ class WaterConfig:
     use_input: bool = False  # the patch embedding as one more WeightedFeatureMaps layer
     kept_mask_ratio: float = 1.0  # fraction of masked tokens decoded and scored during training
     mask_ratio: float = 0.75
+    # Hidden input values carry a simple gap-filling prior (service.families.water.preprocessing.gap_prior:
+    # linear in time, else nearest visible pixel, else nearest day, else the mean); the decoders see it at
+    # their queries and predict a correction to it (residual), so the model starts at the best simple fill.
+    prior_fill: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -82,12 +86,12 @@ def full_config(**overrides: Any) -> WaterConfig:
 def small_config(**overrides: Any) -> WaterConfig:
     """The CPU default served by `make serve` (trains in about a minute on 2 cores)."""
     base = dict(height=40, width=30, d_model=64, heads=4, image_layers=2, vector_layers=2, mlp_ratio=2.0,
-                decoder_dim=64, decoder_depth=2, decoder_heads=4, decoder_mlp_ratio=2.0)
+                decoder_dim=64, decoder_depth=2, decoder_heads=4, decoder_mlp_ratio=2.0, prior_fill=True)
     return WaterConfig(**{**base, **overrides})
 
 
 def fast_config(**overrides: Any) -> WaterConfig:
     """Tiny model for tests."""
     base = dict(height=20, width=20, d_model=32, heads=2, image_layers=2, vector_layers=2, mlp_ratio=2.0,
-                decoder_dim=32, decoder_depth=2, decoder_heads=2, decoder_mlp_ratio=2.0)
+                decoder_dim=32, decoder_depth=2, decoder_heads=2, decoder_mlp_ratio=2.0, prior_fill=True)
     return WaterConfig(**{**base, **overrides})

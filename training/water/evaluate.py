@@ -21,6 +21,7 @@ from service.families.water.preprocessing import (
     MODALITIES,
     NormStats,
     expand_patch_mask,
+    gap_prior,
     patch_mask,
 )
 from training.water import data as water_data
@@ -41,9 +42,16 @@ def reconstruct(model: WaterMAE, stats: NormStats, fields: dict[str, np.ndarray]
     for start in range(0, n, batch_size):
         sl = slice(start, min(n, start + batch_size))
         b = sl.stop - sl.start
-        inputs = [torch.from_numpy(np.nan_to_num(stats.normalise(m, fields[m][sl]))) for m in MODALITIES]
-        masks = [torch.from_numpy(token_masks[m][sl].reshape(b, cfg.frames, hp, wp) if m in IMAGE_MODALITIES
-                                  else token_masks[m][sl]) for m in MODALITIES]
+        masks = [token_masks[m][sl].reshape(b, cfg.frames, hp, wp) if m in IMAGE_MODALITIES else token_masks[m][sl]
+                 for m in MODALITIES]
+        inputs = []
+        for m, mask in zip(MODALITIES, masks, strict=True):
+            normed = np.nan_to_num(stats.normalise(m, fields[m][sl]))
+            if cfg.prior_fill:  # hidden values carry the gap-filling prior, as the service sends them
+                image = m in IMAGE_MODALITIES
+                normed = gap_prior(normed, expand_patch_mask(mask, cfg.patch) if image else mask, image)
+            inputs.append(torch.from_numpy(normed))
+        masks = [torch.from_numpy(mask) for mask in masks]
         result = dense(*inputs, torch.from_numpy(stats.normalise_static(static[sl])), *masks)
         for m, r in zip(MODALITIES, result, strict=True):
             outs[m].append(stats.denormalise(m, r.numpy()))

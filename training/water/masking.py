@@ -65,7 +65,7 @@ def training_masks(rng: np.random.Generator, batch: int, cfg: WaterConfig) -> di
     random = {m: random_mask(rng, batch, cfg.tokens(m), cfg.mask_ratio) for m in MODALITIES}
     days = scenario_masks("days", rng, batch, cfg)
     region = scenario_masks("region", rng, batch, cfg)
-    kind = rng.choice(3, size=batch, p=[0.5, 0.25, 0.25])
+    kind = rng.choice(3, size=batch, p=[0.3, 0.4, 0.3])
     out = {}
     for m in MODALITIES:
         region_m = region[m] if m in IMAGE_MODALITIES else random[m]

@@ -5,6 +5,8 @@ a vector modality [B, T_v] becomes T_v tokens of one value. Encoders see only th
 index tensors `idx` [B, L] plus `pad` [B, L] (True = padding), so visible counts may differ per sample.
 Passing `idx=None` means "all N positions" with `pad` = hidden; attention then ignores hidden tokens
 exactly as if they had been removed (used by the exported graph, which takes full fields plus masks).
+With `prior_fill`, the token values at hidden positions are not ignored: they hold the gap-filling prior
+(service.families.water.preprocessing.gap_prior), which the decoders embed at their queries and correct.
 """
 
 from __future__ import annotations
@@ -189,14 +191,60 @@ class CrossDecoder(nn.Module):
         )
         self.norm = nn.LayerNorm(dd)
         self.head = nn.Linear(dd, cfg.patch**2 if image else 1)
+        self.prior_embed = nn.Linear(cfg.patch**2 if image else 1, dd) if cfg.prior_fill else None
+        self.context_embed = nn.Linear(IMAGE_CONTEXT if image else VECTOR_CONTEXT, dd) if cfg.prior_fill else None
+        if cfg.prior_fill:
+            zero_head(self.head)
 
     def forward(self, memories: list[Tensor], memory_bias: Tensor, q_idx: Tensor | None, q_pad: Tensor,
-                batch: int) -> Tensor:
+                batch: int, prior: Tensor | None = None, context: Tensor | None = None) -> Tensor:
+        """prior [B, Lq, P]: the gap-filling prior at the queries (prior_fill), context [B, Lq, F] its
+        mask_context; the output corrects the prior."""
         x = self.mask_token + take_table(self.pos(), q_idx, batch)
+        if self.prior_embed is not None and self.context_embed is not None and prior is not None:
+            x = x + self.prior_embed(prior)
+            if context is not None:
+                x = x + self.context_embed(context)
         query_bias = key_bias(q_pad, x.dtype)
         for block, memory in zip(self.blocks, memories, strict=True):
             x = block(x, memory, memory_bias, query_bias)
-        return self.head(self.norm(x))
+        out = self.head(self.norm(x))
+        return out if prior is None else prior + out
+
+
+IMAGE_CONTEXT, VECTOR_CONTEXT = 9, 7  # features of mask_context per token
+
+
+def shifted(x: Tensor, dim: int, step: int) -> Tensor:
+    """x moved by `step` along dim (x[i - step]), zeros (= not visible) shifted in."""
+    n = x.shape[dim]
+    pad = torch.zeros_like(x.narrow(dim, 0, abs(step)))
+    if step > 0:
+        return torch.cat([pad, x.narrow(dim, 0, n - step)], dim=dim)
+    return torch.cat([x.narrow(dim, -step, n + step), pad], dim=dim)
+
+
+def mask_context(cfg: WaterConfig, visible: Tensor, image: bool) -> Tensor:
+    """Per-token features of the visibility pattern around each token [B, N, F]: whether the same place is
+    visible 1-2 steps before/after, whether the spatial neighbours of the same frame are, and the visible
+    fraction of the frame / series. They tell a decoder how the gap-filling prior was made (interpolated
+    between close days, copied from a neighbour, or the mean) and so how much to trust it."""
+    b = visible.shape[0]
+    if image:
+        hp, wp = cfg.grid_patches
+        v = visible.reshape(b, cfg.frames, hp, wp)
+        frame = v.mean(dim=(2, 3), keepdim=True).expand_as(v)
+        feats = [shifted(v, 1, s) for s in (1, -1, 2, -2)] + [shifted(v, d, s) for d in (2, 3) for s in (1, -1)]
+        return torch.stack(feats + [frame], dim=-1).reshape(b, -1, IMAGE_CONTEXT)
+    series = visible.mean(dim=1, keepdim=True).expand_as(visible)
+    feats = [shifted(visible, 1, s) for s in (1, -1, 2, -2, 3, -3)]
+    return torch.stack(feats + [series], dim=-1)
+
+
+def zero_head(head: nn.Linear) -> None:
+    """A residual head starts at zero: the untrained model returns the prior unchanged."""
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
 
 
 class PooledDecoder(nn.Module):
@@ -215,6 +263,8 @@ class PooledDecoder(nn.Module):
                                     for _ in range(cfg.decoder_depth))
         self.norm = nn.LayerNorm(dd)
         self.head = nn.Linear(dd, cfg.patch**2 if image else 1)
+        if cfg.prior_fill:  # residual on the prior only (the old design has no per-query embedding of it)
+            zero_head(self.head)
 
     def forward(self, own: Tensor, idx: Tensor | None, pad: Tensor, pooled: Tensor) -> Tensor:
         """own: this modality's encoder output at idx (static token removed); pooled: [B, M, d_model]."""
@@ -255,8 +305,15 @@ class WaterMAE(nn.Module):
     def forward(self, tokens: dict[str, Tensor], static: Tensor, vis_idx: dict[str, Tensor | None],
                 vis_pad: dict[str, Tensor], q_idx: dict[str, Tensor | None],
                 q_pad: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Predictions [B, Lq, P] per modality at q_idx (normalised units)."""
-        return self.decode(self.encode(tokens, static, vis_idx, vis_pad), vis_idx, vis_pad, q_idx, q_pad)
+        """Predictions [B, Lq, P] per modality at q_idx (normalised units). With prior_fill, `tokens` at the
+        hidden positions hold the gap-filling prior; otherwise hidden values are ignored."""
+        priors = contexts = None
+        if self.cfg.prior_fill:
+            priors = {m: take(tokens[m], q_idx[m]) for m in MODALITIES}
+            contexts = {m: take(mask_context(self.cfg, visible_mask(tokens[m].shape[1], vis_idx[m], vis_pad[m]),
+                                             m in IMAGE_MODALITIES), q_idx[m]) for m in MODALITIES}
+        encoded = self.encode(tokens, static, vis_idx, vis_pad)
+        return self.decode(encoded, vis_idx, vis_pad, q_idx, q_pad, priors, contexts)
 
     def encode(self, tokens: dict[str, Tensor], static: Tensor, vis_idx: dict[str, Tensor | None],
                vis_pad: dict[str, Tensor]) -> dict[str, tuple[list[Tensor], Tensor, Tensor]]:
@@ -264,11 +321,13 @@ class WaterMAE(nn.Module):
 
     def decode(self, encoded: dict[str, tuple[list[Tensor], Tensor, Tensor]], vis_idx: dict[str, Tensor | None],
                vis_pad: dict[str, Tensor], q_idx: dict[str, Tensor | None],
-               q_pad: dict[str, Tensor]) -> dict[str, Tensor]:
+               q_pad: dict[str, Tensor], priors: dict[str, Tensor] | None = None,
+               contexts: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
         batch = encoded[MODALITIES[0]][1].shape[0]
         dtype = encoded[MODALITIES[0]][1].dtype
         if not self.cfg.use_cross_attn:
-            return self._pooled_decode(encoded, vis_idx, vis_pad, q_idx)
+            out = self._pooled_decode(encoded, vis_idx, vis_pad, q_idx)
+            return out if priors is None else {m: priors[m] + out[m] for m in MODALITIES}
         depth = self.cfg.decoder_depth
         per_block: list[list[Tensor]] = [[] for _ in range(depth)]
         pads = []
@@ -280,7 +339,9 @@ class WaterMAE(nn.Module):
             pads.append(pad)
         memories = [torch.cat(blocks, dim=1) for blocks in per_block]
         memory_bias = key_bias(torch.cat(pads, dim=1), dtype)
-        return {m: self.decoders[m](memories, memory_bias, q_idx[m], q_pad[m], batch) for m in MODALITIES}
+        return {m: self.decoders[m](memories, memory_bias, q_idx[m], q_pad[m], batch,
+                                    None if priors is None else priors[m], None if contexts is None else contexts[m])
+                for m in MODALITIES}
 
     def _pooled_decode(self, encoded: dict, vis_idx: dict, vis_pad: dict, q_idx: dict) -> dict[str, Tensor]:
         pooled = []
@@ -296,6 +357,15 @@ class WaterMAE(nn.Module):
             full = self.decoders[m](own, vis_idx[m], vis_pad[m], context)
             out[m] = take(full, q_idx[m])
         return out
+
+
+def visible_mask(n: int, idx: Tensor | None, pad: Tensor) -> Tensor:
+    """[B, N] float, 1 = visible, from the encoder's (idx, pad) form (idx None: pad is the hidden mask)."""
+    if idx is None:
+        return (~pad).to(torch.float32)
+    canvas = torch.zeros(pad.shape[0], n + 1, device=pad.device)
+    target = torch.where(pad, torch.full_like(idx, n), idx)  # padding goes to a dropped extra slot
+    return canvas.scatter(1, target, torch.ones_like(target, dtype=torch.float32))[:, :n]
 
 
 def select(mask: Tensor, keep: float = 1.0, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
@@ -344,17 +414,21 @@ def masked_mse(pred: Tensor, target: Tensor, pad: Tensor) -> Tensor:
 
 def loss_terms(model: WaterMAE, tokens: dict[str, Tensor], static: Tensor, hidden: dict[str, Tensor],
                scored: dict[str, Tensor] | None = None,
-               generator: torch.Generator | None = None) -> dict[str, Tensor]:
+               generator: torch.Generator | None = None,
+               targets: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
     """Per-modality MSE on (a `kept_mask_ratio` fraction of) the hidden tokens, in normalised units.
 
-    `scored` (default = hidden) limits the targets, e.g. to exclude tokens whose data is missing."""
+    `scored` (default = hidden) limits the scored tokens, e.g. to exclude tokens whose data is missing.
+    `targets` (default = tokens) are the true tokens when `tokens` carry the gap-filling prior at hidden
+    positions (prior_fill)."""
     vis = {m: select(~hidden[m]) for m in MODALITIES}
     keep = model.cfg.kept_mask_ratio if model.training else 1.0
-    targets = hidden if scored is None else scored
-    query = {m: select(targets[m], keep, generator) for m in MODALITIES}
+    chosen = hidden if scored is None else scored
+    query = {m: select(chosen[m], keep, generator) for m in MODALITIES}
+    truth = tokens if targets is None else targets
     pred = model(tokens, static, {m: v[0] for m, v in vis.items()}, {m: v[1] for m, v in vis.items()},
                  {m: q[0] for m, q in query.items()}, {m: q[1] for m, q in query.items()})
-    return {m: masked_mse(pred[m], take(tokens[m], query[m][0]), query[m][1]) for m in MODALITIES}
+    return {m: masked_mse(pred[m], take(truth[m], query[m][0]), query[m][1]) for m in MODALITIES}
 
 
 class DenseReconstructor(nn.Module):
@@ -363,6 +437,8 @@ class DenseReconstructor(nn.Module):
     Hidden tokens are excluded by attention masks (never by shape), so any masking pattern and any
     visible count work in one graph; hidden input values are ignored (send zeros). Visible tokens are
     copied from the input, hidden ones come from the decoder. Masks: image [B, T, Hp, Wp], vector [B, T_v].
+    With `prior_fill` the hidden input values must hold the gap-filling prior (gap_prior, computed by the
+    caller from the visible values) instead of being ignored.
     """
 
     def __init__(self, model: WaterMAE) -> None:
@@ -378,7 +454,11 @@ class DenseReconstructor(nn.Module):
         masks = {"precip": precip_mask, "soil": soil_mask, "temp": temp_mask, "evap": evap_mask,
                  "riverflow": riverflow_mask}
         hidden = {m: masks[m].reshape(masks[m].shape[0], -1) for m in MODALITIES}
-        tokens = to_tokens(cfg, {m: torch.where(self._value_mask(m, masks[m]), 0.0, fields[m]) for m in MODALITIES})
+        if cfg.prior_fill:
+            tokens = to_tokens(cfg, fields)
+        else:
+            tokens = to_tokens(cfg, {m: torch.where(self._value_mask(m, masks[m]), 0.0, fields[m])
+                                     for m in MODALITIES})
         none: dict[str, Tensor | None] = {m: None for m in MODALITIES}
         # Queries at every position; with decoder self-attention, queries only attend to hidden queries.
         q_pad = {m: ~hidden[m] for m in MODALITIES}

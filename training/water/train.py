@@ -13,6 +13,8 @@ import argparse
 import json
 import math
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,12 +22,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.families.water.preprocessing import IMAGE_MODALITIES, MODALITIES, NormStats
+from service.families.water.preprocessing import IMAGE_MODALITIES, MODALITIES, NormStats, gap_prior
 from training.water import data as water_data
 from training.water.baselines import climatology_table
 from training.water.config import WaterConfig, fast_config, full_config, small_config
 from training.water.masking import scenario_masks, training_masks
-from training.water.model import WaterMAE, count_parameters, loss_terms, patchify
+from training.water.model import WaterMAE, count_parameters, loss_terms, patchify, unpatchify
 
 CONFIGS = {"fast": fast_config, "small": small_config, "full": full_config}
 
@@ -68,12 +70,41 @@ def check_shapes(data: water_data.WaterData, cfg: WaterConfig) -> None:
             raise ValueError(f"{m}: data shape {data.fields[m].shape[1:]} != config {want}")
 
 
-def batch_loss(model: WaterMAE, prep: Prepared, index: np.ndarray, masks: dict[str, np.ndarray],
-               generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+def with_prior(cfg: WaterConfig, tokens: dict[str, torch.Tensor],
+               hidden: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Tokens whose hidden positions hold the gap-filling prior (computed at value level, as in serving)."""
+    out = {}
+    for m in MODALITIES:
+        if m in IMAGE_MODALITIES:
+            b = tokens[m].shape[0]
+            values = unpatchify(tokens[m], cfg.frames, cfg.height, cfg.width, cfg.patch).cpu().numpy()
+            mask = hidden[m][:, :, None].expand(-1, -1, cfg.patch**2)
+            mask = unpatchify(mask, cfg.frames, cfg.height, cfg.width, cfg.patch).cpu().numpy()
+            prior = torch.from_numpy(gap_prior(values, mask, image=True))
+            out[m] = patchify(prior, cfg.patch).to(tokens[m].device).reshape(b, -1, cfg.patch**2)
+        else:
+            prior = gap_prior(tokens[m][:, :, 0].cpu().numpy(), hidden[m].cpu().numpy(), image=False)
+            out[m] = torch.from_numpy(prior)[:, :, None].to(tokens[m].device)
+    return out
+
+
+Batch = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor, dict[str, torch.Tensor],
+              dict[str, torch.Tensor]]
+
+
+def make_batch(cfg: WaterConfig, prep: Prepared, index: np.ndarray, masks: dict[str, np.ndarray]) -> Batch:
+    """(model input tokens, target tokens, static, hidden, scored); the inputs carry the prior if prior_fill."""
     tokens, missing, static = prep.batch(index)
     hidden = {m: torch.from_numpy(masks[m]).to(prep.device) | missing[m] for m in MODALITIES}
     scored = {m: hidden[m] & ~missing[m] for m in MODALITIES}
-    return loss_terms(model, tokens, static, hidden, scored, generator)
+    inputs = with_prior(cfg, tokens, hidden) if cfg.prior_fill else tokens
+    return inputs, tokens, static, hidden, scored
+
+
+def batch_loss(model: WaterMAE, prep: Prepared, index: np.ndarray, masks: dict[str, np.ndarray],
+               generator: torch.Generator | None = None, batch: Batch | None = None) -> dict[str, torch.Tensor]:
+    inputs, targets, static, hidden, scored = batch or make_batch(model.cfg, prep, index, masks)
+    return loss_terms(model, inputs, static, hidden, scored, generator, targets=targets)
 
 
 @torch.no_grad()
@@ -123,8 +154,9 @@ def checkpoint_dict(result: TrainResult, data_description: str, state: dict | No
 def train(cfg: WaterConfig, train_data: water_data.WaterData, val_data: water_data.WaterData, *, steps: int,
           batch_size: int = 32, lr: float = 2e-3, seed: int = 0, time_limit: float | None = None,
           eval_every: int = 100, out_dir: Path | None = None, data_description: str = "",
-          log: bool = True, device: str = "cpu") -> TrainResult:
-    """Train with AdamW + warmup/cosine; keeps the weights with the lowest validation loss."""
+          log: bool = True, device: str = "cpu", workers: int = 1) -> TrainResult:
+    """Train with AdamW + warmup/cosine; keeps the weights with the lowest validation loss. `workers`
+    threads build batches ahead (the numpy gap-filling prior is the slow part on a GPU)."""
     check_shapes(train_data, cfg)
     check_shapes(val_data, cfg)
     torch.manual_seed(seed)
@@ -145,10 +177,20 @@ def train(cfg: WaterConfig, train_data: water_data.WaterData, val_data: water_da
     running = {m: 0.0 for m in MODALITIES}
     n_running = 0
     step = 0
+    def next_batch() -> Future[Batch]:
+        # Drawn in order on this thread (deterministic); the numpy prior is built on worker threads while
+        # the previous steps run.
+        index = rng.choice(len(train_data), size=min(batch_size, len(train_data)), replace=False)
+        return pool.submit(make_batch, cfg, train_prep, index, training_masks(rng, len(index), cfg))
+
+    pool = ThreadPoolExecutor(max_workers=max(1, workers))
+    pending = deque(next_batch() for _ in range(min(steps, max(1, workers))))
     for step in range(1, steps + 1):
         model.train()
-        index = rng.choice(len(train_data), size=min(batch_size, len(train_data)), replace=False)
-        losses = batch_loss(model, train_prep, index, training_masks(rng, len(index), cfg), generator)
+        batch = pending.popleft().result()
+        if step + len(pending) < steps:
+            pending.append(next_batch())
+        losses = batch_loss(model, train_prep, np.empty(0), {}, generator, batch=batch)
         total = sum(losses.values())
         optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -177,6 +219,7 @@ def train(cfg: WaterConfig, train_data: water_data.WaterData, val_data: water_da
                 torch.save(checkpoint_dict(result, data_description), out_dir / "last.pt")
         if out_of_time:
             break
+    pool.shutdown(cancel_futures=True)
     result.seconds = time.perf_counter() - start
     result.steps = step
     if best_state is not None:
@@ -226,6 +269,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/water"))
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (1 is fastest on a small shared CPU)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--workers", type=int, default=1, help="threads building batches ahead")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
@@ -245,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"parameters: {count_parameters(WaterMAE(cfg)):,}", flush=True)
     result = train(cfg, train_data, val_data, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                    seed=args.seed, time_limit=args.time_limit, eval_every=args.eval_every, out_dir=args.out,
-                   data_description=description)
+                   data_description=description, device=args.device, workers=args.workers)
     print(f"best validation loss {result.best_val:.4f} after {result.steps} steps in {result.seconds:.1f}s; "
           f"checkpoint {args.out / 'best.pt'}")
 

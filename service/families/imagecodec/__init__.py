@@ -5,25 +5,6 @@ Model naming: one model per quality level, `imagecodec-q1` .. `imagecodec-q6` (h
 POST /image/decompress (see routes.py).
 """
 
-from __future__ import annotations
+from service.families import lazy_family
 
-from fastapi import APIRouter
-
-from service.families.base import Family
-
-
-class ImageCodecFamily(Family):
-    name = "imagecodec"
-
-    def router(self) -> APIRouter:
-        from service.families.imagecodec.routes import build_router
-
-        return build_router()
-
-    def prepare(self, version) -> None:
-        from service.families.imagecodec.routes import prepare_version
-
-        prepare_version(version)
-
-
-FAMILY = ImageCodecFamily()
+__getattr__ = lazy_family(__name__, "service.families.imagecodec.family:ImageCodecFamily")

@@ -1,9 +1,5 @@
 """Water family: gap filling of multimodal hydrology fields (POST /water/reconstruct)."""
 
-from __future__ import annotations
+from service.families import lazy_family
 
-from service.families.water.family import WaterFamily
-
-FAMILY = WaterFamily()
-
-__all__ = ["FAMILY", "WaterFamily"]
+__getattr__ = lazy_family(__name__, "service.families.water.family:WaterFamily")

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
 from service.errors import InvalidInput
 from service.families.base import Family, request_context, resolve_version
@@ -23,6 +24,8 @@ from service.families.water.preprocessing import (
     STATIC_NAMES,
     UNITS,
     NormStats,
+    expand_patch_mask,
+    gap_prior,
     patch_mask,
 )
 
@@ -96,13 +99,14 @@ class WaterSpec:
     series_len: int
     n_static: int
     stats: NormStats
+    prior_fill: bool = False  # the graph expects the gap-filling prior at hidden values
 
     @classmethod
     def from_preprocessing(cls, pre: dict[str, Any]) -> WaterSpec:
         grid = pre["grid"]
         return cls(frames=int(grid["frames"]), height=int(grid["height"]), width=int(grid["width"]),
                    patch=int(grid["patch"]), series_len=int(grid["series_len"]), n_static=int(grid["n_static"]),
-                   stats=NormStats.from_dict(pre["stats"]))
+                   stats=NormStats.from_dict(pre["stats"]), prior_fill=bool(pre.get("prior_fill", False)))
 
     def shape(self, modality: str) -> tuple[int, ...]:
         if modality in IMAGE_MODALITIES:
@@ -161,7 +165,8 @@ def parse_sample(sample: WaterSample, index: int, spec: WaterSpec) -> ParsedSamp
 
 
 def model_inputs(parsed: list[ParsedSample], spec: WaterSpec) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Normalised, zero-filled fields + token masks for the graph; also returns the token masks."""
+    """Normalised fields (hidden values: the gap-filling prior with `prior_fill`, else the mean) + token
+    masks for the graph; also returns the token masks."""
     inputs: dict[str, np.ndarray] = {}
     tokens: dict[str, np.ndarray] = {}
     for m in MODALITIES:
@@ -169,6 +174,9 @@ def model_inputs(parsed: list[ParsedSample], spec: WaterSpec) -> tuple[dict[str,
         values = np.stack([p.values[m] for p in parsed])
         normed = spec.stats.normalise(m, np.where(missing, spec.stats.mean[m], values))
         tokens[m] = patch_mask(missing, spec.patch) if m in IMAGE_MODALITIES else missing
+        if spec.prior_fill:  # every value of a hidden patch is hidden from the model, as in training
+            image = m in IMAGE_MODALITIES
+            normed = gap_prior(normed, expand_patch_mask(tokens[m], spec.patch) if image else tokens[m], image)
         inputs[m] = normed.astype(np.float32)
         inputs[f"{m}_mask"] = tokens[m]
     inputs["static"] = spec.stats.normalise_static(np.stack([p.static for p in parsed])).astype(np.float32)
@@ -218,7 +226,8 @@ class WaterFamily(Family):
             todo = [i for i, p in enumerate(parsed) if any(p.missing[m].any() for m in MODALITIES)]
             outputs, tokens = None, None
             if todo:
-                inputs, tokens = model_inputs([parsed[i] for i in todo], spec)
+                # numpy work (the gap-filling prior): off the event loop
+                inputs, tokens = await run_in_threadpool(model_inputs, [parsed[i] for i in todo], spec)
                 outputs = await loaded.infer(inputs, ctx=request_context(request))
             row_of = {i: r for r, i in enumerate(todo)}
             samples = [

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 IMAGE_MODALITIES: tuple[str, ...] = ("precip", "soil", "temp")
 VECTOR_MODALITIES: tuple[str, ...] = ("evap", "riverflow")
@@ -78,3 +79,59 @@ def patch_mask(missing: np.ndarray, patch: int) -> np.ndarray:
 def expand_patch_mask(mask: np.ndarray, patch: int) -> np.ndarray:
     """Patch mask [..., T, Hp, Wp] -> value mask [..., T, Hp*p, Wp*p]."""
     return np.repeat(np.repeat(mask, patch, axis=-2), patch, axis=-1)
+
+
+def _nearest_along(values: np.ndarray, hidden: np.ndarray, axis: int) -> tuple[np.ndarray, ...]:
+    """Nearest visible value before / after each entry along `axis`: (v_prev, d_prev, v_next, d_next);
+    a distance is 0 where there is no visible entry on that side."""
+    n = values.shape[axis]
+    shape = [1] * values.ndim
+    shape[axis] = n
+    steps = np.arange(n, dtype=np.int32).reshape(shape)
+    prev = np.maximum.accumulate(np.where(hidden, np.int32(-1), steps), axis=axis)
+    rev = np.flip(np.where(hidden, np.int32(n), steps), axis)
+    nxt = np.flip(np.minimum.accumulate(rev, axis=axis), axis)
+    v_prev = np.take_along_axis(values, prev.clip(0, n - 1), axis)
+    v_next = np.take_along_axis(values, nxt.clip(0, n - 1), axis)
+    d_prev = np.where(prev >= 0, steps - prev, 0)
+    d_next = np.where(nxt < n, nxt - steps, 0)
+    return v_prev, d_prev, v_next, d_next
+
+
+def gap_prior(values: np.ndarray, hidden: np.ndarray, image: bool) -> np.ndarray:
+    """Cheap deterministic fill of the hidden values from the visible ones (normalised units).
+
+    values/hidden: grids [N, T, H, W] or series [N, T_v] (value level, True = hidden). Rule per hidden value:
+    linear interpolation in time between the nearest visible days before and after at the same pixel; else
+    (grids) spatial interpolation in the same frame: the inverse-distance weighted mean of the nearest
+    visible pixels up, down, left and right (or, when the row and column have none, the nearest visible
+    pixel); else the nearest visible day (constant extrapolation); else 0, the modality mean. Visible values
+    are returned unchanged. The model with `prior_fill` receives this as its hidden input values and
+    predicts a correction to it. Used identically in training, evaluation and serving."""
+    values = np.asarray(values, dtype=np.float32)
+    hidden = np.asarray(hidden, dtype=bool)
+    v_prev, d_prev, v_next, d_next = _nearest_along(values, hidden, 1)
+    has_prev, has_next = d_prev > 0, d_next > 0
+    both = has_prev & has_next
+    weight = (d_prev / np.maximum(d_prev + d_next, 1)).astype(np.float32)
+    interp = v_prev + weight * (v_next - v_prev)
+    one_side = np.where(has_prev, v_prev, np.where(has_next, v_next, np.float32(0.0)))
+    fill = np.where(both, interp, one_side)
+    if image:
+        total = np.zeros(values.shape, np.float32)
+        weights = np.zeros(values.shape, np.float32)
+        for axis in (2, 3):
+            for v_side, d_side in zip(*[iter(_nearest_along(values, hidden, axis))] * 2, strict=True):
+                w = np.where(d_side > 0, 1.0 / np.maximum(d_side, 1), 0.0).astype(np.float32)
+                total += w * v_side
+                weights += w
+        spatial = total / np.maximum(weights, 1e-12)
+        has_spatial = weights > 0
+        # Hidden values with nothing visible in their row and column: the nearest visible pixel of the frame.
+        need = (hidden & ~both & ~has_spatial).any(axis=(2, 3)) & ~hidden.all(axis=(2, 3))
+        for i, j in zip(*np.nonzero(need), strict=True):
+            _, (ri, ci) = ndimage.distance_transform_edt(hidden[i, j], return_indices=True)
+            spatial[i, j] = np.where(has_spatial[i, j], spatial[i, j], values[i, j][ri, ci])
+            has_spatial[i, j] = True
+        fill = np.where(both, interp, np.where(has_spatial, spatial, one_side))
+    return np.where(hidden, fill, values).astype(np.float32)

@@ -1,5 +1,5 @@
 """Weld defect family: four-modality embedding + k-NN classification (POST /weld/classify, /weld/gallery)."""
 
-from service.families.weld.family import WeldFamily
+from service.families import lazy_family
 
-FAMILY = WeldFamily()
+__getattr__ = lazy_family(__name__, "service.families.weld.family:WeldFamily")
