@@ -46,6 +46,13 @@ def _check(state: Path, shipped: Path) -> int:
     return enrolled
 
 
+def _kill_when_writing(state: Path, timeout: float = 10.0) -> None:
+    """Wait until an enrolment's temporary file exists (a rewrite is under way), so the kill lands inside it."""
+    deadline = time.monotonic() + timeout
+    while not list(state.glob(f".{ENROLLED_FILE}.*.tmp")) and time.monotonic() < deadline:
+        time.sleep(0.0005)
+
+
 def test_kill_9_during_enrolment_keeps_old_or_new_gallery(tmp_path: Path) -> None:
     shipped = tmp_path / "gallery.npz"
     shipped.write_bytes(npz_bytes(np.zeros((10, DIM), np.float32), np.arange(10) % 12,
@@ -55,14 +62,17 @@ def test_kill_9_during_enrolment_keeps_old_or_new_gallery(tmp_path: Path) -> Non
     interrupted_writes = 0
     counts = []
     rng = np.random.default_rng(0)
-    for trial in range(8):
+    for trial in range(12):
         before = _check(state, shipped) if (state / ENROLLED_FILE).exists() else 0
         proc = subprocess.Popen([sys.executable, "-c", WRITER, str(shipped), str(state)], cwd=root,
                                 stdout=subprocess.PIPE, text=True)
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready"
         proc.stdout.readline()  # at least one enrolment completed in this process
-        time.sleep(float(rng.uniform(0.0, 0.3)))
+        if trial % 2:  # aimed: as soon as a rewrite has started
+            _kill_when_writing(state)
+        else:  # at a random moment, inside or between rewrites
+            time.sleep(float(rng.uniform(0.0, 0.3)))
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         assert proc.returncode == -signal.SIGKILL
@@ -73,7 +83,7 @@ def test_kill_9_during_enrolment_keeps_old_or_new_gallery(tmp_path: Path) -> Non
         after = _check(state, shipped)
         assert after >= before + BATCH  # completed enrolments survived
         counts.append(after)
-        if interrupted_writes >= 1 and trial >= 2:
+        if interrupted_writes >= 1 and trial >= 3:
             break
     # The kills really did land inside writes, not only between them.
     assert interrupted_writes >= 1, f"no kill hit a write in {len(counts)} trials: {counts}"
