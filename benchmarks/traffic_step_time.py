@@ -2,10 +2,11 @@
 
     python benchmarks/traffic_step_time.py --device cuda --presets fallback,quick,deep --profile quick
 
-One optimiser step = forward (all supervised stages) + masked-MAE loss + backward + AdamW, on random
-windows of the METR-LA shape (batch 32, 12 steps, N=207). Prints seconds per batch, the implied seconds per
-epoch of the synthetic training split (220 batches) and peak GPU memory; `--profile` adds the top kernels
-of one preset, to show where the time goes.
+One optimiser step = `training.traffic.train.training_step` (forward of all supervised stages, masked-MAE
+loss, backward, the preset's gradient clipping, AdamW) on random windows of the METR-LA shape (batch 32,
+12 steps, N=207). Prints seconds per batch, the implied seconds per epoch of the synthetic training split
+(220 batches) and peak GPU memory; `--profile` adds the top kernels of one preset, to show where the time
+goes.
 """
 
 from __future__ import annotations
@@ -21,23 +22,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from training.traffic.metrics import masked_mae_torch  # noqa: E402
 from training.traffic.model import TrafficForecaster, TrafficModelConfig, count_parameters  # noqa: E402
-from training.traffic.train import load_config  # noqa: E402
+from training.traffic.train import load_config, training_step  # noqa: E402
 
 BATCHES_PER_EPOCH = 220  # 7040 training windows of the 35-day synthetic set / batch 32
-
-
-def step_fn(model: TrafficForecaster, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-            amp: bool):
-    def step() -> None:
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-            outputs = model.forward_all(x)
-        loss = sum(masked_mae_torch(out.float(), y) for out in outputs) / len(outputs)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return step
 
 
 def sync(device: torch.device) -> None:
@@ -63,10 +51,15 @@ def main() -> None:
     rows = []
     for preset in [p for p in args.presets.split(",") if p]:
         for amp in ([False, True] if device.type == "cuda" else [False]):
-            cfg = TrafficModelConfig(num_nodes=args.nodes, **load_config(preset)["model"])
+            config = load_config(preset)
+            cfg = TrafficModelConfig(num_nodes=args.nodes, **config["model"])
+            clip = float(config["train"].get("grad_clip") or 0.0)
             model = TrafficForecaster(cfg).to(device).train()
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-            step = step_fn(model, optimizer, x, y, amp)
+
+            def step(model=model, optimizer=optimizer, amp=amp, clip=clip) -> None:
+                training_step(model, optimizer, x, y, amp, clip)
+
             step()
             step()
             sync(device)

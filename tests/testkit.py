@@ -56,15 +56,21 @@ class LiveServer:
 
     def terminate(self) -> int:
         """SIGTERM (graceful drain) and wait; returns the exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        code = stop_process(self.process, timeout=60)
         self._log.close()
-        return self.process.returncode
+        return code
+
+
+def stop_process(process: subprocess.Popen, timeout: float) -> int:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout` seconds; returns the exit code."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
 
 
 def train_tiny(out_dir: Path, hidden: int = 32, depth: int = 2, repeats: int = 1, steps: int = 20) -> Path:

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import yaml
 from deploy_support import ALERTS_YML, PROMETHEUS_YML, load_yaml
+from testkit import stop_process
 
 SCRAPE_S = 1  # the test's scrape and rule evaluation interval (production: 5 s / 15 s)
 
@@ -94,10 +95,5 @@ class Prometheus:
             timeout)
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, timeout=20)
         self._log.close()

@@ -3,34 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import torch
 
 from export.core import publish
 from export.families.water import plan_from_checkpoint
+from training.threads import torch_threads
 from training.water.config import fast_config
 from training.water.train import TrainResult, synthetic_splits, train
 
 TRAIN_STEPS = 400  # the missing-days margin over linear interpolation: ~6 % here, 1-3 % at 250 steps
 
 
-@contextmanager
-def one_torch_thread() -> Iterator[None]:
-    """The models here are tiny: one thread avoids the oversubscription cost on a small shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _one_torch_thread_per_module() -> Iterator[None]:
-    with one_torch_thread():
+    with torch_threads(1):
         yield
 
 
@@ -39,7 +27,7 @@ def water_trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[TrainResult
     out = tmp_path_factory.mktemp("water-train")
     cfg = fast_config()
     train_data, val_data = synthetic_splits(cfg, 2048, 32, seed=0)
-    with one_torch_thread():
+    with torch_threads(1):
         result = train(cfg, train_data, val_data, steps=TRAIN_STEPS, batch_size=32, lr=1e-3, seed=0,
                        eval_every=TRAIN_STEPS, out_dir=out, data_description="synthetic test data", log=False)
     return result, out / "best.pt"
@@ -48,6 +36,6 @@ def water_trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[TrainResult
 @pytest.fixture(scope="session")
 def water_repository(tmp_path_factory: pytest.TempPathFactory, water_trained: tuple[TrainResult, Path]) -> Path:
     repository = tmp_path_factory.mktemp("water-repo")
-    with one_torch_thread():
+    with torch_threads(1):
         publish(plan_from_checkpoint(water_trained[1]), repository, name="water")
     return repository

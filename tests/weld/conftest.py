@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
+
+from training.threads import torch_threads
 
 
 @pytest.fixture(scope="session")
@@ -26,12 +27,8 @@ def weld_run(tmp_path_factory: pytest.TempPathFactory, weld_data: Path) -> Path:
     config = small()
     config.train.epochs = 2
     out = tmp_path_factory.mktemp("weld-run")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         train(config, weld_data, out, log=lambda _: None)
-    finally:
-        torch.set_num_threads(threads)
     return out
 
 

@@ -19,8 +19,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import torch
-
+from training.checkpoints import save_atomic
 from training.imagecodec.train import load_checkpoint, train
 
 DEFAULT_SECONDS = 75.0
@@ -33,7 +32,7 @@ def store_half(checkpoint: Path, target: Path) -> Path:
     ckpt["state_dict"] = model.half().state_dict()
     ckpt.setdefault("provenance", {})["stored_as"] = "float16 weights (cast back to float32 on load)"
     target.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(ckpt, target)
+    save_atomic(ckpt, target)
     return target
 
 

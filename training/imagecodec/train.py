@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from training.checkpoints import save_atomic
 from training.imagecodec.config import CodecConfig, hpcm_base_config, small_config, tiny_config
 from training.imagecodec.data import RandomCrops, folder_images, skimage_photos
 from training.imagecodec.model import ImageCodec, count_parameters, rd_loss
@@ -71,7 +72,7 @@ def train(out_dir: Path, quality: int = 3, size: str = "small", phase: str = "ph
             print(json.dumps(row), flush=True)
     model = model.cpu().eval()
     checkpoint = out_dir / "checkpoint.pt"
-    torch.save({
+    save_atomic({
         "config": cfg.to_dict(), "state_dict": model.state_dict(), "quality": quality, "lambda": lmbda,
         "provenance": {
             "training": {"steps": step, "seconds": round(time.perf_counter() - start, 1), "batch": batch,

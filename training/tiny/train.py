@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from training.checkpoints import save_atomic
 from training.tiny.model import TinyConfig, TinyRegressor
 
 
@@ -26,8 +27,8 @@ def train(out_dir: Path, config: TinyConfig, steps: int = 200, seed: int = 0) ->
         optimizer.step()
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = out_dir / "best.pt"
-    torch.save({"config": config.to_dict(), "state_dict": model.state_dict(),
-                "metrics": {"train_mse": loss.item()}, "seed": seed, "steps": steps}, checkpoint)
+    save_atomic({"config": config.to_dict(), "state_dict": model.state_dict(),
+                 "metrics": {"train_mse": loss.item()}, "seed": seed, "steps": steps}, checkpoint)
     (out_dir / "metrics.json").write_text(json.dumps({"train_mse": loss.item()}))
     return checkpoint
 

@@ -220,9 +220,9 @@ class MultiScalePatches(nn.Module):
         self.proj = nn.ModuleList(nn.Linear(dim * p, dim) for p in self.patch_sizes)
         self.fuse = nn.Linear(dim * len(self.patch_sizes), dim)
         self.norm = nn.LayerNorm(dim)
-        for p in self.patch_sizes:  # not saved: derived from the config
-            chunks = -(-steps // p)
-            self.register_buffer(f"upsample_{p}", linear_upsampling(chunks, steps), persistent=False)
+        for p in self.patch_sizes:  # scales coarser than T are upsampled back; not saved: derived from config
+            if -(-steps // p) != steps:
+                self.register_buffer(f"upsample_{p}", linear_upsampling(-(-steps // p), steps), persistent=False)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         n, d = h.shape[1], h.shape[3]

@@ -28,6 +28,8 @@ import torch
 import yaml
 
 from service.families.traffic.preprocessing import STEP_SECONDS
+from training.checkpoints import save_atomic
+from training.threads import torch_threads
 from training.traffic import synthetic
 from training.traffic.baselines import baseline_predictions
 from training.traffic.data import TrafficData, find_files, load_dataset
@@ -156,22 +158,28 @@ def load_checkpoint(path: Path) -> tuple[TrafficForecaster, dict[str, Any]]:
     return model, checkpoint
 
 
-def _save(obj: dict, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+def training_step(model: TrafficForecaster, optimizer: torch.optim.Optimizer, x: torch.Tensor, target: torch.Tensor,
+                  amp: bool = False, grad_clip: float = 0.0) -> torch.Tensor:
+    """One optimiser step; returns the final stage's prediction (detached, mph)."""
+    # bf16 autocast on GPU lets SDPA take its fused kernels (the cross-stage attention is long)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+        outputs = model.forward_all(x)
+    outputs = [out.float() for out in outputs]
+    # Deep supervision: every stage's prediction gets its own loss (one output without it).
+    loss = sum(masked_mae_torch(out, target) for out in outputs) / len(outputs)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return outputs[-1].detach()
 
 
 def train(config: dict[str, Any], out_dir: Path, data: TrafficData | None = None, resume: bool = False,
           log: bool = True) -> dict[str, Any]:
     """Train per `config`; returns a summary (paths, best validation MAE, test tables, seconds per epoch)."""
-    threads = torch.get_num_threads()
-    if config["train"].get("threads"):
-        torch.set_num_threads(int(config["train"]["threads"]))
-    try:
+    with torch_threads(config["train"].get("threads")):
         return _train(config, Path(out_dir), data, resume, log)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train(config: dict[str, Any], out_dir: Path, data: TrafficData | None, resume: bool, log: bool) -> dict[str, Any]:
@@ -216,19 +224,10 @@ def _train(config: dict[str, Any], out_dir: Path, data: TrafficData | None, resu
                 out_of_time = True  # bounded wall time (default model): validate and save what we have
                 break
             x, y = data.windows("train", order[start : start + batch_size])
-            # bf16 autocast on GPU lets SDPA take its fused kernels (the cross-stage attention is long)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                outputs = model.forward_all(torch.from_numpy(x).to(device))
-            outputs = [out.float() for out in outputs]
             target = torch.from_numpy(y).to(device)
-            # Deep supervision: every stage's prediction gets its own loss (one output without it).
-            loss = sum(masked_mae_torch(out, target) for out in outputs) / len(outputs)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if tcfg.get("grad_clip"):
-                torch.nn.utils.clip_grad_norm_(model.parameters(), float(tcfg["grad_clip"]))
-            optimizer.step()
-            losses.append(masked_mae_torch(outputs[-1].detach(), target).item())
+            final = training_step(model, optimizer, torch.from_numpy(x).to(device), target, amp,
+                                  float(tcfg.get("grad_clip") or 0.0))
+            losses.append(masked_mae_torch(final, target).item())
         train_seconds = time.perf_counter() - epoch_start
         val = evaluate_table(model, data, "val", int(tcfg["eval_batch_size"]), tcfg.get("max_eval_batches"))
         val_mae = val["average"]["mae"]
@@ -252,9 +251,9 @@ def _train(config: dict[str, Any], out_dir: Path, data: TrafficData | None, resu
             print(json.dumps(record))
         extra = {**copy.deepcopy(state), "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
         checkpoint = _checkpoint(model, config, data, extra)
-        _save(checkpoint, latest)
+        save_atomic(checkpoint, latest)
         if improved:
-            _save(checkpoint, best)
+            save_atomic(checkpoint, best)
         if out_of_time or (budget is not None and time.perf_counter() - started > budget):
             break
 
@@ -279,7 +278,7 @@ def _train(config: dict[str, Any], out_dir: Path, data: TrafficData | None, resu
         "test": tables,
     }
     best_checkpoint["metrics"] = {"test": tables, "test_windows": test_windows}
-    _save(best_checkpoint, best)
+    save_atomic(best_checkpoint, best)
     (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
     return summary
 

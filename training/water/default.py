@@ -17,8 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
+from training.checkpoints import save_atomic
+from training.threads import torch_threads
 from training.water.config import small_config
 from training.water.data import generate
 from training.water.evaluate import evaluate
@@ -35,9 +35,7 @@ def build_default(workdir: Path, use_shipped: bool = True) -> Path:
     """The default model's checkpoint (accepted by export.families.water), with its held-out evaluation."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # many small matmuls: one thread is faster than two on a small shared CPU
-    try:
+    with torch_threads(1):  # many small matmuls: one thread is faster than two on a small shared CPU
         start = time.perf_counter()
         cfg = small_config()
         if use_shipped and SHIPPED.exists():
@@ -56,10 +54,8 @@ def build_default(workdir: Path, use_shipped: bool = True) -> Path:
         ckpt["evaluation"] = {s: {m: v["mse"] for m, v in per.items()} for s, per in evaluation.items()}
         ckpt["metrics"]["build_seconds"] = round(time.perf_counter() - start, 1)
         path = workdir / "best.pt"
-        torch.save(ckpt, path)
+        save_atomic(ckpt, path)
         return path
-    finally:
-        torch.set_num_threads(threads)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from service.families.water.preprocessing import (
     MODALITIES,
     NormStats,
     expand_patch_mask,
-    gap_prior,
+    fill_hidden,
     patch_mask,
 )
 from training.water import data as water_data
@@ -48,8 +48,7 @@ def reconstruct(model: WaterMAE, stats: NormStats, fields: dict[str, np.ndarray]
         for m, mask in zip(MODALITIES, masks, strict=True):
             normed = np.nan_to_num(stats.normalise(m, fields[m][sl]))
             if cfg.prior_fill:  # hidden values carry the gap-filling prior, as the service sends them
-                image = m in IMAGE_MODALITIES
-                normed = gap_prior(normed, expand_patch_mask(mask, cfg.patch) if image else mask, image)
+                normed = fill_hidden(normed, mask, m in IMAGE_MODALITIES, cfg.patch)
             inputs.append(torch.from_numpy(normed))
         masks = [torch.from_numpy(mask) for mask in masks]
         result = dense(*inputs, torch.from_numpy(stats.normalise_static(static[sl])), *masks)

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.families.water.preprocessing import IMAGE_MODALITIES, MODALITIES, NormStats, gap_prior
+from service.families.water.preprocessing import IMAGE_MODALITIES, MODALITIES, NormStats, fill_hidden
+from training.checkpoints import save_atomic
 from training.water import data as water_data
 from training.water.baselines import climatology_table
 from training.water.config import WaterConfig, fast_config, full_config, small_config
@@ -74,17 +75,18 @@ def with_prior(cfg: WaterConfig, tokens: dict[str, torch.Tensor],
                hidden: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Tokens whose hidden positions hold the gap-filling prior (computed at value level, as in serving)."""
     out = {}
+    hp, wp = cfg.grid_patches
     for m in MODALITIES:
+        b = tokens[m].shape[0]
         if m in IMAGE_MODALITIES:
-            b = tokens[m].shape[0]
             values = unpatchify(tokens[m], cfg.frames, cfg.height, cfg.width, cfg.patch).cpu().numpy()
-            mask = hidden[m][:, :, None].expand(-1, -1, cfg.patch**2)
-            mask = unpatchify(mask, cfg.frames, cfg.height, cfg.width, cfg.patch).cpu().numpy()
-            prior = torch.from_numpy(gap_prior(values, mask, image=True))
-            out[m] = patchify(prior, cfg.patch).to(tokens[m].device).reshape(b, -1, cfg.patch**2)
+            mask = hidden[m].reshape(b, cfg.frames, hp, wp).cpu().numpy()
+            prior = torch.from_numpy(fill_hidden(values, mask, True, cfg.patch))
+            out[m] = patchify(prior, cfg.patch).reshape(b, -1, cfg.patch**2)
         else:
-            prior = gap_prior(tokens[m][:, :, 0].cpu().numpy(), hidden[m].cpu().numpy(), image=False)
-            out[m] = torch.from_numpy(prior)[:, :, None].to(tokens[m].device)
+            prior = fill_hidden(tokens[m][:, :, 0].cpu().numpy(), hidden[m].cpu().numpy(), False, cfg.patch)
+            out[m] = torch.from_numpy(prior)[:, :, None]
+        out[m] = out[m].to(tokens[m].device)
     return out
 
 
@@ -101,9 +103,8 @@ def make_batch(cfg: WaterConfig, prep: Prepared, index: np.ndarray, masks: dict[
     return inputs, tokens, static, hidden, scored
 
 
-def batch_loss(model: WaterMAE, prep: Prepared, index: np.ndarray, masks: dict[str, np.ndarray],
-               generator: torch.Generator | None = None, batch: Batch | None = None) -> dict[str, torch.Tensor]:
-    inputs, targets, static, hidden, scored = batch or make_batch(model.cfg, prep, index, masks)
+def batch_loss(model: WaterMAE, batch: Batch, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    inputs, targets, static, hidden, scored = batch
     return loss_terms(model, inputs, static, hidden, scored, generator, targets=targets)
 
 
@@ -118,7 +119,7 @@ def validate(model: WaterMAE, prep: Prepared, cfg: WaterConfig, batch_size: int,
     for scenario in ("random75", "days"):
         for start in range(0, n, batch_size):
             index = np.arange(start, min(n, start + batch_size))
-            losses = batch_loss(model, prep, index, scenario_masks(scenario, rng, len(index), cfg))
+            losses = batch_loss(model, make_batch(cfg, prep, index, scenario_masks(scenario, rng, len(index), cfg)))
             for m in MODALITIES:
                 sums[m] += float(losses[m]) * len(index)
             count += len(index)
@@ -177,6 +178,7 @@ def train(cfg: WaterConfig, train_data: water_data.WaterData, val_data: water_da
     running = {m: 0.0 for m in MODALITIES}
     n_running = 0
     step = 0
+
     def next_batch() -> Future[Batch]:
         # Drawn in order on this thread (deterministic); the numpy prior is built on worker threads while
         # the previous steps run.
@@ -190,7 +192,7 @@ def train(cfg: WaterConfig, train_data: water_data.WaterData, val_data: water_da
         batch = pending.popleft().result()
         if step + len(pending) < steps:
             pending.append(next_batch())
-        losses = batch_loss(model, train_prep, np.empty(0), {}, generator, batch=batch)
+        losses = batch_loss(model, batch, generator)
         total = sum(losses.values())
         optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -216,7 +218,7 @@ def train(cfg: WaterConfig, train_data: water_data.WaterData, val_data: water_da
                                   "val": {k: round(v, 4) for k, v in val.items()}}), flush=True)
             if out_dir is not None:
                 out_dir.mkdir(parents=True, exist_ok=True)
-                torch.save(checkpoint_dict(result, data_description), out_dir / "last.pt")
+                save_atomic(checkpoint_dict(result, data_description), out_dir / "last.pt")
         if out_of_time:
             break
     pool.shutdown(cancel_futures=True)
@@ -227,7 +229,7 @@ def train(cfg: WaterConfig, train_data: water_data.WaterData, val_data: water_da
     model.cpu().eval()
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        torch.save(checkpoint_dict(result, data_description), out_dir / "best.pt")
+        save_atomic(checkpoint_dict(result, data_description), out_dir / "best.pt")
         (out_dir / "metrics.json").write_text(json.dumps(
             {"best_val": result.best_val, "steps": result.steps, "seconds": round(result.seconds, 2),
              "parameters": count_parameters(model), "history": result.history}, indent=2))

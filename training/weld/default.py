@@ -11,8 +11,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
-
+from training.threads import torch_threads
 from training.weld.config import small
 from training.weld.synthetic import generate
 from training.weld.train import train
@@ -32,12 +31,8 @@ def build_default(workdir: Path) -> Path:
     config.train.seed = SEED
     config.train.epochs = EPOCHS
     config.train.max_seconds = TIME_BUDGET_S
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: one thread is faster than two fighting over shared cores
-    try:
+    with torch_threads(1):  # tiny tensors: one thread is faster than two fighting over shared cores
         result = train(config, data, workdir / "run")
-    finally:
-        torch.set_num_threads(threads)
     print(f"[weld] default model built in {time.monotonic() - started:.1f}s: {result}")
     return Path(result["checkpoint"])
 

@@ -24,6 +24,7 @@ import torch
 from service.families.weld.classes import CLASSES
 from service.families.weld.preprocessing import MODALITIES
 from service.storage import atomic_write_bytes
+from training.checkpoints import save_atomic
 from training.weld.config import WeldConfig, get_config
 from training.weld.data import (
     WeldDataset,
@@ -57,10 +58,8 @@ def learning_rate(step: float, cfg) -> float:
 
 
 def save_checkpoint(path: Path, model: WeldEmbeddingModel, config: WeldConfig, extra: dict) -> None:
-    buffer = io.BytesIO()
-    torch.save({"format": CHECKPOINT_FORMAT, "config": config.to_dict(), "labels": list(CLASSES),
-                "state_dict": model.state_dict(), **extra}, buffer)
-    atomic_write_bytes(path, buffer.getvalue())  # a crash mid-save never leaves a truncated checkpoint
+    save_atomic({"format": CHECKPOINT_FORMAT, "config": config.to_dict(), "labels": list(CLASSES),
+                 "state_dict": model.state_dict(), **extra}, path)
 
 
 @torch.no_grad()

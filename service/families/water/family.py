@@ -24,8 +24,7 @@ from service.families.water.preprocessing import (
     STATIC_NAMES,
     UNITS,
     NormStats,
-    expand_patch_mask,
-    gap_prior,
+    fill_hidden,
     patch_mask,
 )
 
@@ -174,9 +173,8 @@ def model_inputs(parsed: list[ParsedSample], spec: WaterSpec) -> tuple[dict[str,
         values = np.stack([p.values[m] for p in parsed])
         normed = spec.stats.normalise(m, np.where(missing, spec.stats.mean[m], values))
         tokens[m] = patch_mask(missing, spec.patch) if m in IMAGE_MODALITIES else missing
-        if spec.prior_fill:  # every value of a hidden patch is hidden from the model, as in training
-            image = m in IMAGE_MODALITIES
-            normed = gap_prior(normed, expand_patch_mask(tokens[m], spec.patch) if image else tokens[m], image)
+        if spec.prior_fill:
+            normed = fill_hidden(normed, tokens[m], m in IMAGE_MODALITIES, spec.patch)
         inputs[m] = normed.astype(np.float32)
         inputs[f"{m}_mask"] = tokens[m]
     inputs["static"] = spec.stats.normalise_static(np.stack([p.static for p in parsed])).astype(np.float32)

@@ -135,3 +135,9 @@ def gap_prior(values: np.ndarray, hidden: np.ndarray, image: bool) -> np.ndarray
             has_spatial[i, j] = True
         fill = np.where(both, interp, np.where(has_spatial, spatial, one_side))
     return np.where(hidden, fill, values).astype(np.float32)
+
+
+def fill_hidden(normed: np.ndarray, hidden_tokens: np.ndarray, image: bool, patch: int) -> np.ndarray:
+    """`gap_prior` of one modality given its token-level hidden mask (grids [N, T, Hp, Wp], series [N, T_v]):
+    every value of a hidden patch is filled, as the model with `prior_fill` expects its inputs."""
+    return gap_prior(normed, expand_patch_mask(hidden_tokens, patch) if image else hidden_tokens, image)
