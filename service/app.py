@@ -26,6 +26,7 @@ from service.oip.routes import router as oip_router
 from service.repository import ModelHub
 from service.runtimes import resolve_device
 from service.settings import Settings
+from service.workpool import WorkPool
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,8 @@ class ServiceMiddleware:
             await send(message)
 
         started = time.perf_counter()
+        # Deadlines (X-Request-Timeout-Ms) count from arrival, not from when a handler asks for them.
+        scope.setdefault("state", {})["arrived_at"] = time.monotonic()
         self.metrics.in_flight.inc()
         try:
             await self.app(scope, bounded_receive, tracking_send)
@@ -154,6 +157,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         hub = ModelHub(settings, metrics, families, resolve_device(settings.device))
         app.state.hub = hub
+        app.state.workpool = WorkPool(metrics, workers=settings.work_threads, max_pending=settings.max_pending_work)
         # Load in the background so that liveness answers at once; readiness waits for warm-up.
         loading = asyncio.get_running_loop().create_task(hub.start())
         try:
@@ -162,6 +166,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if not loading.done():
                 loading.cancel()
             await hub.shutdown()
+            app.state.workpool.shutdown()
 
     app = FastAPI(
         title="Research model inference service",

@@ -54,6 +54,12 @@ class Metrics:
         self.model_ready = Gauge("model_ready", "1 while the model version serves requests.",
                                  ("model", "version"), registry=r)
         self.in_flight = Gauge("http_requests_in_flight", "HTTP requests being handled.", registry=r)
+        self.work_pending = Gauge("preprocess_pending", "Preprocessing jobs queued or running in the work pool.",
+                                  registry=r)
+        self.work_rejections = Counter("preprocess_rejections", "Preprocessing jobs refused or dropped, by reason.",
+                                       ("reason",), registry=r)
+        self.work_duration = Histogram("preprocess_duration_seconds", "Time of one preprocessing job on a worker.",
+                                       buckets=LATENCY_BUCKETS, registry=r)
         self.gpu = GpuCollector()
         if self.gpu.available:
             r.register(self.gpu)

@@ -21,6 +21,10 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(64 * 1024 * 1024, gt=0)
     cpu_threads: int = Field(0, ge=0, description="intra-op threads per model; 0 = runtime default")
     strict_readiness: bool = True
+    # Work pool for decoding and preprocessing (service/workpool.py): threads, and jobs queued + running
+    # beyond which requests get 429 before their body is decoded.
+    work_threads: int = Field(2, ge=1)
+    max_pending_work: int = Field(64, ge=1)
     # Put ONNX Runtime's TensorRT execution provider first on GPU (when the build has it).
     ort_tensorrt: bool = False
     # Extra seconds a draining version waits for in-flight work after a swap or unload.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -99,3 +100,73 @@ def metric_value(text: str, sample_name: str, labels: dict[str, str]) -> float:
             if sample.name == sample_name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 total += sample.value
     return total
+
+
+class HostileProbe:
+    """Measures what one hostile request costs a live server process.
+
+    While active, a thread pings `/v2/health/live` every `interval` s on its own keep-alive connection; the
+    worst ping latency bounds how long the event loop was blocked (`worst_lag_s`). The peak RSS of the
+    process is reset on entry (`/proc/<pid>/clear_refs`) and read on exit: `rss_growth_bytes` is the peak
+    during the block minus the resident size at entry.
+    """
+
+    def __init__(self, server: LiveServer, interval: float = 0.01) -> None:
+        import threading
+
+        self.server = server
+        self.interval = interval
+        self.worst_lag_s = 0.0
+        self.pings = 0
+        self.rss_growth_bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._ping, daemon=True)
+
+    def _status(self, field: str) -> int:
+        for line in Path(f"/proc/{self.server.process.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+        raise KeyError(field)
+
+    def _ping(self) -> None:
+        with httpx.Client(base_url=self.server.url, timeout=30) as client:
+            while not self._stop.is_set():
+                started = time.perf_counter()
+                with contextlib.suppress(httpx.TransportError):
+                    client.get("/v2/health/live")
+                self.worst_lag_s = max(self.worst_lag_s, time.perf_counter() - started)
+                self.pings += 1
+                self._stop.wait(self.interval)
+
+    def __enter__(self) -> HostileProbe:
+        self._rss_start = self._status("VmRSS")
+        # Reset the peak RSS; where not permitted, the peak counts from the process start.
+        with contextlib.suppress(OSError):
+            Path(f"/proc/{self.server.process.pid}/clear_refs").write_text("5")
+        self._thread.start()
+        time.sleep(2 * self.interval)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.rss_growth_bytes = max(0, self._status("VmHWM") - self._rss_start)
+
+
+def hostile_request(server: LiveServer, send, *, max_seconds: float = 5.0, max_lag_s: float = 0.25,
+                    max_rss_mb: float = 300.0, report: list | None = None, name: str = "") -> httpx.Response:
+    """Run `send(client) -> Response` against `server` under a HostileProbe and assert the shared bounds:
+    answered within `max_seconds`, never a 5xx, event loop never blocked longer than `max_lag_s`, peak RSS
+    growth under `max_rss_mb`. Appends (name, status, seconds, lag, rss MB) to `report` when given."""
+    with httpx.Client(base_url=server.url, timeout=max_seconds + 30) as client, HostileProbe(server) as probe:
+        started = time.perf_counter()
+        response = send(client)
+        elapsed = time.perf_counter() - started
+    rss_mb = probe.rss_growth_bytes / 2**20
+    if report is not None:
+        report.append((name, response.status_code, elapsed, probe.worst_lag_s, rss_mb))
+    assert response.status_code < 500, (name, response.status_code, response.text[:500])
+    assert elapsed <= max_seconds, (name, f"took {elapsed:.2f}s > {max_seconds}s")
+    assert probe.worst_lag_s <= max_lag_s, (name, f"event loop blocked {probe.worst_lag_s * 1000:.0f} ms")
+    assert rss_mb <= max_rss_mb, (name, f"RSS grew {rss_mb:.0f} MB > {max_rss_mb} MB")
+    return response

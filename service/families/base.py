@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from fastapi import APIRouter, Request
+from pydantic import BaseModel, ValidationError
 
 from service.batching import RequestContext
-from service.errors import BadRequest, InvalidInput
+from service.errors import BadRequest, InvalidInput, UnsupportedMediaType
 
 if TYPE_CHECKING:
     from service.repository import LoadedVersion, ModelHub
+    from service.workpool import WorkPool
 
 TIMEOUT_HEADER = "x-request-timeout-ms"
 
@@ -34,6 +37,26 @@ def hub_of(request: Request) -> ModelHub:
     return request.app.state.hub
 
 
+def workpool_of(request: Request) -> WorkPool:
+    """The app's bounded pool for decoding/preprocessing: `admit()` before reading a body, `run()` after."""
+    return request.app.state.workpool
+
+
+def request_deadline(request: Request) -> float | None:
+    """`time.monotonic()` deadline from `X-Request-Timeout-Ms`, counted from the request's arrival."""
+    raw = request.headers.get(TIMEOUT_HEADER)
+    if raw is None:
+        return None
+    try:
+        timeout_ms = float(raw)
+    except ValueError as exc:
+        raise BadRequest(f"{TIMEOUT_HEADER} must be a number of milliseconds, got {raw!r}") from exc
+    if not (math.isfinite(timeout_ms) and timeout_ms > 0):
+        raise BadRequest(f"{TIMEOUT_HEADER} must be a positive finite number, got {raw!r}")
+    arrived = request.scope.get("state", {}).get("arrived_at", time.monotonic())
+    return arrived + timeout_ms / 1000
+
+
 def resolve_version(request: Request, *, family: str, model: str | None = None,
                     version: int | None = None) -> LoadedVersion:
     """The served version of `model` (default: the model named like the family) and record it for metrics."""
@@ -53,17 +76,7 @@ def request_context(request: Request) -> RequestContext:
     existing = getattr(request.state, "inference_context", None)
     if existing is not None:
         return existing
-    deadline = None
-    raw = request.headers.get(TIMEOUT_HEADER)
-    if raw is not None:
-        try:
-            timeout_ms = float(raw)
-        except ValueError as exc:
-            raise BadRequest(f"{TIMEOUT_HEADER} must be a number of milliseconds, got {raw!r}") from exc
-        if not timeout_ms > 0:
-            raise BadRequest(f"{TIMEOUT_HEADER} must be positive, got {raw!r}")
-        deadline = time.monotonic() + timeout_ms / 1000
-    ctx = RequestContext(deadline=deadline)
+    ctx = RequestContext(deadline=request_deadline(request))
     receive = request.receive
 
     async def watch() -> None:
@@ -76,3 +89,42 @@ def request_context(request: Request) -> RequestContext:
     request.state.inference_context = ctx
     request.state.disconnect_watch = asyncio.get_running_loop().create_task(watch())
     return ctx
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def _validate_json(schema: type[ModelT], raw: bytes) -> ModelT:
+    try:
+        return schema.model_validate_json(raw)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False)
+        if any(e.get("type") == "json_invalid" for e in errors):
+            raise BadRequest(f"request body is not valid JSON: {errors[0].get('msg', '')}") from None
+        details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in errors[:20]]
+        where = "; ".join(f"{'.'.join(str(p) for p in d['loc']) or 'body'}: {d['msg']}" for d in details[:5])
+        raise InvalidInput(f"invalid request: {where}", details=details) from None
+
+
+async def parse_json_body(request: Request, schema: type[ModelT], what: str = "request") -> ModelT:
+    """Read a JSON body and validate it against `schema` on the work pool, never on the event loop.
+
+    415 unless the content type is JSON; 429 before the body is read when the pool is full; 400 for
+    malformed (or too deeply nested) JSON; 422 naming the fields that fail the schema.
+    """
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        raise UnsupportedMediaType(f"content type {content_type or '(none)'!r}: send application/json")
+    pool = workpool_of(request)
+    pool.admit(what)
+    raw = await request.body()
+    if not raw.strip():
+        raise BadRequest("empty body: send a JSON object")
+    ctx = RequestContext(deadline=request_deadline(request))
+    return await pool.run(_validate_json, schema, raw, ctx=ctx, what=what)
+
+
+def json_body_openapi(schema: type[BaseModel]) -> dict:
+    """`openapi_extra` for a route that reads its body with `parse_json_body` (FastAPI cannot see it)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": schema.model_json_schema(ref_template="#/components/schemas/{model}")}}}}
