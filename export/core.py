@@ -2,7 +2,7 @@
 
 A family's export module builds an `ExportPlan` from its checkpoint; `publish` does the rest:
 ONNX/TorchScript conversion, `onnx.checker`, parity against the eager model on sample inputs (run with
-the service's own runtime classes), assets with checksums, `manifest.json`, then one `rename` so the
+the service's own runtime classes), assets, a SHA-256 of every file, `manifest.json`, then one `rename` so the
 service never sees a half-written version.
 """
 
@@ -33,6 +33,9 @@ from service.manifest import (
     Parity,
     RuntimeFormat,
     TensorSpec,
+    VersionPolicy,
+    checksum_files,
+    is_version_name,
     sha256_file,
 )
 from service.runtimes import open_runtime
@@ -95,6 +98,8 @@ class ExportPlan:
     labels: list[str] | None = None
     assets: dict[str, AssetFile] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    # Which older versions the service may load alongside the latest (the latest version's policy rules).
+    version_policy: VersionPolicy = field(default_factory=VersionPolicy)
 
 
 def with_batching(plan: ExportPlan, overrides: dict[str, str]) -> ExportPlan:
@@ -128,7 +133,7 @@ def code_revision() -> str:
 def next_version(model_dir: Path) -> int:
     if not model_dir.exists():
         return 1
-    versions = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+    versions = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and is_version_name(p.name)]
     return max(versions, default=0) + 1
 
 
@@ -278,7 +283,8 @@ def publish(plan: ExportPlan, repository: Path, name: str, version: int | None =
         manifest = Manifest(
             name=name, version=version, family=plan.family, task=plan.task, primary_graph=plan.primary_graph,
             graphs=graphs, batching=plan.batching, preprocessing=plan.preprocessing, labels=plan.labels,
-            assets=assets, provenance=provenance,
+            assets=assets, provenance=provenance, version_policy=plan.version_policy,
+            files=checksum_files(staging),
         )
         (staging / MANIFEST_FILE).write_text(manifest.to_json())
         _fsync_tree(staging)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -20,27 +21,24 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service import __version__
 from service.errors import PayloadTooLarge, ServiceError
 from service.families import discover
+from service.http_protocol import error_body
 from service.metrics import Metrics
 from service.oip.routes import repository_router
 from service.oip.routes import router as oip_router
+from service.oip.stats import router as stats_router
 from service.repository import ModelHub
 from service.runtimes import resolve_device
 from service.settings import Settings
 from service.workpool import WorkPool
 
 log = logging.getLogger(__name__)
+LOOP_LAG_INTERVAL_S = 0.05
 
 
 def error_response(request: Request, status: int, code: str, message: str, details: Any = None,
                    headers: dict[str, str] | None = None) -> JSONResponse:
     """Task endpoints: {"error": {"code", "message", "details"}}; OIP routes: {"error": "message"}."""
-    if request.url.path.startswith("/v2"):
-        body: dict[str, Any] = {"error": message}
-    else:
-        body = {"error": {"code": code, "message": message}}
-        if details is not None:
-            body["error"]["details"] = details
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(error_body(request.url.path, code, message, details), status_code=status, headers=headers)
 
 
 def _describe_validation(errors: list[dict[str, Any]]) -> str:
@@ -74,6 +72,11 @@ def install_error_handlers(app: FastAPI) -> None:
         codes = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
         return error_response(request, exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail),
                               headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RecursionError)
+    async def too_deep(request: Request, exc: RecursionError) -> JSONResponse:
+        # Safety net for JSON parsed with the stdlib anywhere: deep nesting is the client's input, not a fault.
+        return error_response(request, 400, "bad_request", "request body is nested too deeply")
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -138,14 +141,20 @@ class ServiceMiddleware:
 
 
 async def _plain_error(scope: Scope, send: Send, status: int, code: str, message: str) -> None:
-    import json
-
-    body = {"error": message} if scope["path"].startswith("/v2") else {"error": {"code": code, "message": message}}
-    payload = json.dumps(body).encode()
+    payload = json.dumps(error_body(scope["path"], code, message)).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
                             (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": payload})
+
+
+async def watch_loop_lag(metrics: Metrics, interval_s: float = LOOP_LAG_INTERVAL_S) -> None:
+    """Observe how late a fixed-interval sleep wakes: anything blocking the loop shows up as lag."""
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + interval_s
+        await asyncio.sleep(interval_s)
+        metrics.loop_lag.observe(max(0.0, loop.time() - due))
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -160,9 +169,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.workpool = WorkPool(metrics, workers=settings.work_threads, max_pending=settings.max_pending_work)
         # Load in the background so that liveness answers at once; readiness waits for warm-up.
         loading = asyncio.get_running_loop().create_task(hub.start())
+        lag_watch = asyncio.get_running_loop().create_task(watch_loop_lag(metrics))
         try:
             yield
         finally:
+            lag_watch.cancel()
             if not loading.done():
                 loading.cancel()
             await hub.shutdown()
@@ -178,6 +189,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     install_error_handlers(app)
+    app.include_router(stats_router)  # before oip_router: /v2/models/stats is not a model named "stats"
     app.include_router(oip_router)
     app.include_router(repository_router)
     for family in families.values():

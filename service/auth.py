@@ -18,3 +18,10 @@ def require_admin(request: Request) -> None:
         raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
     if not hmac.compare_digest(supplied.strip().encode(), token.encode()):
         raise Forbidden("invalid admin token")
+
+
+def require_index_access(request: Request) -> None:
+    """The repository index is readable by anyone (as in Triton, so `tritonclient` works on a default start)
+    unless SERVICE_RESTRICT_REPOSITORY_INDEX puts it behind the admin token as well."""
+    if request.app.state.settings.restrict_repository_index:
+        require_admin(request)

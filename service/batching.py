@@ -5,7 +5,11 @@ rows or the oldest request has waited `max_queue_delay`; only requests with the 
 shapes) are batched together, so nothing is padded into a wrong answer. Inference runs on the version's
 worker thread, off the event loop. The queue is bounded (full -> 429), a request whose deadline passes
 while queued gets 504 and is never computed, a request whose client disconnected is dropped, and
-`drain()` finishes everything accepted before the batcher stops.
+`drain()` finishes everything accepted before the batcher stops. When a batch of several requests fails,
+each is run again alone, so that one bad input fails only its own request.
+
+Each batcher also keeps Triton-style statistics (`QueueStats`: plain counters updated on the event loop,
+no locks) for `/v2/models/{model}/stats`.
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 import time
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -27,6 +32,89 @@ log = logging.getLogger(__name__)
 
 P = TypeVar("P")
 R = TypeVar("R")
+
+
+_ABSOLUTE_PATH = re.compile(r"""(?<![\w.:/~])/(?:[^\s/'"():,]+/)+([^\s/'"():,]*)""")
+
+
+def redact_paths(text: str) -> str:
+    """`text` with every absolute filesystem path cut to its last component: error bodies reach clients,
+    paths (repository layout, install locations) stay in the logs."""
+    return _ABSOLUTE_PATH.sub(lambda m: m.group(1) or "<path>", text)
+
+
+@dataclass
+class Duration:
+    """Triton's StatisticDuration: how many, and their cumulative nanoseconds."""
+
+    count: int = 0
+    ns: int = 0
+
+    def add(self, seconds: float, count: int = 1) -> None:
+        self.count += count
+        self.ns += int(seconds * 1e9)
+
+    def merge(self, other: Duration) -> None:
+        self.count += other.count
+        self.ns += other.ns
+
+    def as_json(self) -> dict[str, int]:
+        return {"count": self.count, "ns": self.ns}
+
+
+@dataclass
+class ComputePhases:
+    """Seconds of the last batch spent preparing inputs and splitting outputs, for a `run_batch` that can
+    tell them apart (it writes them on the worker thread; the batcher reads them after the batch)."""
+
+    input_s: float = 0.0
+    output_s: float = 0.0
+
+
+@dataclass
+class PhaseStats:
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+
+    def add(self, input_s: float, infer_s: float, output_s: float) -> None:
+        self.compute_input.add(input_s)
+        self.compute_infer.add(infer_s)
+        self.compute_output.add(output_s)
+
+    def merge(self, other: PhaseStats) -> None:
+        self.compute_input.merge(other.compute_input)
+        self.compute_infer.merge(other.compute_infer)
+        self.compute_output.merge(other.compute_output)
+
+
+@dataclass
+class QueueStats:
+    """Triton's statistics of one queue: per-request durations (success, fail, queue, compute phases of the
+    batch each successful request ran in), executions by batch size, rows inferred."""
+
+    success: Duration = field(default_factory=Duration)
+    fail: Duration = field(default_factory=Duration)
+    queue: Duration = field(default_factory=Duration)
+    compute: PhaseStats = field(default_factory=PhaseStats)
+    inference_count: int = 0  # rows of successful requests
+    execution_count: int = 0  # batches run successfully
+    last_inference_ms: int = 0  # epoch milliseconds of the last successful batch
+    batches: dict[int, PhaseStats] = field(default_factory=dict)  # by rows per batch
+
+    @classmethod
+    def combine(cls, parts: Iterable[QueueStats]) -> QueueStats:
+        total = cls()
+        for part in parts:
+            for name in ("success", "fail", "queue"):
+                getattr(total, name).merge(getattr(part, name))
+            total.compute.merge(part.compute)
+            total.inference_count += part.inference_count
+            total.execution_count += part.execution_count
+            total.last_inference_ms = max(total.last_inference_ms, part.last_inference_ms)
+            for size, phases in part.batches.items():
+                total.batches.setdefault(size, PhaseStats()).merge(phases)
+        return total
 
 
 class ClientDisconnected(ServiceError):
@@ -74,6 +162,7 @@ class DynamicBatcher(Generic[P, R]):
         default_timeout_s: float = 30.0,
         rows: Callable[[P], int] = lambda _: 1,
         key: Callable[[P], Hashable] = lambda _: None,
+        phases: ComputePhases | None = None,
     ) -> None:
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_s
@@ -89,6 +178,8 @@ class DynamicBatcher(Generic[P, R]):
         self._closing = False
         self._worker: asyncio.Task | None = None
         self._compute_ewma_s = 0.01
+        self._phases = phases
+        self.stats = QueueStats()
         labels = {"model": model, "version": str(version), "queue": queue}
         self._m_wait = metrics.queue_wait.labels(**labels)
         self._m_compute = metrics.compute.labels(**labels)
@@ -113,8 +204,9 @@ class DynamicBatcher(Generic[P, R]):
             await self._worker
 
     # ---- submission ------------------------------------------------------------------------------
-    async def submit(self, payload: P, ctx: RequestContext) -> R:
-        loop = asyncio.get_running_loop()
+    def check_admission(self) -> None:
+        """Raise now what `submit` would for a closing batcher or a full queue: cheap, so a handler can
+        call it before reading or decoding a request body (a 429 then costs nothing)."""
         if self._closing:
             self._reject("shutting_down", "rejected")
             raise NotReady(f"{self._name} is shutting down")
@@ -124,6 +216,10 @@ class DynamicBatcher(Generic[P, R]):
                 f"queue of {self._name} is full ({self.max_queue_size} requests); retry later",
                 retry_after_s=self._retry_after_s(),
             )
+
+    async def submit(self, payload: P, ctx: RequestContext) -> R:
+        loop = asyncio.get_running_loop()
+        self.check_admission()
         rows = self._rows(payload)
         if rows > self.max_batch_size:
             raise ValueError(f"{rows} rows exceed max_batch_size {self.max_batch_size}; split the request")
@@ -163,9 +259,10 @@ class DynamicBatcher(Generic[P, R]):
         backlog_batches = self._queued / self.max_batch_size
         return max(1, math.ceil(backlog_batches * self._compute_ewma_s))
 
-    def _reject(self, reason: str, outcome: str) -> None:
+    def _reject(self, reason: str, outcome: str, waited_s: float = 0.0) -> None:
         self._m_rejections[reason].inc()
         self._m_requests[outcome].inc()
+        self.stats.fail.add(waited_s)
 
     def _drop(self, item: _Item[P], reason: str, outcome: str) -> None:
         if item.state != "queued":
@@ -173,7 +270,7 @@ class DynamicBatcher(Generic[P, R]):
         item.state = "dropped"
         self._queued -= 1
         self._m_depth.set(self._queued)
-        self._reject(reason, outcome)
+        self._reject(reason, outcome, time.monotonic() - item.enqueued_at)
 
     # ---- worker ----------------------------------------------------------------------------------
     async def _work(self) -> None:
@@ -232,39 +329,83 @@ class DynamicBatcher(Generic[P, R]):
         for item in batch:
             item.state = "running"
             self._m_wait.observe(now - item.enqueued_at)
+            self.stats.queue.add(now - item.enqueued_at)
         self._queued = sum(1 for i in kept if i.state == "queued")
         self._m_depth.set(self._queued)
         return batch
 
     async def _execute(self, batch: list[_Item[P]], loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            results, infer_s = await self._run(batch, loop)
+        except Exception as exc:  # noqa: BLE001 - one bad batch must never kill the worker
+            if len(batch) > 1:
+                # Which request broke the batch is unknown: run each alone so only that one fails.
+                log.warning("batch of %d failed on %s (%s); running its requests one by one",
+                            len(batch), self._name, type(exc).__name__)
+                for item in batch:
+                    await self._execute([item], loop)
+                return
+            self._fail(batch[0], exc)
+            return
+        self._deliver(batch, results, infer_s)
+
+    async def _run(self, batch: list[_Item[P]], loop: asyncio.AbstractEventLoop) -> tuple[list[R], float]:
+        """Run one batch on the worker thread: (results, seconds the worker spent on it)."""
         self._m_batch.observe(sum(i.rows for i in batch))
         started = time.perf_counter()
         try:
-            results = await loop.run_in_executor(self._executor, self._run_batch, [i.payload for i in batch])
+            results, worker_s = await loop.run_in_executor(self._executor, self._timed_run,
+                                                           [i.payload for i in batch])
             if len(results) != len(batch):
                 raise RuntimeError(f"run_batch returned {len(results)} results for {len(batch)} requests")
-        except Exception as exc:  # noqa: BLE001 - one bad batch must never kill the worker
-            log.exception("batch of %d failed on %s", len(batch), self._name)
-            error = exc if isinstance(exc, ServiceError) else InferenceFailed(
-                f"inference failed on {self._name}: {type(exc).__name__}: {exc}")
-            for item in batch:
-                self._m_requests["error"].inc()
-                if not item.future.done():
-                    item.future.set_exception(error)
-            return
+            return results, worker_s
         finally:
             elapsed = time.perf_counter() - started
             self._m_compute.observe(elapsed)
             self._compute_ewma_s = 0.8 * self._compute_ewma_s + 0.2 * elapsed
+
+    def _timed_run(self, payloads: list[P]) -> tuple[list[R], float]:
+        started = time.perf_counter()
+        results = self._run_batch(payloads)
+        return results, time.perf_counter() - started
+
+    def _fail(self, item: _Item[P], exc: Exception) -> None:
+        if isinstance(exc, ServiceError) and exc.status_code < 500:
+            log.info("request rejected by %s: %s", self._name, exc)  # the input's fault: no traceback
+            error: ServiceError = exc
+        elif isinstance(exc, ServiceError):
+            log.error("request failed on %s: %s", self._name, exc)
+            error = exc
+        else:
+            log.error("inference failed on %s", self._name, exc_info=exc)
+            error = InferenceFailed(f"inference failed on {self._name}: {type(exc).__name__}: "
+                                    f"{redact_paths(str(exc))}")
+        self._m_requests["error"].inc()
+        self.stats.fail.add(time.monotonic() - item.enqueued_at)
+        if not item.future.done():
+            item.future.set_exception(error)
+
+    def _deliver(self, batch: list[_Item[P]], results: list[R], worker_s: float) -> None:
+        phases = self._phases or ComputePhases()
+        infer_s = max(0.0, worker_s - phases.input_s - phases.output_s)
+        rows = sum(i.rows for i in batch)
+        self.stats.execution_count += 1
+        self.stats.last_inference_ms = int(time.time() * 1000)
+        self.stats.batches.setdefault(rows, PhaseStats()).add(phases.input_s, infer_s, phases.output_s)
+        now = time.monotonic()
         # A procedure may fail one request of a batch by returning its exception in that slot.
         for item, result in zip(batch, results, strict=True):
             if item.future.done():
                 continue
             if isinstance(result, BaseException):
                 self._m_requests["error"].inc()
+                self.stats.fail.add(now - item.enqueued_at)
                 item.future.set_exception(result)
             else:
                 self._m_requests["success"].inc()
+                self.stats.success.add(now - item.enqueued_at)
+                self.stats.compute.add(phases.input_s, infer_s, phases.output_s)
+                self.stats.inference_count += item.rows
                 item.future.set_result(result)
 
 

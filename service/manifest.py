@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MANIFEST_FILE = "manifest.json"
-SCHEMA_VERSION = 1
+# 2: `files` carries the SHA-256 of every file of the version (graphs too), and `version_policy`.
+SCHEMA_VERSION = 2
 
 # OIP datatype name <-> numpy dtype.
 OIP_TO_NUMPY: dict[str, np.dtype] = {
@@ -105,6 +106,35 @@ class Asset(BaseModel):
     description: str = ""
 
 
+class VersionPolicy(BaseModel):
+    """Which versions of a model may be served besides the latest one (Triton's `version_policy`).
+
+    `latest`: the newest `num_versions` on disk; `all`: every version; `specific`: `versions`. The latest
+    version is always served; the others load lazily when asked for (e.g. a codec stream of an old version).
+    The latest version's manifest decides for the whole model.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["latest", "all", "specific"] = "latest"
+    num_versions: int = Field(1, ge=1)
+    versions: list[int] = []
+
+    def keeps(self, version: int, on_disk: list[int]) -> bool:
+        """Whether `version` may be loaded, given the sorted versions on disk."""
+        if version not in on_disk:
+            return False
+        if self.kind == "all" or version == on_disk[-1]:
+            return True
+        if self.kind == "specific":
+            return version in self.versions
+        return version in on_disk[-self.num_versions:]
+
+
+class ChecksumError(RuntimeError):
+    """A file of a version does not match its manifest: a corrupted or altered artifact."""
+
+
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -121,6 +151,9 @@ class Manifest(BaseModel):
     labels: list[str] | None = None
     assets: dict[str, Asset] = {}
     provenance: dict[str, Any] = {}
+    version_policy: VersionPolicy = VersionPolicy()
+    # SHA-256 of every file of the version but the manifest, by path relative to the version folder.
+    files: dict[str, str] = {}
 
     @field_validator("name")
     @classmethod
@@ -128,6 +161,16 @@ class Manifest(BaseModel):
         if not value or not all(c.isalnum() or c in "-_" for c in value):
             raise ValueError(f"model name {value!r} must be letters, digits, '-' or '_'")
         return value
+
+    @model_validator(mode="after")
+    def _every_file_checksummed(self) -> Manifest:
+        # Schema 1 predates graph checksums; from 2 on, a graph or asset without one is a broken export.
+        if self.schema_version >= 2:
+            named = {g.file for g in self.graphs.values()} | {a.file for a in self.assets.values()}
+            missing = sorted(named - set(self.files))
+            if missing:
+                raise ValueError(f"files {missing} have no checksum in `files`")
+        return self
 
     @property
     def primary(self) -> GraphSpec:
@@ -147,3 +190,41 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def is_version_name(folder: str) -> bool:
+    """A version folder is named by a canonical ASCII decimal ("1", not "01" or "¹", which isdigit() accepts)."""
+    return folder.isascii() and folder.isdigit() and str(int(folder)) == folder
+
+
+def version_files(version_dir: Path) -> list[str]:
+    """Every file of a version folder except the manifest, as sorted POSIX paths relative to it."""
+    return sorted(p.relative_to(version_dir).as_posix() for p in version_dir.rglob("*")
+                  if p.is_file() and p.name != MANIFEST_FILE)
+
+
+def checksum_files(version_dir: Path) -> dict[str, str]:
+    """The `files` map of a manifest: SHA-256 of every file of the version."""
+    return {name: sha256_file(version_dir / name) for name in version_files(version_dir)}
+
+
+def verify_files(version_dir: Path, manifest: Manifest) -> None:
+    """Raise ChecksumError unless the folder holds exactly the manifest's files with their checksums.
+
+    Messages name files relative to the version folder only (they reach API clients)."""
+    if manifest.schema_version < 2:
+        # Older exports checksummed their assets only.
+        for asset_name, asset in manifest.assets.items():
+            if sha256_file(version_dir / asset.file) != asset.sha256:
+                raise ChecksumError(f"asset {asset_name!r} checksum mismatch (corrupted artifact)")
+        return
+    present = version_files(version_dir)
+    unlisted = sorted(set(present) - set(manifest.files))
+    if unlisted:
+        raise ChecksumError(f"files {unlisted[:5]} are not in the manifest (altered artifact)")
+    absent = sorted(set(manifest.files) - set(present))
+    if absent:
+        raise ChecksumError(f"files {absent[:5]} of the manifest are missing (incomplete artifact)")
+    for name, expected in manifest.files.items():
+        if sha256_file(version_dir / name) != expected:
+            raise ChecksumError(f"file {name!r} does not match its SHA-256 in the manifest (corrupted artifact)")

@@ -53,7 +53,14 @@ class Metrics:
         )
         self.model_ready = Gauge("model_ready", "1 while the model version serves requests.",
                                  ("model", "version"), registry=r)
+        self.load_failures = Counter("model_load_failures", "Model versions that failed to load.",
+                                     ("model", "version"), registry=r)
+        self.model_fallback = Gauge("model_fallback", "1 while an older version serves because the latest "
+                                    "failed to load at start-up.", ("model",), registry=r)
         self.in_flight = Gauge("http_requests_in_flight", "HTTP requests being handled.", registry=r)
+        # How late a fixed-interval sleep on the event loop woke: time the loop was blocked by someone.
+        self.loop_lag = Histogram("event_loop_lag_seconds", "Event-loop wake-up delay of a periodic timer.",
+                                  buckets=LATENCY_BUCKETS, registry=r)
         self.work_pending = Gauge("preprocess_pending", "Preprocessing jobs queued or running in the work pool.",
                                   registry=r)
         self.work_rejections = Counter("preprocess_rejections", "Preprocessing jobs refused or dropped, by reason.",

@@ -2,7 +2,13 @@
 
 A `LoadedVersion` owns its runtimes, one worker thread and one batcher per graph or procedure. The
 `ModelHub` serves the latest version of each model (or an explicitly loaded one); a (re)load builds and
-warms the new version while the old one keeps serving, swaps, then drains the old one.
+warms the new version while the old one keeps serving, swaps, then drains the old one. Every file of a
+version is checked against the manifest's SHA-256 before it is opened. If the latest version fails to load
+at start-up, the newest one that loads is served instead (`fallback(name)` says so).
+
+Besides the served version, a model's version policy (`Manifest.version_policy` of its latest version)
+may keep older versions loadable: `acquire(name, version)` loads one lazily alongside the served one (e.g.
+to decode a codec stream made by it); a later load of a newer version keeps it while the policy does.
 """
 
 from __future__ import annotations
@@ -18,9 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from service.batching import DynamicBatcher, RequestContext, split_rows
-from service.errors import InvalidInput, NotFound, NotReady
-from service.manifest import MANIFEST_FILE, GraphSpec, Manifest, sha256_file
+from service.batching import ComputePhases, DynamicBatcher, QueueStats, RequestContext, redact_paths, split_rows
+from service.errors import InvalidInput, NotFound, NotReady, ServiceError
+from service.manifest import MANIFEST_FILE, GraphSpec, Manifest, VersionPolicy, is_version_name, verify_files
 from service.metrics import Metrics
 from service.runtimes import Runtime, open_runtime
 from service.settings import Settings
@@ -31,6 +37,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Tensors = dict[str, np.ndarray]
+
+# A version that failed to load lazily is not retried before this many seconds (each try costs a load).
+LAZY_RETRY_S = 30.0
+
+
+class LoadFailed(ServiceError):
+    status_code = 400  # as Triton answers a failed load; the previous version keeps serving
+    code = "load_failed"
 
 
 def validate_inputs(graph_name: str, spec: GraphSpec, inputs: Tensors) -> Tensors:
@@ -99,10 +113,10 @@ class LoadedVersion:
         return self.path / self.manifest.assets[asset_name].file
 
     def open(self, family: Family | None) -> None:
-        for asset_name, asset in self.manifest.assets.items():
-            actual = sha256_file(self.path / asset.file)
-            if actual != asset.sha256:
-                raise RuntimeError(f"asset {asset_name!r} checksum mismatch (corrupted artifact)")
+        if self.manifest.schema_version < 2:
+            log.warning("%s v%d: manifest schema %d has no graph checksums; only assets are verified "
+                        "(re-export to verify every file)", self.name, self.version, self.manifest.schema_version)
+        verify_files(self.path, self.manifest)
         for graph_name, graph in self.manifest.graphs.items():
             self.runtimes[graph_name] = open_runtime(self.path, graph, self.device, self._settings.cpu_threads,
                                                      self._settings.ort_tensorrt)
@@ -132,10 +146,11 @@ class LoadedVersion:
                       default_timeout_s=limits.default_timeout_ms / 1000)
         for graph_name, graph in self.manifest.graphs.items():
             runtime = self.runtimes[graph_name]
+            phases = ComputePhases()
             self.batchers[graph_name] = DynamicBatcher(
-                queue=graph_name, run_batch=_tensor_batch_runner(runtime),
+                queue=graph_name, run_batch=_tensor_batch_runner(runtime, phases),
                 max_batch_size=limits.max_batch_size if graph.batchable else 1,
-                rows=_rows_of(graph), key=_shape_key, **common,
+                rows=_rows_of(graph), key=_shape_key, phases=phases, **common,
             )
         for name, proc in self._procedures.items():
             self.batchers[name] = DynamicBatcher(queue=name, run_batch=proc.fn, max_batch_size=proc.max_batch_size,
@@ -168,6 +183,10 @@ class LoadedVersion:
         await asyncio.gather(*(b.drain() for b in self.batchers.values()))
         self.executor.shutdown(wait=True)
 
+    def stats(self) -> QueueStats:
+        """Triton-style statistics of this version: every graph and procedure queue together."""
+        return QueueStats.combine(b.stats for b in self.batchers.values())
+
 
 def _rows_of(graph: GraphSpec) -> Callable[[Tensors], int]:
     if not graph.batchable:
@@ -180,16 +199,23 @@ def _shape_key(payload: Tensors) -> Hashable:
     return tuple((name, array.shape[1:], array.dtype.str) for name, array in sorted(payload.items()))
 
 
-def _tensor_batch_runner(runtime: Runtime) -> Callable[[list[Tensors]], list[Tensors]]:
+def _tensor_batch_runner(runtime: Runtime, phases: ComputePhases) -> Callable[[list[Tensors]], list[Tensors]]:
+    """Concatenate the requests, run once, split the outputs; times the three phases into `phases`."""
     def run(payloads: list[Tensors]) -> list[Tensors]:
+        phases.input_s = phases.output_s = 0.0
         if len(payloads) == 1:
             return [runtime.run(payloads[0])]
+        started = time.perf_counter()
         batched = {name: np.concatenate([p[name] for p in payloads]) for name in payloads[0]}
+        phases.input_s = time.perf_counter() - started
         outputs = runtime.run(batched)
+        started = time.perf_counter()
         first = next(iter(payloads[0]))
         bounds = np.cumsum([0] + [p[first].shape[0] for p in payloads])
         spans = zip(bounds[:-1], bounds[1:], strict=True)
-        return [{name: value[a:b] for name, value in outputs.items()} for a, b in spans]
+        results = [{name: value[a:b] for name, value in outputs.items()} for a, b in spans]
+        phases.output_s = time.perf_counter() - started
+        return results
 
     return run
 
@@ -207,27 +233,107 @@ class ModelHub:
         self.families = families
         self.device = device
         self.root = settings.model_repository
-        self._serving: dict[str, dict[int, LoadedVersion]] = {}
+        self._serving: dict[str, dict[int, LoadedVersion]] = {}  # the served version of each model
+        self._extra: dict[str, dict[int, LoadedVersion]] = {}  # older versions kept by the version policy
         self._states: dict[tuple[str, int], VersionState] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._retired: set[asyncio.Task] = set()
+        self._acquiring: dict[tuple[str, int], asyncio.Task] = {}
+        self._lazy_failed_at: dict[tuple[str, int], float] = {}
+        self._fallback: dict[str, str] = {}
+        self._manifest_cache: dict[tuple[str, int], tuple[int, Manifest | None]] = {}
+        self._warned: set[str] = set()
         self._wanted: set[str] = set()  # models that should be serving (readiness); no disk scan per probe
+        self._closing = False
         self.startup_complete = False
 
     # ---- repository on disk -----------------------------------------------------------------------
     def scan(self) -> dict[str, list[int]]:
-        """Models and their numeric versions with a manifest; dot-folders (staging) are ignored."""
+        """Models and their numeric versions with a manifest; dot-folders (staging) are ignored, other
+        folders that are not a version number are skipped with a warning."""
         found: dict[str, list[int]] = {}
-        if not self.root.is_dir():
+        try:
+            model_dirs = sorted(self.root.iterdir()) if self.root.is_dir() else []
+        except OSError as exc:
+            self._warn_once("root", "model repository is unreadable: %s", exc)
             return found
-        for model_dir in sorted(self.root.iterdir()):
-            if not model_dir.is_dir() or model_dir.name.startswith("."):
+        for model_dir in model_dirs:
+            if model_dir.name.startswith("."):
                 continue
-            versions = sorted(int(v.name) for v in model_dir.iterdir()
-                              if v.is_dir() and v.name.isdigit() and (v / MANIFEST_FILE).is_file())
+            versions = self._versions_on_disk(model_dir)
             if versions:
                 found[model_dir.name] = versions
         return found
+
+    def _versions_on_disk(self, model_dir: Path) -> list[int]:
+        try:
+            if not model_dir.is_dir():
+                return []
+            entries = list(model_dir.iterdir())
+        except OSError as exc:
+            self._warn_once(model_dir.name, "model folder %r is unreadable: %s", model_dir.name, exc)
+            return []
+        versions = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if not is_version_name(entry.name):
+                if entry.is_dir():
+                    self._warn_once(f"{model_dir.name}/{entry.name}", "skipping folder %r of model %r: version "
+                                    "folders are named by ASCII digits (1, 2, ...)", entry.name, model_dir.name)
+                continue
+            try:
+                if entry.is_dir() and (entry / MANIFEST_FILE).is_file():
+                    versions.append(int(entry.name))
+            except OSError as exc:
+                self._warn_once(f"{model_dir.name}/{entry.name}", "version folder %s/%s is unreadable: %s",
+                                model_dir.name, entry.name, exc)
+        return sorted(versions)
+
+    def _warn_once(self, key: str, message: str, *args: object) -> None:
+        # scan() runs on lookups of unloaded models and on the index: warn once per folder, not per request.
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(message, *args)
+
+    def manifests(self, name: str) -> dict[int, Manifest]:
+        """Every readable manifest of `name` on disk, by version (cached; versions are immutable)."""
+        if not name or not all(c.isalnum() or c in "-_" for c in name) or name.startswith("."):
+            return {}
+        found = {}
+        for version in self._versions_on_disk(self.root / name):
+            manifest = self._manifest(name, version)
+            if manifest is not None:
+                found[version] = manifest
+        return found
+
+    def _manifest(self, name: str, version: int) -> Manifest | None:
+        path = self.root / name / str(version)
+        try:
+            stamp = (path / MANIFEST_FILE).stat().st_mtime_ns
+        except OSError:
+            return None
+        cached = self._manifest_cache.get((name, version))
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        manifest: Manifest | None
+        try:
+            manifest = Manifest.read(path)
+            if manifest.name != name or manifest.version != version:
+                raise ValueError(f"manifest says {manifest.name} v{manifest.version}")
+        except (OSError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+            log.warning("manifest of %s v%d is unreadable: %s", name, version, exc)
+            manifest = None
+        self._manifest_cache[(name, version)] = (stamp, manifest)
+        return manifest
+
+    def version_policy(self, name: str) -> VersionPolicy:
+        """The policy of the newest readable manifest of `name` (the default when there is none)."""
+        manifests = self.manifests(name)
+        return manifests[max(manifests)].version_policy if manifests else VersionPolicy()
+
+    def _policy_keeps(self, name: str, version: int) -> bool:
+        return self.version_policy(name).keeps(version, self._versions_on_disk(self.root / name))
 
     def wanted_models(self) -> list[str]:
         names = list(self.scan())
@@ -238,14 +344,31 @@ class ModelHub:
     async def start(self) -> None:
         self._wanted = set(self.wanted_models())
         for name in sorted(self._wanted):
-            try:
-                await self.load(name)
-            except Exception as exc:  # noqa: BLE001 - one bad model must not stop the others
-                log.error("model %s failed to load: %s", name, exc)
+            await self._start_model(name)
         self.startup_complete = True
 
+    async def _start_model(self, name: str) -> None:
+        """Serve the latest version, or else the newest one that loads (a fallback, said in metadata)."""
+        versions = self.scan().get(name, [])
+        failed: list[str] = []
+        for version in reversed(versions):
+            try:
+                await self.load(name, version)
+            except Exception as exc:  # noqa: BLE001 - one bad version must not stop the others
+                failed.append(exc.message if isinstance(exc, ServiceError) else redact_paths(str(exc)))
+                continue
+            if failed:
+                self._fallback[name] = f"serving version {version} because newer versions failed to load: " \
+                                       + "; ".join(failed)
+                self.metrics.model_fallback.labels(name).set(1)
+                log.error("model %s: %s", name, self._fallback[name])
+            return
+        log.error("model %s is not served: no version loads", name)
+
     async def load(self, name: str, version: int | None = None) -> LoadedVersion:
-        """Load `version` (default: latest on disk), warm it up, then make it the served version."""
+        """Load `version` (default: latest on disk), warm it up, then make it the served version.
+
+        Raises LoadFailed (the message names no filesystem path) when the version does not load."""
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
             versions = self.scan().get(name)
@@ -255,14 +378,32 @@ class ModelHub:
             if version not in versions:
                 raise NotFound(f"model {name!r} has no version {version} (available: {versions})")
             current = self._serving.get(name, {})
+            kept = self._extra.get(name, {})
             if version in current:
-                return current[version]
-            loaded = await self._build(name, version)
+                loaded = current[version]
+            elif version in kept:  # already loaded alongside: promote it
+                loaded = kept.pop(version)
+            else:
+                loaded = await self._build(name, version)
             self._serving[name] = {version: loaded}
             self._wanted.add(name)
+            self._fallback.pop(name, None)  # an explicit (or the first) load is what the operator wants
+            self.metrics.model_fallback.labels(name).set(0)
             for old in current.values():
-                self._retire(old)
+                if old is loaded:
+                    continue
+                if old.version < version and self._policy_keeps(name, old.version):
+                    kept[old.version] = old  # streams of the previous version still decode, no reload
+                else:
+                    self._retire(old)
+            self._extra[name] = kept
+            self._prune_extras(name)
             return loaded
+
+    def _prune_extras(self, name: str) -> None:
+        kept = self._extra.get(name, {})
+        for version in [v for v in kept if not self._policy_keeps(name, v)]:
+            self._retire(kept.pop(version))
 
     async def _build(self, name: str, version: int) -> LoadedVersion:
         self._states[(name, version)] = VersionState("LOADING")
@@ -277,9 +418,13 @@ class ModelHub:
             await asyncio.to_thread(loaded.open, family)
             loaded.start()
         except Exception as exc:
-            self._states[(name, version)] = VersionState("UNAVAILABLE", f"{type(exc).__name__}: {exc}")
+            # The full message (paths included) goes to the log; clients get it without paths.
+            log.error("model %s v%d failed to load from %s: %s: %s", name, version, path, type(exc).__name__, exc)
+            reason = redact_paths(f"{type(exc).__name__}: {exc}")
+            self._states[(name, version)] = VersionState("UNAVAILABLE", reason)
             self.metrics.model_ready.labels(name, str(version)).set(0)
-            raise
+            self.metrics.load_failures.labels(name, str(version)).inc()
+            raise LoadFailed(f"model {name!r} version {version} failed to load: {reason}") from exc
         self.metrics.load_duration.labels(name, str(version)).observe(time.perf_counter() - started)
         self.metrics.model_ready.labels(name, str(version)).set(1)
         self._states[(name, version)] = VersionState("READY")
@@ -306,16 +451,77 @@ class ModelHub:
             if current is None:
                 raise NotFound(f"model {name!r} is not loaded")
             self._wanted.discard(name)
-            for loaded in current.values():
+            self._fallback.pop(name, None)
+            for loaded in [*current.values(), *self._extra.pop(name, {}).values()]:
                 self._retire(loaded)
 
     async def shutdown(self) -> None:
         """Finish every accepted request, then stop all workers."""
-        for name in list(self._serving):
-            for loaded in self._serving.pop(name).values():
-                self._retire(loaded)
+        self._closing = True
+        if self._acquiring:  # lazy loads in flight register (or retire) their version before we drain
+            await asyncio.gather(*self._acquiring.values(), return_exceptions=True)
+        for table in (self._serving, self._extra):
+            for name in list(table):
+                for loaded in table.pop(name).values():
+                    self._retire(loaded)
         if self._retired:
             await asyncio.gather(*self._retired, return_exceptions=True)
+
+    # ---- versions alongside the served one ----------------------------------------------------------
+    async def acquire(self, name: str, version: int) -> LoadedVersion:
+        """Version `version` of a served model, loaded lazily alongside the served one when its version
+        policy keeps it. NotFound when the policy (or the disk) has no such version; NotReady when it fails
+        to load (retried after LAZY_RETRY_S)."""
+        served = self.get(name)
+        if version == served.version:
+            return served
+        kept = self._extra.get(name, {}).get(version)
+        if kept is not None:
+            return kept
+        self._check_policy(name, version)
+        key = (name, version)
+        task = self._acquiring.get(key)
+        if task is None:
+            failed_at = self._lazy_failed_at.get(key)
+            if failed_at is not None and time.monotonic() - failed_at < LAZY_RETRY_S:
+                state = self._states.get(key)
+                raise NotReady(f"version {version} of model {name!r} failed to load"
+                               + (f" ({state.reason})" if state and state.reason else ""),
+                               retry_after_s=int(LAZY_RETRY_S))
+            task = asyncio.get_running_loop().create_task(self._load_alongside(name, version))
+            self._acquiring[key] = task
+            task.add_done_callback(lambda _: self._acquiring.pop(key, None))
+        # Shielded: one waiting request that goes away must not cancel the load the others share.
+        return await asyncio.shield(task)
+
+    def _check_policy(self, name: str, version: int) -> None:
+        on_disk = self._versions_on_disk(self.root / name)
+        if version not in on_disk:
+            raise NotFound(f"model {name!r} has no version {version} (on disk: {on_disk})")
+        policy = self.version_policy(name)
+        if not policy.keeps(version, on_disk):
+            raise NotFound(f"version {version} of model {name!r} is not kept by its version policy "
+                           f"({policy.model_dump()})")
+
+    async def _load_alongside(self, name: str, version: int) -> LoadedVersion:
+        async with self._locks.setdefault(name, asyncio.Lock()):  # after any load/unload of this model
+            if self._closing or name not in self._serving:
+                raise NotReady(f"model {name!r} is not loaded")
+            if version in self._serving[name]:
+                return self._serving[name][version]
+            kept = self._extra.setdefault(name, {})
+            if version in kept:
+                return kept[version]
+            self._check_policy(name, version)
+            try:
+                loaded = await self._build(name, version)
+            except LoadFailed as exc:
+                self._lazy_failed_at[(name, version)] = time.monotonic()
+                raise NotReady(exc.message, retry_after_s=int(LAZY_RETRY_S)) from None
+            self._lazy_failed_at.pop((name, version), None)
+            kept[version] = loaded
+            log.info("%s v%d loaded alongside v%d (version policy)", name, version, max(self._serving[name]))
+            return loaded
 
     # ---- lookup ------------------------------------------------------------------------------------
     def get(self, name: str, version: int | None = None) -> LoadedVersion:
@@ -331,12 +537,20 @@ class ModelHub:
             raise NotReady(f"model {name!r} is not loaded" + (f" ({reasons})" if reasons else ""))
         if version is None:
             return serving[max(serving)]
-        if version not in serving:
-            raise NotFound(f"version {version} of model {name!r} is not loaded (serving: {sorted(serving)})")
-        return serving[version]
+        if version in serving:
+            return serving[version]
+        kept = self._extra.get(name, {})
+        if version in kept:
+            return kept[version]
+        raise NotFound(f"version {version} of model {name!r} is not loaded (serving: {sorted({*serving, *kept})})")
 
     def serving(self) -> list[LoadedVersion]:
-        return [v for versions in self._serving.values() for v in versions.values()]
+        """Every loaded version: the served one of each model and those loaded alongside."""
+        return [v for table in (self._serving, self._extra) for versions in table.values() for v in versions.values()]
+
+    def fallback(self, name: str) -> str | None:
+        """Why an older version is served when the latest failed to load at start-up (None: it did not)."""
+        return self._fallback.get(name)
 
     @property
     def ready(self) -> bool:

@@ -30,6 +30,15 @@ class Settings(BaseSettings):
     # Extra seconds a draining version waits for in-flight work after a swap or unload.
     drain_timeout_s: float = 30.0
     gpu_metrics_interval_s: float = 5.0
+    # HTTP connection guards (service/http_protocol.py, applied by `python -m service`).
+    max_connections: int = Field(2048, ge=1, description="open connections of all clients; 503 beyond, "
+                                                         "health probes and /metrics exempt")
+    max_connections_per_client: int = Field(256, ge=0, description="open connections per peer address; "
+                                                                   "0 = unbounded (set 0 behind a proxy)")
+    max_header_bytes: int = Field(64 * 1024, ge=1024, description="request line + headers; 431 beyond")
+    header_timeout_s: float = Field(10.0, gt=0, description="seconds to complete request headers")
+    # Triton serves the repository index to anyone; set true to put it behind the admin token too.
+    restrict_repository_index: bool = False
 
     @cached_property
     def model_allowlist(self) -> set[str]:

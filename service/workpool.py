@@ -11,10 +11,11 @@ Every request-sized piece of CPU work goes through one `WorkPool` (a few worker 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
@@ -23,6 +24,7 @@ from service.errors import DeadlineExceeded, Overloaded
 from service.metrics import Metrics
 
 T = TypeVar("T")
+RESERVE_GRACE_S = 1.0  # how long a reserve()d request reading its body counts against max_pending
 
 
 class WorkPool:
@@ -32,6 +34,7 @@ class WorkPool:
         self.default_timeout_s = default_timeout_s
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="workpool")
         self._pending = 0  # queued + running; only touched on the event loop
+        self._reading: dict[object, float] = {}  # reserve()d bodies being read -> start; event loop only
         self._ewma_s = 0.01
         self._lock = threading.Lock()
         self._m_depth = metrics.work_pending
@@ -44,11 +47,29 @@ class WorkPool:
 
     def admit(self, what: str = "request") -> None:
         """Raise 429 now if a new job would not be accepted (call before reading or decoding a body)."""
-        if self._pending >= self.max_pending:
+        if self._pending + self._recent_readers() >= self.max_pending:
             self._m_rejections.labels(reason="queue_full").inc()
             backlog_s = self._pending / max(1, self.workers) * self._ewma_s
             raise Overloaded(f"preprocessing queue is full ({self.max_pending} jobs) while handling {what}; "
                              "retry later", retry_after_s=max(1, math.ceil(backlog_s)))
+
+    def _recent_readers(self) -> int:
+        horizon = time.monotonic() - RESERVE_GRACE_S
+        return sum(1 for started in self._reading.values() if started > horizon)
+
+    @contextlib.contextmanager
+    def reserve(self, what: str = "request") -> Iterator[None]:
+        """`admit()`, then hold a place while the body is read (leave the block right before `run()`): in a
+        burst, every request would otherwise pass `admit()` before any has queued a job, and all of them
+        would read and parse their bodies on the event loop before the queue bound refuses them. A body
+        still arriving after RESERVE_GRACE_S stops counting, so slow uploads cannot hold the pool."""
+        self.admit(what)
+        token = object()
+        self._reading[token] = time.monotonic()
+        try:
+            yield
+        finally:
+            del self._reading[token]
 
     async def run(self, fn: Callable[..., T], *args: object, ctx: RequestContext | None = None,
                   what: str = "request") -> T:

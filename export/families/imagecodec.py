@@ -7,6 +7,8 @@ tables as an asset. The procedure itself lives in service/families/imagecodec/co
 
 ONNX and TorchScript versions of one checkpoint share the model hash (a hash of the weights), so a
 stream written by one decodes on the other (see the codec module for why that is exact on the latent).
+Versions are published with the version policy `all`: stored streams outlive model updates, since the
+service loads the version whose hash a stream carries.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ import numpy as np
 import torch
 
 from export.core import AssetFile, ExportPlan, GraphExport
-from service.families.imagecodec.codec import GRAPH_INPUTS, GRAPH_OUTPUTS, PAD_MULTIPLE, encode
-from service.manifest import Batching
+from service.families.imagecodec.codec import GRAPH_INPUTS, GRAPH_OUTPUTS, MAX_ASPECT, PAD_MULTIPLE, encode
+from service.manifest import Batching, VersionPolicy
 from training.imagecodec.model import count_parameters, state_hash
 from training.imagecodec.networks import TorchNetworks, build_tables, codec_model, graph_modules
 from training.imagecodec.train import load_checkpoint
@@ -59,7 +61,8 @@ def _samples(model, name: str) -> dict[str, list[dict[str, torch.Tensor]]]:
 def plan_from_checkpoint(checkpoint: Path, **options: Any) -> ExportPlan:
     fmt = str(options.get("format", "onnx"))
     name = str(options.get("name", "imagecodec"))
-    max_pixels = int(options.get("max_pixels", 2048 * 2048))  # ~40 s of CPU coding at the limit
+    max_pixels = int(options.get("max_pixels", 2048 * 2048))  # padded area; ~40 s of CPU coding at the limit
+    max_aspect = int(options.get("max_aspect", MAX_ASPECT))  # padded long side / short side
     model, ckpt = load_checkpoint(Path(checkpoint))
     tables = build_tables(model)
     samples = _samples(model, name)
@@ -76,8 +79,9 @@ def plan_from_checkpoint(checkpoint: Path, **options: Any) -> ExportPlan:
     return ExportPlan(
         family="imagecodec", task=TASK, graphs=graphs, primary_graph="g_a",
         batching=Batching(max_batch_size=1, max_queue_delay_ms=0.0, max_queue_size=16, default_timeout_ms=60_000),
+        version_policy=VersionPolicy(kind="all"),  # every stream ever written stays decodable
         preprocessing={
-            "pad_multiple": PAD_MULTIPLE, "M": cfg.M, "N": cfg.N, "max_pixels": max_pixels,
+            "pad_multiple": PAD_MULTIPLE, "M": cfg.M, "N": cfg.N, "max_pixels": max_pixels, "max_aspect": max_aspect,
             "model_hash": state_hash(model)[:16], "quality": ckpt.get("quality"), "lambda": ckpt.get("lambda"),
             "entropy_model": "gaussian conditional for y (scale table of 64 levels, 0.11..64), "
                              "per-channel gaussian prior for z",

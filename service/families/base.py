@@ -7,11 +7,12 @@ import math
 import time
 from typing import TYPE_CHECKING, TypeVar
 
+import numpy as np
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ValidationError
 
 from service.batching import RequestContext
-from service.errors import BadRequest, InvalidInput, UnsupportedMediaType
+from service.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType
 
 if TYPE_CHECKING:
     from service.repository import LoadedVersion, ModelHub
@@ -38,7 +39,7 @@ def hub_of(request: Request) -> ModelHub:
 
 
 def workpool_of(request: Request) -> WorkPool:
-    """The app's bounded pool for decoding/preprocessing: `admit()` before reading a body, `run()` after."""
+    """The app's bounded pool for decoding/preprocessing: `reserve()` around reading a body, `run()` after."""
     return request.app.state.workpool
 
 
@@ -94,7 +95,22 @@ def request_context(request: Request) -> RequestContext:
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
-def _validate_json(schema: type[ModelT], raw: bytes) -> ModelT:
+_COUNT_CHUNK = 1 << 22  # numpy releases the GIL per chunk: counting a 64 MB body never stalls the loop
+
+
+def json_value_count(raw: bytes) -> int:
+    """Upper bound on the values a JSON text holds (its commas + 1), counted without parsing it."""
+    data = np.frombuffer(raw, np.uint8)
+    return 1 + sum(int(np.count_nonzero(data[i:i + _COUNT_CHUNK] == ord(",")))
+                   for i in range(0, data.size, _COUNT_CHUNK))
+
+
+def _validate_json(schema: type[ModelT], raw: bytes, max_values: int | None = None, what: str = "request") -> ModelT:
+    # Parsed JSON costs ~75 bytes of Python objects per value: refuse bodies no valid request can be first.
+    if max_values is not None and (count := json_value_count(raw)) > max_values:
+        raise PayloadTooLarge(f"request body holds about {count} JSON values; a valid {what} holds at most "
+                              f"{max_values}: send fewer or smaller items per request",
+                              details={"values": count, "limit": max_values})
     try:
         return schema.model_validate_json(raw)
     except ValidationError as exc:
@@ -106,25 +122,49 @@ def _validate_json(schema: type[ModelT], raw: bytes) -> ModelT:
         raise InvalidInput(f"invalid request: {where}", details=details) from None
 
 
-async def parse_json_body(request: Request, schema: type[ModelT], what: str = "request") -> ModelT:
+async def parse_json_body(request: Request, schema: type[ModelT], what: str = "request",
+                          max_values: int | None = None) -> ModelT:
     """Read a JSON body and validate it against `schema` on the work pool, never on the event loop.
 
-    415 unless the content type is JSON; 429 before the body is read when the pool is full; 400 for
-    malformed (or too deeply nested) JSON; 422 naming the fields that fail the schema.
+    415 unless the content type is JSON; 429 before the body is read when the pool is full; 413 when the
+    body holds more than `max_values` values (commas + 1; checked before parsing); 400 for malformed (or
+    too deeply nested) JSON; 422 naming the fields that fail the schema.
     """
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/json" and not content_type.endswith("+json"):
         raise UnsupportedMediaType(f"content type {content_type or '(none)'!r}: send application/json")
     pool = workpool_of(request)
-    pool.admit(what)
-    raw = await request.body()
+    with pool.reserve(what):  # 429 before the body is read; holds a place while it is
+        raw = await request.body()
     if not raw.strip():
         raise BadRequest("empty body: send a JSON object")
     ctx = RequestContext(deadline=request_deadline(request))
-    return await pool.run(_validate_json, schema, raw, ctx=ctx, what=what)
+    return await pool.run(_validate_json, schema, raw, max_values, what, ctx=ctx, what=what)
+
+
+def _inline_defs(schema: dict) -> dict:
+    """`schema` with its `$defs` substituted where referenced: FastAPI does not hoist the `$defs` of an
+    `openapi_extra` schema into components, so a `$ref` to them would dangle."""
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: object, seen: frozenset[str]) -> object:
+        if isinstance(node, list):
+            return [resolve(v, seen) for v in node]
+        if not isinstance(node, dict):
+            return node
+        ref = node.get("$ref", "")
+        if ref.startswith("#/$defs/"):
+            name = ref.removeprefix("#/$defs/")
+            if name in seen:
+                raise ValueError(f"{name} is recursive: it cannot be inlined into an OpenAPI request body")
+            rest = {k: v for k, v in node.items() if k != "$ref"}
+            return resolve({**defs[name], **rest}, seen | {name})
+        return {k: resolve(v, seen) for k, v in node.items()}
+
+    return resolve(schema, frozenset())  # type: ignore[return-value]
 
 
 def json_body_openapi(schema: type[BaseModel]) -> dict:
     """`openapi_extra` for a route that reads its body with `parse_json_body` (FastAPI cannot see it)."""
     return {"requestBody": {"required": True, "content": {"application/json": {
-        "schema": schema.model_json_schema(ref_template="#/components/schemas/{model}")}}}}
+        "schema": _inline_defs(schema.model_json_schema())}}}}

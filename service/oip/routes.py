@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 import zlib
 from typing import Any
@@ -10,14 +11,18 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
 from service import __version__
-from service.auth import require_admin
-from service.batching import RequestContext
-from service.errors import BadRequest, InvalidInput, PayloadTooLarge, ServiceError
-from service.families.base import hub_of, request_context
-from service.oip.tensors import HEADER_LENGTH, decode_inputs, encode_response, requested_outputs, split_body
+from service.auth import require_admin, require_index_access
+from service.errors import BadRequest, InvalidInput, PayloadTooLarge, ServiceError, UnsupportedMediaType
+from service.families.base import hub_of, request_context, workpool_of
+from service.oip.tensors import HEADER_LENGTH, decode_inputs, encode_response, parse_json, requested_outputs, split_body
 from service.repository import LoadedVersion
 
 SERVER_NAME = "research-serving"
+# Media types of an inference body: JSON, or Triton's binary extension (JSON header + raw tensor bytes).
+# No Content-Type at all is accepted too: tritonclient sends none.
+INFER_MEDIA_TYPES = ("application/json", "application/octet-stream")
+ENCODINGS = {"gzip": 31, "deflate": 15}  # zlib wbits
+MAX_REPOSITORY_BODY = 64 * 1024  # index/load bodies are a few bytes of JSON
 
 
 class LoadFailed(ServiceError):
@@ -32,8 +37,9 @@ router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
 def _version_number(raw: str | None) -> int | None:
     if raw is None:
         return None
-    if not raw.isdigit():
-        raise BadRequest(f"model version must be a positive integer, got {raw!r}")
+    # ASCII only: str.isdigit() also accepts "²" or "١", which int() then rejects or reads as another number.
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 18):
+        raise BadRequest(f"model version must be a positive integer (ASCII digits), got {raw!r}")
     return int(raw)
 
 
@@ -46,8 +52,9 @@ def _lookup(request: Request, model: str, version: str | None) -> LoadedVersion:
 
 @router.get("")
 def server_metadata(request: Request) -> dict[str, Any]:
-    extensions = ["binary_tensor_data", "parameters"]
-    if request.app.state.settings.admin_token:
+    extensions = ["binary_tensor_data", "parameters", "statistics"]
+    settings = request.app.state.settings
+    if settings.admin_token or not settings.restrict_repository_index:  # the index at least is reachable
         extensions.append("model_repository")
     return {"name": SERVER_NAME, "version": __version__, "extensions": extensions}
 
@@ -73,7 +80,8 @@ def _metadata(loaded: LoadedVersion, request: Request) -> dict[str, Any]:
         "inputs": [{"name": t.name, "datatype": t.datatype, "shape": t.shape} for t in graph.inputs],
         "outputs": [{"name": t.name, "datatype": t.datatype, "shape": t.shape} for t in graph.outputs],
         "parameters": {"family": loaded.manifest.family, "task": loaded.manifest.task,
-                       "max_batch_size": loaded.manifest.batching.max_batch_size if graph.batchable else 0},
+                       "max_batch_size": loaded.manifest.batching.max_batch_size if graph.batchable else 0,
+                       **({"fallback": fb} if (fb := hub_of(request).fallback(loaded.name)) else {})},
     }
 
 
@@ -99,15 +107,27 @@ def model_version_ready(model: str, version: str, request: Request) -> dict[str,
     return {"name": model, "version": version, "ready": True}
 
 
-async def _read_body(request: Request) -> bytes:
-    body = await request.body()
-    encoding = request.headers.get("content-encoding", "identity").lower()
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def _check_infer_headers(request: Request) -> str | None:
+    """415 for a body that is neither JSON nor binary tensors; 400 for an unknown Content-Encoding.
+    Returns the encoding to inflate (None for identity). Cheap: runs before the body is read."""
+    media_type = _media_type(request)
+    if media_type and media_type not in INFER_MEDIA_TYPES and not media_type.endswith("+json"):
+        raise UnsupportedMediaType(f"content type {media_type!r}: send application/json, or "
+                                   "application/octet-stream with Inference-Header-Content-Length")
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding in ("identity", ""):
-        return body
-    if encoding not in ("gzip", "deflate"):
+        return None
+    if encoding not in ENCODINGS:
         raise BadRequest(f"unsupported Content-Encoding {encoding!r} (use gzip or deflate)")
-    limit = request.app.state.settings.max_request_bytes
-    decompressor = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+    return encoding
+
+
+def _inflate(body: bytes, encoding: str, limit: int) -> bytes:
+    decompressor = zlib.decompressobj(wbits=ENCODINGS[encoding])
     try:
         data = decompressor.decompress(body, limit + 1)
     except zlib.error as exc:
@@ -117,26 +137,47 @@ async def _read_body(request: Request) -> bytes:
     return data
 
 
-def _timeout_context(request: Request, header: dict[str, Any]) -> RequestContext:
-    ctx = request_context(request)
-    params = header.get("parameters") or {}
-    timeout_us = params.get("timeout") if isinstance(params, dict) else None
-    if timeout_us is not None:
-        if not isinstance(timeout_us, int | float) or isinstance(timeout_us, bool) or timeout_us <= 0:
-            raise InvalidInput(f"parameters.timeout must be a positive number of microseconds, got {timeout_us!r}")
-        deadline = time.monotonic() + timeout_us / 1e6
-        ctx.deadline = deadline if ctx.deadline is None else min(ctx.deadline, deadline)
-    return ctx
+def _timeout_s(header: dict[str, Any]) -> float | None:
+    """OIP `parameters.timeout` (microseconds) in seconds; 400 unless a positive finite number."""
+    params = header.get("parameters")
+    if params is None:
+        return None
+    if not isinstance(params, dict):
+        raise BadRequest(f"'parameters' must be an object, got {type(params).__name__}")
+    timeout_us = params.get("timeout")
+    if timeout_us is None:
+        return None
+    # (A float NaN or Infinity can arrive through the stdlib fallback for NaN literals; ints are always finite.)
+    if isinstance(timeout_us, bool) or not isinstance(timeout_us, int | float) \
+            or (isinstance(timeout_us, float) and not math.isfinite(timeout_us)) or timeout_us <= 0:
+        raise BadRequest(f"parameters.timeout must be a positive finite number of microseconds, got {timeout_us!r}")
+    return min(timeout_us, 1e15) / 1e6  # beyond ~30 years is "no timeout"; and a 400-digit int still divides
+
+
+def _decode_request(body: bytes, encoding: str | None, limit: int, header_length: str | None,
+                    output_names: list[str]) -> tuple[dict[str, Any], dict, list[tuple[str, bool]], float | None]:
+    """Everything request-sized (inflate, JSON, tensors): runs on the work pool, never on the event loop."""
+    if encoding is not None:
+        body = _inflate(body, encoding, limit)
+    header, tail = split_body(body, header_length)
+    inputs = decode_inputs(header, tail)
+    return header, inputs, requested_outputs(header, output_names), _timeout_s(header)
 
 
 async def _infer(request: Request, model: str, version: str | None) -> Response:
     loaded = _lookup(request, model, version)
-    body = await _read_body(request)
-    header, tail = split_body(body, request.headers.get(HEADER_LENGTH))
-    inputs = decode_inputs(header, tail)
+    encoding = _check_infer_headers(request)
+    pool = workpool_of(request)
+    with pool.reserve("OIP inference"):  # 429 before the body is read; holds a place while it is
+        body = await request.body()
+    ctx = request_context(request)
     graph = loaded.manifest.primary
-    chosen = requested_outputs(header, [t.name for t in graph.outputs])
-    ctx = _timeout_context(request, header)
+    header, inputs, chosen, timeout_s = await pool.run(
+        _decode_request, body, encoding, request.app.state.settings.max_request_bytes,
+        request.headers.get(HEADER_LENGTH), [t.name for t in graph.outputs], ctx=ctx, what="OIP request decoding")
+    if timeout_s is not None:
+        deadline = time.monotonic() + timeout_s
+        ctx.deadline = deadline if ctx.deadline is None else min(ctx.deadline, deadline)
     outputs = await loaded.infer(inputs, ctx)
     response_header: dict[str, Any] = {"model_name": loaded.name, "model_version": str(loaded.version)}
     if isinstance(header.get("id"), str):
@@ -158,20 +199,28 @@ async def infer_version(model: str, version: str, request: Request) -> Response:
     return await _infer(request, model, version)
 
 
-# ---- repository extension (admin) --------------------------------------------------------------------
-repository_router = APIRouter(prefix="/v2/repository", tags=["Model repository (admin)"],
-                              dependencies=[Depends(require_admin)])
+# ---- repository extension: the index is public as in Triton, load/unload need the admin token ---------
+repository_router = APIRouter(prefix="/v2/repository", tags=["Model repository"])
+ADMIN = [Depends(require_admin)]
 
 
 async def _optional_json(request: Request) -> dict[str, Any]:
+    """The small optional JSON body of the repository routes (tritonclient sends no Content-Type)."""
+    media_type = _media_type(request)
+    if media_type and media_type != "application/json" and not media_type.endswith("+json"):
+        raise UnsupportedMediaType(f"content type {media_type!r}: send application/json")
     body = await request.body()
+    if len(body) > MAX_REPOSITORY_BODY:
+        raise PayloadTooLarge(f"repository request body exceeds {MAX_REPOSITORY_BODY} bytes")
     if not body.strip():
         return {}
-    header, _ = split_body(body, None)
-    return header
+    parsed = parse_json(body)
+    if not isinstance(parsed, dict):
+        raise InvalidInput("repository request body must be a JSON object")
+    return parsed
 
 
-@repository_router.post("/index")
+@repository_router.post("/index", dependencies=[Depends(require_index_access)])
 async def repository_index(request: Request) -> list[dict[str, str]]:
     body = await _optional_json(request)
     rows = hub_of(request).index()
@@ -180,7 +229,7 @@ async def repository_index(request: Request) -> list[dict[str, str]]:
     return rows
 
 
-@repository_router.post("/models/{model}/load")
+@repository_router.post("/models/{model}/load", dependencies=ADMIN)
 async def load_model(model: str, request: Request) -> dict[str, Any]:
     body = await _optional_json(request)
     params = body.get("parameters") or {}
@@ -194,7 +243,7 @@ async def load_model(model: str, request: Request) -> dict[str, Any]:
     return {"name": loaded.name, "version": str(loaded.version), "state": "READY"}
 
 
-@repository_router.post("/models/{model}/unload")
+@repository_router.post("/models/{model}/unload", dependencies=ADMIN)
 async def unload_model(model: str, request: Request) -> dict[str, Any]:
     await hub_of(request).unload(model)
     return {"name": model, "state": "UNAVAILABLE"}

@@ -1,10 +1,31 @@
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 
 import numpy as np
 
+from service.errors import BadRequest
 from service.manifest import GraphSpec
+
+# A run that passed the signature check can still fail on the input itself: a spatial size too small for a
+# kernel, shapes that do not broadcast, an index outside a table. Those are the client's (400); anything
+# else (memory, device, a broken graph) stays a server fault.
+_INPUT_FAULT = re.compile(
+    r"shape|broadcast|dimension|size mismatch|sizes of tensors|must match the size|kernel size|input size"
+    r"|out of (data )?bounds|index out of range|indices element|cannot be reshaped", re.IGNORECASE)
+_SERVER_FAULT = re.compile(r"out of memory|failed to allocate|cuda|cudnn|cublas|device", re.IGNORECASE)
+_SOURCE_PATH = re.compile(r"(?:/[\w.+-]+)+\.(?:h|cc|cpp|cu|py):\d+\s*")
+
+
+def input_fault(message: str, *, certain: bool = False) -> BadRequest | None:
+    """BadRequest carrying the runtime's message when the failure is caused by the input, else None.
+
+    `certain`: the runtime itself says the argument is invalid (ONNX Runtime's INVALID_ARGUMENT)."""
+    clean = _SOURCE_PATH.sub("", message).strip()  # runtime source locations say nothing to a client
+    if not certain and (_SERVER_FAULT.search(clean) or not _INPUT_FAULT.search(clean)):
+        return None
+    return BadRequest(f"the model cannot run on this input: {clean}", details={"reason": "runtime_rejected_input"})
 
 
 def cuda_available() -> bool:

@@ -5,9 +5,12 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 from service.manifest import GraphSpec
-from service.runtimes.base import Runtime, device_index
+from service.runtimes.base import Runtime, device_index, input_fault
+
+_STATUS_PREFIX = "[ONNXRuntimeError] : "
 
 
 class OnnxRuntime(Runtime):
@@ -48,6 +51,18 @@ class OnnxRuntime(Runtime):
         return f"onnxruntime:{self.session.get_providers()[0]}"
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            return self._run(inputs)
+        except (ort_errors.InvalidArgument, ort_errors.RuntimeException, ort_errors.Fail) as exc:
+            message = str(exc)
+            if message.startswith(_STATUS_PREFIX):  # "[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : text"
+                message = message.split(" : ", 3)[-1]
+            fault = input_fault(message, certain=isinstance(exc, ort_errors.InvalidArgument))
+            if fault is None:
+                raise
+            raise fault from exc
+
+    def _run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if not self._use_cuda:
             values = self.session.run(self._output_names, inputs)
             return dict(zip(self._output_names, values, strict=True))

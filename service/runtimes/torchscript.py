@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from service.manifest import GraphSpec
-from service.runtimes.base import Runtime
+from service.runtimes.base import Runtime, input_fault
 
 
 class TorchScriptRuntime(Runtime):
@@ -32,7 +32,16 @@ class TorchScriptRuntime(Runtime):
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         tensors = [torch.from_numpy(np.ascontiguousarray(inputs[n])).to(self.device) for n in self._input_names]
         with torch.inference_mode():
-            result = self.module(*tensors)
+            try:
+                result = self.module(*tensors)
+            except RuntimeError as exc:
+                # The interpreter prefixes a TorchScript traceback (source paths); the cause is the last line.
+                lines = [line for line in str(exc).splitlines() if line.strip()]
+                cause = lines[-1].removeprefix("RuntimeError: ") if lines else type(exc).__name__
+                fault = input_fault(cause)
+                if fault is None:
+                    raise
+                raise fault from exc
         if isinstance(result, torch.Tensor):
             result = (result,)
         if isinstance(result, dict):

@@ -4,8 +4,9 @@ Layout (little endian):
   magic "HPCM" | format version u8 | name length u8 | model name utf-8 | model hash 8 bytes |
   image height u32 | image width u32 | 4 substream lengths u32 (z, y, escapes, hints) |
   the substreams | CRC-32 of everything before it (u32).
-Parsing validates lengths and the checksum before any network runs, so truncated or corrupted streams
-fail fast and cheaply.
+`StreamHeader.peek` reads the header alone (microseconds, fit for the event loop: model selection and the
+size checks); `Bitstream.parse` adds the checksum over the whole stream and slices the substreams. Both run
+before any network, so truncated or corrupted streams fail fast and cheaply.
 """
 
 from __future__ import annotations
@@ -54,6 +55,38 @@ class Bitstream:
 
     @classmethod
     def parse(cls, data: bytes) -> Bitstream:
+        """Validate the header, the lengths and the checksum, then slice the substreams out."""
+        header = StreamHeader.peek(data)
+        if zlib.crc32(memoryview(data)[: len(data) - 4]) != header.crc:
+            raise BitstreamError("corrupted", "bitstream checksum mismatch (corrupted data)")
+        parts = {}
+        offset = header.payload_offset
+        for key, length in zip(SUBSTREAMS, header.lengths, strict=True):
+            parts[key] = data[offset:offset + length]
+            offset += length
+        return cls(model_name=header.model_name, model_hash=header.model_hash, height=header.height,
+                   width=header.width, format_version=header.format_version, **parts)
+
+
+@dataclass(frozen=True)
+class StreamHeader:
+    """The fixed-size front of a stream: enough to pick the model and refuse impossible streams before
+    the checksum or any substream is touched (microseconds, independent of the stream's length)."""
+
+    format_version: int
+    model_name: str
+    model_hash: bytes
+    height: int
+    width: int
+    lengths: tuple[int, int, int, int]  # z, y, escapes, hints
+    payload_offset: int
+    crc: int
+
+    def length(self, substream: str) -> int:
+        return self.lengths[SUBSTREAMS.index(substream)]
+
+    @classmethod
+    def peek(cls, data: bytes) -> StreamHeader:
         if len(data) < 4 or data[:4] != MAGIC:
             raise BitstreamError("corrupted", "not an HPCM image bitstream (bad magic bytes)")
         if len(data) < 6:
@@ -67,11 +100,11 @@ class Bitstream:
         if len(data) < header_end + 4:
             raise BitstreamError("truncated", "bitstream truncated inside the header")
         try:
-            name = data[offset:offset + name_len].decode()
+            name = bytes(data[offset:offset + name_len]).decode()
         except UnicodeDecodeError:
             raise BitstreamError("corrupted", "bitstream header is corrupted (model name)") from None
         offset += name_len
-        model_hash = data[offset:offset + HASH_BYTES]
+        model_hash = bytes(data[offset:offset + HASH_BYTES])
         offset += HASH_BYTES
         height, width, *lengths = _FIXED.unpack_from(data, offset)
         offset += _FIXED.size
@@ -81,11 +114,5 @@ class Bitstream:
         if len(data) > expected:
             raise BitstreamError("corrupted", f"bitstream has {len(data) - expected} trailing bytes")
         (crc,) = struct.unpack_from("<I", data, expected - 4)
-        if zlib.crc32(data[: expected - 4]) != crc:
-            raise BitstreamError("corrupted", "bitstream checksum mismatch (corrupted data)")
-        parts = {}
-        for key, length in zip(SUBSTREAMS, lengths, strict=True):
-            parts[key] = data[offset:offset + length]
-            offset += length
-        return cls(model_name=name, model_hash=model_hash, height=height, width=width, format_version=version,
-                   **parts)
+        return cls(format_version=version, model_name=name, model_hash=model_hash, height=height, width=width,
+                   lengths=tuple(lengths), payload_offset=offset, crc=crc)

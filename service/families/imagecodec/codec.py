@@ -16,6 +16,7 @@ latent - are bit-exact across runtimes, and reconstructions agree to float preci
 from __future__ import annotations
 
 import functools
+import math
 import time
 import zlib
 from collections.abc import Callable
@@ -24,11 +25,17 @@ from dataclasses import dataclass, field
 import constriction
 import numpy as np
 
-from service.families.imagecodec.bitstream import HASH_BYTES, Bitstream, BitstreamError
+from service.families.imagecodec.bitstream import HASH_BYTES, Bitstream, BitstreamError, StreamHeader
 from service.families.imagecodec.schedule import LATENT_MULTIPLE, NUM_STEPS, STEP_FACTOR, step_map
 from service.families.imagecodec.tables import SCALE_LEVELS, PmfTables, scale_position
 
 PAD_MULTIPLE = 64  # 16 (g_a) * 4 (s1 grid of the latent)
+LATENT_STRIDE = 16  # image pixels per latent element along each axis
+# Padded long side / short side. The cost follows the padded area, and a strip is no photo: a 1x65536
+# image pads to 64x65536.
+MAX_ASPECT = 64
+# Bits the range coder may hold in its 64-bit state without having written them as words.
+CODER_STATE_BITS = 64
 HINT_MARGIN = 5e-4  # table-index units; 25x the largest ORT-vs-torch CPU difference measured (1.9e-5)
 
 # Graph names and input order: the contract between export and this procedure.
@@ -54,15 +61,25 @@ class CodecModel:
     M: int
     N: int
     tables: PmfTables
-    max_pixels: int = 4096 * 4096
+    max_pixels: int = 4096 * 4096  # of the padded image
+    max_aspect: int = MAX_ASPECT
     _y_models: list = field(default_factory=list, repr=False)
     _z_models: list = field(default_factory=list, repr=False)
+    _y_min_bits: float = field(default=0.0, repr=False)  # least information any y symbol carries
+    _z_min_bits: float = field(default=0.0, repr=False)  # least information of one z cell (all channels)
 
     def __post_init__(self) -> None:
         if len(self.model_hash) != HASH_BYTES:
             raise ValueError(f"model hash must be {HASH_BYTES} bytes")
         self._y_models = [_categorical(p) for p in self.tables.y_pmfs]
         self._z_models = [_categorical(p) for p in self.tables.z_pmfs]
+        self._y_min_bits = min(_min_bits(p) for p in self.tables.y_pmfs)
+        self._z_min_bits = sum(_min_bits(p) for p in self.tables.z_pmfs)
+
+
+def _min_bits(counts: np.ndarray) -> float:
+    """Information of the likeliest symbol of a table: no symbol coded with it costs less."""
+    return float(-np.log2(counts.max() / counts.sum()))
 
 
 def _categorical(counts: np.ndarray):
@@ -82,6 +99,36 @@ class CodecInfo:
     @property
     def bpp(self) -> float:
         return self.bits / self.num_pixels
+
+
+class SizeError(ValueError):
+    """An image size the model will not code; `kind` is 'empty', 'pixels' (padded area) or 'aspect'."""
+
+    def __init__(self, kind: str, message: str, details: dict[str, int]) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.details = details
+
+
+def padded_size(height: int, width: int) -> tuple[int, int]:
+    """The size the networks see: both sides rounded up to a multiple of PAD_MULTIPLE."""
+    return -(-height // PAD_MULTIPLE) * PAD_MULTIPLE, -(-width // PAD_MULTIPLE) * PAD_MULTIPLE
+
+
+def check_size(height: int, width: int, model: CodecModel) -> None:
+    """Refuse sizes whose padded area exceeds `max_pixels` or whose padded aspect exceeds `max_aspect`:
+    the coding cost (time and memory) follows the padded area, not the announced one."""
+    ph, pw = padded_size(height, width)
+    details = {"width": width, "height": height, "padded_width": pw, "padded_height": ph,
+               "max_pixels": model.max_pixels, "max_aspect": model.max_aspect}
+    if height < 1 or width < 1:
+        raise SizeError("empty", f"image of {width}x{height} pixels has no pixels", details)
+    if ph * pw > model.max_pixels:
+        raise SizeError("pixels", f"image of {width}x{height} pixels is coded padded to {pw}x{ph} = {pw * ph} "
+                        f"pixels, over the limit of {model.max_pixels} pixels", details)
+    if max(ph, pw) > model.max_aspect * min(ph, pw):
+        raise SizeError("aspect", f"image of {width}x{height} pixels (padded {pw}x{ph}) has an aspect ratio over "
+                        f"the limit of {model.max_aspect}:1", details)
 
 
 def pad_image(image: np.ndarray) -> np.ndarray:
@@ -129,19 +176,31 @@ def _pack_hints(positions: np.ndarray, indices: np.ndarray) -> bytes:
     return zlib.compress(raw, 9)
 
 
-def _unpack_hints(data: bytes, limit: int) -> dict[int, int]:
+def _unpack_hints(data: bytes, elements: int) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted positions, table indices). At most one hint per latent element, so the substream never
+    inflates to more than 4 + 5 * elements bytes: inflation stops there (a zlib bomb costs nothing)."""
+    if not data:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    limit = 4 + 5 * elements
+    inflater = zlib.decompressobj()
     try:
-        raw = zlib.decompress(data) if data else np.uint32(0).tobytes()
+        raw = inflater.decompress(data, limit + 1)
     except zlib.error:
         raise BitstreamError("corrupted", "hints substream is corrupted") from None
+    if len(raw) > limit:
+        raise BitstreamError("corrupted", f"hints substream inflates beyond {limit} bytes, the most an image "
+                             f"of this size needs ({elements} latent elements)")
+    if not inflater.eof or inflater.unused_data:
+        raise BitstreamError("corrupted", "hints substream is truncated or has trailing bytes")
     count = int(np.frombuffer(raw[:4], dtype="<u4")[0]) if len(raw) >= 4 else -1
     if count < 0 or len(raw) != 4 + 5 * count:
         raise BitstreamError("corrupted", "hints substream has the wrong length")
-    positions = np.cumsum(np.frombuffer(raw[4:4 + 4 * count], dtype="<u4").astype(np.int64))
+    deltas = np.frombuffer(raw[4:4 + 4 * count], dtype="<u4").astype(np.int64)
+    positions = np.cumsum(deltas)
     indices = np.frombuffer(raw[4 + 4 * count:], dtype=np.uint8).astype(np.int64)
-    if count and (positions[-1] >= limit or indices.max() >= SCALE_LEVELS):
-        raise BitstreamError("corrupted", "hints substream points outside the latent")
-    return dict(zip(positions.tolist(), indices.tolist(), strict=True))
+    if count and ((deltas[1:] == 0).any() or positions[-1] >= elements or indices.max() >= SCALE_LEVELS):
+        raise BitstreamError("corrupted", "hints substream points outside the latent or repeats a position")
+    return positions, indices
 
 
 class _SymbolCoder:
@@ -204,16 +263,17 @@ def _run(nets: Networks, graph: str, **inputs: np.ndarray) -> dict[str, np.ndarr
     return nets(graph, {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in inputs.items()})
 
 
-def _progressive(nets: Networks, model: CodecModel, hp: np.ndarray, coder: _SymbolCoder,
-                 y: np.ndarray | None, hints: dict[int, int] | None) -> tuple[np.ndarray, np.ndarray, dict]:
-    """The 11-step loop with coding interleaved. Encoder: y given, hints collected. Decoder: hints given."""
+def _progressive(nets: Networks, model: CodecModel, hp: np.ndarray, coder: _SymbolCoder, y: np.ndarray | None,
+                 hints: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The 11-step loop with coding interleaved. Encoder: y given, hints collected. Decoder: hints given
+    as (sorted positions, indices)."""
     _, m, h, w = hp.shape[0], model.M, hp.shape[2], hp.shape[3]
     smap, positions = _schedule(m, h, w)
     y_hat = np.zeros(m * h * w, dtype=np.float32)
     symbols_all = np.zeros(m * h * w, dtype=np.int64)
     collected: dict[int, int] = {}
     y_flat = None if y is None else y.reshape(-1)
-    hint_pos = np.array(sorted(hints), dtype=np.int64) if hints else np.zeros(0, dtype=np.int64)
+    hint_pos, hint_idx = hints if hints is not None else (np.zeros(0, dtype=np.int64),) * 2
     state = None
     for k in range(NUM_STEPS):
         pos = positions[k]
@@ -237,9 +297,10 @@ def _progressive(nets: Networks, model: CodecModel, hp: np.ndarray, coder: _Symb
             symbols = np.rint(y_flat[pos] - mean).astype(np.int64)
             _code_by_index(coder, model._y_models, model.tables.y_pmfs, index, symbols)
         else:
-            hit = np.flatnonzero(np.isin(pos, hint_pos, assume_unique=True))
-            if hit.size:
-                index[hit] = [hints[p] for p in pos[hit].tolist()]
+            if hint_pos.size:  # vectorised lookup: hints may cover every element
+                at = np.minimum(np.searchsorted(hint_pos, pos), hint_pos.size - 1)
+                hit = hint_pos[at] == pos
+                index[hit] = hint_idx[at[hit]]
             symbols = _code_by_index(coder, model._y_models, model.tables.y_pmfs, index, None)
         y_hat[pos] = symbols.astype(np.float32) + mean
         symbols_all[pos] = symbols
@@ -261,8 +322,7 @@ def encode(image: np.ndarray, nets: Networks, model: CodecModel) -> tuple[bytes,
     """uint8 (H, W, 3) RGB -> bitstream bytes."""
     start = time.perf_counter()
     height, width = image.shape[:2]
-    if height * width > model.max_pixels:
-        raise ValueError(f"image of {height}x{width} exceeds {model.max_pixels} pixels")
+    check_size(height, width, model)
     x = pad_image(image)
     y = _run(nets, "g_a", x=x)["y"]
     z = _run(nets, "h_a", y=y)["z"]
@@ -285,42 +345,92 @@ def encode(image: np.ndarray, nets: Networks, model: CodecModel) -> tuple[bytes,
     return data, info
 
 
-def check_stream(stream: Bitstream, model: CodecModel) -> None:
-    """Refuse streams this model cannot decode, with the reason."""
+def minimum_substream_bytes(model: CodecModel, height: int, width: int) -> dict[str, int]:
+    """The fewest bytes each substream can have for an image of this size. Every latent element is coded,
+    and none costs less than its table's likeliest symbol; half of that sum (slack for the coder's
+    quantisation of the pmfs), less what the coder's state holds unwritten, is a floor no real stream
+    goes under. The escapes substream always ends with its z-escape count."""
+    ph, pw = padded_size(height, width)
+    lat_h, lat_w = ph // LATENT_STRIDE, pw // LATENT_STRIDE
+    z_bits = model._z_min_bits * (lat_h // LATENT_MULTIPLE) * (lat_w // LATENT_MULTIPLE)
+    y_bits = model._y_min_bits * model.M * lat_h * lat_w
+    return {"z": _min_coded_bytes(z_bits), "y": _min_coded_bytes(y_bits), "escapes": 4, "hints": 0}
+
+
+def _min_coded_bytes(bits: float) -> int:
+    return 4 * max(1, math.floor((0.5 * bits - CODER_STATE_BITS) / 32))  # whole 32-bit words, >= 1
+
+
+def check_stream(stream: Bitstream | StreamHeader, model: CodecModel) -> None:
+    """Refuse streams this model cannot decode, with the reason: a header is enough (no substream is read)."""
     # The hash (of the weights) is the identity; the name may differ, e.g. the TorchScript export of the
     # same checkpoint served under another name decodes streams of the ONNX one.
     if stream.model_hash != model.model_hash:
         raise BitstreamError(
             "model", f"bitstream was made by model {stream.model_name!r} (hash {stream.model_hash.hex()}), "
             f"not {model.name!r} (hash {model.model_hash.hex()})")
-    if stream.height == 0 or stream.width == 0 or stream.height * stream.width > model.max_pixels:
-        raise BitstreamError("corrupted", f"bitstream announces an image of {stream.height}x{stream.width}")
+    try:
+        check_size(stream.height, stream.width, model)
+    except SizeError as exc:
+        raise BitstreamError("size", f"bitstream announces an unsupported size: {exc}") from None
+    header = stream if isinstance(stream, StreamHeader) else None
+    lengths = header.lengths if header else tuple(len(getattr(stream, k)) for k in ("z", "y", "escapes", "hints"))
+    floors = minimum_substream_bytes(model, stream.height, stream.width)
+    for (key, floor), length in zip(floors.items(), lengths, strict=True):
+        if length < floor:
+            raise BitstreamError("corrupted", f"{key} substream has {length} bytes; an image of "
+                                 f"{stream.width}x{stream.height} needs at least {floor}")
+        if key != "hints" and length % 4:
+            raise BitstreamError("corrupted", f"{key} substream length {length} is not a multiple of 4")
 
 
-def decode(data: bytes, nets: Networks, model: CodecModel) -> tuple[np.ndarray, CodecInfo]:
-    """Bitstream bytes -> uint8 (H, W, 3). Raises BitstreamError for streams it cannot decode."""
-    start = time.perf_counter()
+@dataclass
+class PreparedStream:
+    """A stream that passed every check that needs no network: parsed, checksummed, hints inflated."""
+
+    stream: Bitstream
+    nbytes: int
+    hints: tuple[np.ndarray, np.ndarray]
+    z_escapes: bytes
+    y_escapes: bytes
+
+    @property
+    def latent_size(self) -> tuple[int, int]:
+        ph, pw = padded_size(self.stream.height, self.stream.width)
+        return ph // LATENT_STRIDE, pw // LATENT_STRIDE
+
+
+def prepare_stream(data: bytes, model: CodecModel) -> PreparedStream:
+    """Everything before the networks (a few ms, bounded memory); raises BitstreamError."""
+    check_stream(StreamHeader.peek(data), model)
     stream = Bitstream.parse(data)
-    check_stream(stream, model)
-    hp_h = -(-stream.height // PAD_MULTIPLE) * PAD_MULTIPLE // 16
-    hp_w = -(-stream.width // PAD_MULTIPLE) * PAD_MULTIPLE // 16
-    assert hp_h % LATENT_MULTIPLE == 0 and hp_w % LATENT_MULTIPLE == 0
+    ph, pw = padded_size(stream.height, stream.width)
+    hints = _unpack_hints(stream.hints, model.M * (ph // LATENT_STRIDE) * (pw // LATENT_STRIDE))
     esc = stream.escapes
-    if len(esc) < 4 or len(esc) % 4:
-        raise BitstreamError("corrupted", "escape substream has the wrong length")
     n_z_esc = int(np.frombuffer(esc[-4:], dtype="<u4")[0])
     if 4 * n_z_esc > len(esc) - 4:
         raise BitstreamError("corrupted", "escape substream has the wrong length")
-    z_coder = _SymbolCoder(stream.z, esc[: 4 * n_z_esc])
+    return PreparedStream(stream, len(data), hints, esc[: 4 * n_z_esc], esc[4 * n_z_esc: -4])
+
+
+def decode(data: bytes | PreparedStream, nets: Networks, model: CodecModel) -> tuple[np.ndarray, CodecInfo]:
+    """Bitstream bytes (or a prepared stream) -> uint8 (H, W, 3). Raises BitstreamError for streams it
+    cannot decode."""
+    start = time.perf_counter()
+    prepared = data if isinstance(data, PreparedStream) else prepare_stream(data, model)
+    stream = prepared.stream
+    hp_h, hp_w = prepared.latent_size
+    assert hp_h % LATENT_MULTIPLE == 0 and hp_w % LATENT_MULTIPLE == 0
+    z_coder = _SymbolCoder(stream.z, prepared.z_escapes)
     z_symbols = _code_z(z_coder, model, None, (model.N, hp_h // 4, hp_w // 4))
     zm = model.tables.z_mean.reshape(-1, 1, 1)
     z_hat = (z_symbols.astype(np.float32) + zm)[None]
     hp = _run(nets, "h_s", z_hat=z_hat)["hp"]
-    hints = _unpack_hints(stream.hints, model.M * hp_h * hp_w)
-    y_coder = _SymbolCoder(stream.y, esc[4 * n_z_esc: -4])
-    y_hat, symbols, _ = _progressive(nets, model, hp, y_coder, None, hints)
+    y_coder = _SymbolCoder(stream.y, prepared.y_escapes)
+    y_hat, symbols, _ = _progressive(nets, model, hp, y_coder, None, prepared.hints)
     x_hat = _run(nets, "g_s", y_hat=y_hat)["x_hat"]
     image = to_uint8(x_hat, stream.height, stream.width)
-    info = CodecInfo(bits=8 * len(data), num_pixels=stream.height * stream.width, hints=len(hints),
-                     escapes=0, seconds=time.perf_counter() - start, symbols=symbols)
+    info = CodecInfo(bits=8 * prepared.nbytes, num_pixels=stream.height * stream.width,
+                     hints=int(prepared.hints[0].size), escapes=0, seconds=time.perf_counter() - start,
+                     symbols=symbols)
     return image, info

@@ -10,10 +10,15 @@ Timestamps are the sensors' local wall-clock times (METR-LA's index is naive loc
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 import numpy as np
 
 STEP_SECONDS = 300
+# The wall-clock times a window and its forecast may span. datetime64[ns] (the features' type) only spans
+# 1678-2262 and wraps silently outside it; this documented window keeps well inside it.
+MIN_TIMESTAMP = datetime(1970, 1, 1)
+MAX_TIMESTAMP = datetime(2200, 1, 1)
 NULL_VALUE = 0.0
 FEATURE_SPEED = "speed"
 FEATURE_TIME_OF_DAY = "time_of_day"

@@ -1,28 +1,41 @@
 """`POST /traffic/forecast`: readings + timestamps -> features (shared preprocessing) -> batcher -> mph.
 
 Everything model-specific (sensor ids and order, scaler, features, step length, horizon) comes from the
-served version's manifest `preprocessing`; nothing is hard-coded here.
+served version's manifest `preprocessing`; nothing is hard-coded here. The event loop only routes: the body
+is parsed, checked, turned into features and the response rendered on the work pool (every check linear in
+the request size), and bodies larger than any valid request to the served model are refused before parsing.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
+from pydantic_core import to_json
 
 from service.errors import InvalidInput
-from service.families.base import request_context, resolve_version
+from service.families.base import (
+    json_body_openapi,
+    parse_json_body,
+    request_context,
+    resolve_version,
+    workpool_of,
+)
 from service.families.traffic.preprocessing import (
     FEATURE_DAY_OF_WEEK,
     FEATURE_SPEED,
     FEATURE_TIME_OF_DAY,
+    MAX_TIMESTAMP,
+    MIN_TIMESTAMP,
     Scaler,
     build_features,
 )
 from service.families.traffic.schemas import (
+    MAX_WINDOWS,
     Forecast,
     ForecastRequest,
     ForecastResponse,
@@ -35,6 +48,7 @@ if TYPE_CHECKING:
 
 STATE_KEY = "traffic"
 MAX_SPEED = 250.0  # mph; anything above is a unit or data error, not a reading
+MAX_JSON_VALUES = 4_000_000  # absolute cap per request (~300 MB of parsed JSON), whatever the model's size
 
 
 @dataclass(frozen=True)
@@ -73,6 +87,13 @@ class TrafficSpec:
         )
 
 
+def max_json_values(spec: TrafficSpec) -> int:
+    """The most JSON values (commas + 1) a valid request to this model can hold, with 2x headroom for commas
+    inside ids: per window the ids, one row of `input_steps` readings per sensor, the timestamps, the keys."""
+    per_window = len(spec.sensor_ids) * (spec.input_steps + 1) + spec.input_steps + 8
+    return min(2 * MAX_WINDOWS * per_window + 64, MAX_JSON_VALUES)
+
+
 def spec_of(version: LoadedVersion) -> TrafficSpec:
     spec = version.state.get(STATE_KEY)
     if spec is None:  # prepare() did not run (e.g. a version loaded before the family existed)
@@ -108,12 +129,12 @@ def prepare_window(i: int, window: ForecastWindow, spec: TrafficSpec) -> Prepare
     if unknown:
         raise _fail(i, "sensor_ids", f"unknown sensor id(s) {unknown[:10]}; this model serves {n} sensors "
                     "(GET /traffic/sensors lists them)", unknown=unknown[:100])
-    if len(set(ids)) != len(ids):
-        dupes = sorted({s for s in ids if ids.count(s) > 1})
+    counts = Counter(ids)  # linear: 20,000 copies of one id must not cost 20,000^2 comparisons
+    if len(counts) != len(ids):
+        dupes = sorted(s for s, c in counts.items() if c > 1)
         raise _fail(i, "sensor_ids", f"duplicate sensor id(s) {dupes[:10]}", duplicates=dupes[:100])
     if len(ids) != n:
-        given = set(ids)
-        absent = [s for s in spec.sensor_ids if s not in given]
+        absent = [s for s in spec.sensor_ids if s not in counts]
         raise _fail(i, "sensor_ids", f"got {len(ids)} sensors, the model needs all {n}; missing {absent[:10]} "
                     "(send 0 or null readings for sensors without data)", missing=absent[:100])
     for row, readings in enumerate(window.values):
@@ -151,11 +172,27 @@ def prepare_window(i: int, window: ForecastWindow, spec: TrafficSpec) -> Prepare
         last = stamps_in[-1]
     else:  # the schema guarantees exactly one of the two
         last = window.last_timestamp  # type: ignore[assignment]
+    _check_time_range(i, "timestamps" if window.timestamps is not None else "last_timestamp", last, spec)
     stamps = _wall_clock(last) + (np.arange(-(steps - 1), 1) * np.timedelta64(spec.step_seconds, "s"))
     order = np.fromiter((spec.index[s] for s in ids), dtype=np.int64, count=len(ids))
     speeds = np.zeros((steps, n), dtype=np.float64)
     speeds[:, order] = raw.T
     return PreparedWindow(order=order, speeds=speeds, stamps=stamps, last=last)
+
+
+def _check_time_range(i: int, field: str, last: datetime, spec: TrafficSpec) -> None:
+    """The window's readings and its forecast horizon must lie in [MIN_TIMESTAMP, MAX_TIMESTAMP]; compared as
+    wall-clock times (as the features are) without computing anything that could overflow."""
+    step = timedelta(seconds=spec.step_seconds)
+    earliest = MIN_TIMESTAMP + step * (spec.input_steps - 1)
+    latest = MAX_TIMESTAMP - step * spec.horizon
+    wall = last.replace(tzinfo=None)
+    if not earliest <= wall <= latest:
+        raise _fail(i, field, f"newest reading {last.isoformat()} is outside the supported range: the "
+                    f"{spec.input_steps} readings and the {spec.horizon}-step forecast must lie within "
+                    f"{MIN_TIMESTAMP.isoformat()} .. {MAX_TIMESTAMP.isoformat()}, so the newest reading must "
+                    f"be between {earliest.isoformat()} and {latest.isoformat()}",
+                    min=earliest.isoformat(), max=latest.isoformat())
 
 
 def features_for(prepared: list[PreparedWindow], spec: TrafficSpec) -> np.ndarray:
@@ -176,28 +213,46 @@ def to_forecast(window: ForecastWindow, prepared: PreparedWindow, y: np.ndarray,
     )
 
 
+def prepare_request(body: ForecastRequest, spec: TrafficSpec) -> tuple[list[PreparedWindow], np.ndarray]:
+    """Every window checked, and the model's features (runs on the work pool)."""
+    prepared = [prepare_window(i, w, spec) for i, w in enumerate(body.windows)]
+    return prepared, features_for(prepared, spec)
+
+
+def render_forecast(served: LoadedVersion, body: ForecastRequest, prepared: list[PreparedWindow], y: np.ndarray,
+                    spec: TrafficSpec) -> bytes:
+    """The JSON response body (runs on the work pool: request-sized serialisation stays off the loop)."""
+    response = ForecastResponse(
+        model=served.name, version=served.version, step_seconds=spec.step_seconds, horizon=spec.horizon,
+        forecasts=[to_forecast(w, p, y[k], spec) for k, (w, p) in enumerate(zip(body.windows, prepared, strict=True))],
+    )
+    return to_json(response)
+
+
 def build_router() -> APIRouter:
     router = APIRouter(prefix="/traffic", tags=["traffic"])
 
-    @router.post("/forecast", response_model=ForecastResponse)
-    async def forecast(body: ForecastRequest, request: Request, model: str | None = Query(None),
-                       version: int | None = Query(None)) -> ForecastResponse:
+    @router.post("/forecast", response_model=ForecastResponse, openapi_extra=json_body_openapi(ForecastRequest))
+    async def forecast(request: Request, model: str | None = Query(None),
+                       version: int | None = Query(None)) -> Response:
         """Forecast the next `horizon` steps (12 x 5 min) of every sensor from its last 12 readings.
 
         One request may hold several windows (e.g. several points in time); they are batched together with
-        other requests by the model's dynamic batcher. Missing readings: null or 0.
+        other requests by the model's dynamic batcher. Missing readings: null or 0. The readings and the
+        forecast must lie in the supported time range (see `timestamps`). A body with more values than any
+        valid request to the served model can hold (64 windows of its sensors x readings) gets 413.
         """
         served = resolve_version(request, family="traffic", model=model, version=version)
         spec = spec_of(served)
-        prepared = [prepare_window(i, w, spec) for i, w in enumerate(body.windows)]
-        x = features_for(prepared, spec)
-        outputs = await served.infer({"x": x}, ctx=request_context(request))
-        y = outputs["y"]
-        return ForecastResponse(
-            model=served.name, version=served.version, step_seconds=spec.step_seconds, horizon=spec.horizon,
-            forecasts=[to_forecast(w, p, y[k], spec)
-                       for k, (w, p) in enumerate(zip(body.windows, prepared, strict=True))],
-        )
+        body = await parse_json_body(request, ForecastRequest, "traffic forecast request",
+                                     max_values=max_json_values(spec))
+        ctx = request_context(request)
+        pool = workpool_of(request)
+        prepared, x = await pool.run(prepare_request, body, spec, ctx=ctx, what="traffic preprocessing")
+        outputs = await served.infer({"x": x}, ctx=ctx)
+        content = await pool.run(render_forecast, served, body, prepared, outputs["y"], spec, ctx=ctx,
+                                 what="traffic response")
+        return Response(content, media_type="application/json")
 
     @router.get("/sensors", response_model=SensorsResponse)
     async def sensors(request: Request, model: str | None = Query(None),

@@ -6,6 +6,8 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from service.families.traffic.preprocessing import MAX_TIMESTAMP, MIN_TIMESTAMP
+
 MAX_WINDOWS = 64
 MAX_SENSORS = 20_000
 
@@ -49,10 +51,11 @@ class ForecastWindow(BaseModel):
     )
     timestamps: list[datetime] | None = Field(
         None, description="timestamp of each reading (strictly increasing, one step apart); sensors' local "
-        "wall-clock time: a UTC offset, if given, is kept in the response, not converted",
+        "wall-clock time: a UTC offset, if given, is kept in the response, not converted; the readings and "
+        f"the forecast must lie within {MIN_TIMESTAMP.isoformat()} .. {MAX_TIMESTAMP.isoformat()}",
     )
     last_timestamp: datetime | None = Field(
-        None, description="alternative to `timestamps`: the time of the newest reading"
+        None, description="alternative to `timestamps`: the time of the newest reading (same supported range)"
     )
 
     @model_validator(mode="after")

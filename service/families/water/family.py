@@ -4,6 +4,10 @@ Per sample the client sends the three grids [T][H][W] and two series [T_v] in ph
 values as null (or NaN via an explicit `masks` entry), plus the 11 static attributes. A patch / step with
 any missing value is hidden from the model; only the missing values are replaced, everything sent is
 returned unchanged. Shapes are checked against the served version's manifest.
+
+The event loop only routes: parsing, checks, the gap-filling prior and the response body run on the work
+pool, and a body with more values than a valid request to the served model can hold is refused (413) before
+it is parsed (parsed JSON costs ~75 bytes per value: a 64 MB body of zeros would take ~2.4 GB).
 """
 
 from __future__ import annotations
@@ -12,17 +16,25 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.concurrency import run_in_threadpool
+from pydantic_core import to_json
 
 from service.errors import InvalidInput
-from service.families.base import Family, request_context, resolve_version
+from service.families.base import (
+    Family,
+    json_body_openapi,
+    parse_json_body,
+    request_context,
+    resolve_version,
+    workpool_of,
+)
 from service.families.water.preprocessing import (
     IMAGE_MODALITIES,
     MODALITIES,
     STATIC_NAMES,
     UNITS,
+    VECTOR_MODALITIES,
     NormStats,
     fill_hidden,
     patch_mask,
@@ -32,6 +44,7 @@ if TYPE_CHECKING:
     from service.repository import LoadedVersion
 
 MAX_SAMPLES = 64
+MAX_JSON_VALUES = 4_000_000  # absolute cap per request (~300 MB parsed): 2 full-size 290x180 samples with masks
 Grid = list[list[list[float | None]]]
 Series = list[float | None]
 
@@ -112,6 +125,13 @@ class WaterSpec:
             return (self.frames, self.height, self.width)
         return (self.series_len,)
 
+    def max_json_values(self) -> int:
+        """The most JSON values (commas + 1) a valid request can hold: per sample every grid and series
+        twice (values and masks; a grid's commas are T*H*(W+1) + T at most), the static attributes, keys."""
+        grid = self.frames * self.height * (self.width + 1) + self.frames
+        per_sample = 2 * (len(IMAGE_MODALITIES) * grid + len(VECTOR_MODALITIES) * self.series_len) + self.n_static + 16
+        return min(MAX_SAMPLES * per_sample + 16, MAX_JSON_VALUES)
+
 
 @dataclass
 class ParsedSample:
@@ -181,26 +201,61 @@ def model_inputs(parsed: list[ParsedSample], spec: WaterSpec) -> tuple[dict[str,
     return inputs, tokens
 
 
-def _mask_lists(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
-    return {m: a.tolist() for m, a in arrays.items()}
+def _json(value: Any) -> bytes:
+    """JSON of one field, serialised on its own: a single `to_json` of a whole response holds the GIL (and so
+    stalls the event loop) for ~100 ns per value; one array at a time keeps each hold short."""
+    if isinstance(value, dict):
+        return b"{" + b",".join(to_json(k) + b":" + _json(v) for k, v in value.items()) + b"}"
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    return to_json(value, inf_nan_mode="null")  # NaN/inf as null, like a model's default serialisation
 
 
 def complete(parsed: ParsedSample, outputs: dict[str, np.ndarray] | None, row: int, spec: WaterSpec,
-             tokens: dict[str, np.ndarray] | None) -> ReconstructedSample:
-    """Sent values unchanged; missing values from the model output (denormalised)."""
+             tokens: dict[str, np.ndarray] | None) -> bytes:
+    """One `ReconstructedSample` as JSON: sent values unchanged, missing values from the model output."""
     fields, hidden = {}, {}
     for m in MODALITIES:
         values = parsed.values[m]
         if outputs is not None and parsed.missing[m].any():
             predicted = spec.stats.denormalise(m, outputs[f"{m}_out"][row]).astype(np.float64)
             values = np.where(parsed.missing[m], predicted, values)
-        fields[m] = values.tolist()
+        fields[m] = values
         if tokens is not None:
             hidden[m] = tokens[m][row]
         else:
             hidden[m] = np.zeros((spec.frames, spec.height // spec.patch, spec.width // spec.patch)
                                  if m in IMAGE_MODALITIES else (spec.series_len,), bool)
-    return ReconstructedSample(**fields, mask=_mask_lists(parsed.missing), hidden=_mask_lists(hidden))
+    return _json({**fields, "mask": parsed.missing, "hidden": hidden})
+
+
+@dataclass
+class Prepared:
+    parsed: list[ParsedSample]
+    todo: list[int]  # samples with something to fill, in model-batch order
+    inputs: dict[str, np.ndarray] | None
+    tokens: dict[str, np.ndarray] | None
+
+
+def prepare_request(body: ReconstructRequest, spec: WaterSpec) -> Prepared:
+    """Checked samples and the graph inputs of those with gaps (runs on the work pool)."""
+    parsed = [parse_sample(s, i, spec) for i, s in enumerate(body.samples)]
+    todo = [i for i, p in enumerate(parsed) if any(p.missing[m].any() for m in MODALITIES)]
+    inputs, tokens = model_inputs([parsed[i] for i in todo], spec) if todo else (None, None)
+    return Prepared(parsed, todo, inputs, tokens)
+
+
+def render_response(loaded: LoadedVersion, prepared: Prepared, outputs: dict[str, np.ndarray] | None,
+                    spec: WaterSpec) -> bytes:
+    """The `ReconstructResponse` JSON body (on the work pool, one sample and field at a time)."""
+    row_of = {i: r for r, i in enumerate(prepared.todo)}
+    samples = [
+        complete(p, outputs if i in row_of else None, row_of.get(i, 0), spec,
+                 prepared.tokens if i in row_of else None)
+        for i, p in enumerate(prepared.parsed)
+    ]
+    head = _json({"model": loaded.name, "version": loaded.version, "units": UNITS})
+    return head[:-1] + b',"samples":[' + b",".join(samples) + b"]}"
 
 
 class WaterFamily(Family):
@@ -212,27 +267,27 @@ class WaterFamily(Family):
     def router(self) -> APIRouter:
         router = APIRouter(tags=["water"])
 
-        @router.post("/water/reconstruct", response_model=ReconstructResponse)
-        async def reconstruct(body: ReconstructRequest, request: Request,
+        @router.post("/water/reconstruct", response_model=ReconstructResponse,
+                     openapi_extra=json_body_openapi(ReconstructRequest))
+        async def reconstruct(request: Request,
                               model: str | None = Query(None, description="model name (default: water)"),
                               version: int | None = Query(None, description="version (default: latest)"),
-                              ) -> ReconstructResponse:
-            """Fill the missing values of each sample; values that were sent come back unchanged."""
+                              ) -> Response:
+            """Fill the missing values of each sample; values that were sent come back unchanged.
+
+            A body with more values than a valid request to the served model can hold (64 samples of its
+            grids and series, with masks; at most 4,000,000 values) gets 413 before it is parsed.
+            """
             loaded = resolve_version(request, family="water", model=model, version=version)
             spec: WaterSpec = loaded.state["spec"]
-            parsed = [parse_sample(s, i, spec) for i, s in enumerate(body.samples)]
-            todo = [i for i, p in enumerate(parsed) if any(p.missing[m].any() for m in MODALITIES)]
-            outputs, tokens = None, None
-            if todo:
-                # numpy work (the gap-filling prior): off the event loop
-                inputs, tokens = await run_in_threadpool(model_inputs, [parsed[i] for i in todo], spec)
-                outputs = await loaded.infer(inputs, ctx=request_context(request))
-            row_of = {i: r for r, i in enumerate(todo)}
-            samples = [
-                complete(p, outputs if i in row_of else None, row_of.get(i, 0), spec,
-                         tokens if i in row_of else None)
-                for i, p in enumerate(parsed)
-            ]
-            return ReconstructResponse(model=loaded.name, version=loaded.version, units=UNITS, samples=samples)
+            body = await parse_json_body(request, ReconstructRequest, "water reconstruct request",
+                                         max_values=spec.max_json_values())
+            ctx = request_context(request)
+            pool = workpool_of(request)
+            prepared = await pool.run(prepare_request, body, spec, ctx=ctx, what="water preprocessing")
+            outputs = await loaded.infer(prepared.inputs, ctx=ctx) if prepared.inputs is not None else None
+            content = await pool.run(render_response, loaded, prepared, outputs, spec, ctx=ctx,
+                                     what="water response")
+            return Response(content, media_type="application/json")
 
         return router

@@ -6,14 +6,24 @@ same function training uses. Embeddings come from the exported model through the
 k-NN search is exact (one matrix product + top-k) on the serving device.
 
 Multipart fields, per sample i (the suffix `.i` may be omitted for a single sample):
-    video[.i]    one .avi            photos[.i]   the photos (.jpg), one part each, ordered by file name
-    audio[.i]    one .flac           sensors[.i]  one sensor .csv
-    id[.i]       optional sample id  label[.i]    class name (enrolment only)
+    video[.i]    one .avi            photos[.i]   exactly the model's number of photos (.jpg), one part
+    audio[.i]    one .flac                        each, ordered by file name
+    sensors[.i]  one sensor .csv     id[.i]       optional sample id (required to enrol; <= 256 characters,
+    label[.i]    class name (enrolment only)      no control characters)
+
+Hostile input is bounded before it costs anything: the work pool admits the request (429) before its body
+is read; multipart limits (files, fields, text part size) hold while starlette parses it; each upload's
+header is checked against the model's `MediaLimits` (413) before it is decoded; JSON tensors are checked
+against the manifest shapes on the raw bytes before they are parsed (`jsontensors`). Decoding and the k-NN
+search run on the work pool, under the request's deadline (504) and disconnect signal.
 """
 
 from __future__ import annotations
 
 import re
+import time
+import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -24,17 +34,35 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from service.auth import require_admin
-from service.errors import BadRequest, Conflict, InvalidInput, UnsupportedMediaType
-from service.families.base import Family, request_context, resolve_version
+from service.batching import ClientDisconnected, RequestContext
+from service.errors import (
+    BadRequest,
+    Conflict,
+    DeadlineExceeded,
+    InvalidInput,
+    PayloadTooLarge,
+    ServiceError,
+    UnsupportedMediaType,
+)
+from service.families.base import (
+    Family,
+    _validate_json,
+    json_body_openapi,
+    request_context,
+    resolve_version,
+    workpool_of,
+)
 from service.families.weld.classes import CLASSES, match_class
 from service.families.weld.gallery import DuplicateIds, GalleryStore
+from service.families.weld.jsontensors import sample_error as _fail
+from service.families.weld.jsontensors import split_tensor_body
 from service.families.weld.knn import METRICS
 from service.families.weld.preprocessing import (
     MODALITIES,
+    MediaTooLarge,
     ModalityError,
     PreprocessParams,
     SampleFiles,
-    check_tensors,
     preprocess_sample,
     warm_up,
 )
@@ -44,6 +72,9 @@ if TYPE_CHECKING:
 
 MAX_SAMPLES = 64
 MAX_K = 100
+MAX_TEXT_CHARS = 256  # id and label
+MAX_TEXT_PART_BYTES = 16 * 1024  # a multipart text part (id, label): starlette refuses larger ones (413)
+_FORBIDDEN_CATEGORIES = {"Cc", "Cs", "Zl", "Zp"}  # control characters, lone surrogates, line separators
 _FIELD = re.compile(r"^(video|photos|audio|sensors|id|label)(?:\.(\d{1,3}))?$")
 
 
@@ -61,7 +92,8 @@ class TensorSample(BaseModel):
     """One sample as preprocessed tensors (the shapes of the served version's manifest `inputs`)."""
 
     model_config = ConfigDict(extra="forbid")
-    id: str | None = Field(None, description="client id, echoed in the result")
+    id: str | None = Field(None, description=f"client id, echoed in the result (required to enrol; at most "
+                                              f"{MAX_TEXT_CHARS} characters, no control characters)")
     label: str | None = Field(None, description="class name (enrolment only)")
     video: Any = Field(None, description="[T][3][S][S] normalised frames")
     photos: Any = Field(None, description="[P][3][S][S] normalised photos")
@@ -122,15 +154,42 @@ class ParsedSample:
     label: str | None
 
 
-def _fail(index: int, modality: str, message: str) -> InvalidInput:
-    return InvalidInput(f"sample {index}: {modality}: {message}", details={"sample": index, "modality": modality})
+def _too_large(index: int, exc: MediaTooLarge) -> PayloadTooLarge:
+    return PayloadTooLarge(f"sample {index}: {exc.modality}: {exc.message}",
+                           details={"sample": index, "field": exc.modality, "limit": exc.limit})
+
+
+def _check_text(index: int, field: str, value: str | None) -> str | None:
+    """An id or label: at most MAX_TEXT_CHARS characters and no control characters (422 naming both)."""
+    if value is None:
+        return None
+    details = {"sample": index, "field": field}
+    if len(value) > MAX_TEXT_CHARS:
+        raise InvalidInput(f"sample {index}: {field} has {len(value)} characters; at most {MAX_TEXT_CHARS}",
+                           details={**details, "limit": MAX_TEXT_CHARS})
+    bad = next((c for c in value if unicodedata.category(c) in _FORBIDDEN_CATEGORIES), None)
+    if bad is not None:
+        raise InvalidInput(f"sample {index}: {field} contains the control character U+{ord(bad):04X}",
+                           details=details)
+    return value
+
+
+def _form_error(exc: Exception) -> ServiceError:
+    """starlette reports multipart limits and syntax errors alike as an HTTPException(400)."""
+    message = str(getattr(exc, "detail", "") or exc)
+    if "Too many" in message or "exceeded maximum size" in message:
+        return PayloadTooLarge(f"multipart body over a limit: {message}")
+    return BadRequest(f"malformed multipart body ({message})")
 
 
 async def _read_multipart(request: Request, params: PreprocessParams) -> list[tuple[int, SampleFiles, dict]]:
     try:
-        form = await request.form(max_files=MAX_SAMPLES * (params.num_photos + 3), max_fields=4 * MAX_SAMPLES)
+        form = await request.form(max_files=MAX_SAMPLES * (params.num_photos + 3), max_fields=2 * MAX_SAMPLES,
+                                  max_part_size=MAX_TEXT_PART_BYTES)
+    except ServiceError:  # the body limit (413), raised by the middleware while the form streams in
+        raise
     except Exception as exc:  # noqa: BLE001 - malformed multipart bodies raise several types
-        raise BadRequest(f"malformed multipart body ({exc})") from None
+        raise _form_error(exc) from None
     files: dict[int, SampleFiles] = {}
     meta: dict[int, dict] = {}
     for key, value in form.multi_items():
@@ -143,17 +202,18 @@ async def _read_multipart(request: Request, params: PreprocessParams) -> list[tu
         if name in ("id", "label"):
             if isinstance(value, UploadFile):
                 raise InvalidInput(f"form field {key!r} must be text, not a file", details={"field": key})
-            meta.setdefault(index, {})[name] = str(value)
+            meta.setdefault(index, {})[name] = _check_text(index, name, str(value))
             continue
         if not isinstance(value, UploadFile):
             raise _fail(index, name, f"form field {key!r} must be a file upload")
-        data = await value.read()
         if name == "photos":
-            sample.photos.append((value.filename or "", data))  # type: ignore[arg-type]
+            if len(sample.photos) >= params.num_photos:  # 422 before holding it in memory
+                raise _fail(index, "photos", f"more than the {params.num_photos} photos the model takes")
+            sample.photos.append((value.filename or "", await value.read()))  # type: ignore[arg-type]
         elif getattr(sample, name) is not None:
             raise _fail(index, name, f"more than one {name} file")
         else:
-            setattr(sample, name, data)
+            setattr(sample, name, await value.read())
     if not files:
         raise InvalidInput("no sample in the form; send video, photos, audio and sensors files")
     if len(files) > MAX_SAMPLES:
@@ -161,59 +221,93 @@ async def _read_multipart(request: Request, params: PreprocessParams) -> list[tu
     out = []
     for index in sorted(files):
         sample = files[index]
+        if sample.photos and len(sample.photos) != params.num_photos:
+            raise _fail(index, "photos", f"expected {params.num_photos} photos, got {len(sample.photos)}")
         # Training reads images/*.jpg sorted by file name: uploads are ordered the same way.
         sample.photos = [data for _, data in sorted(sample.photos, key=lambda item: item[0])]  # type: ignore[misc]
         out.append((index, sample, meta.get(index, {})))
     return out
 
 
-def _decode_uploads(items: list[tuple[int, SampleFiles, dict]], params: PreprocessParams) -> list[ParsedSample]:
+def _checkpoint(ctx: RequestContext | None, what: str) -> Callable[[], None]:
+    """A check run between decoding steps on the worker thread: a request whose deadline passed (504) or
+    whose client left stops there instead of decoding the rest."""
+
+    def check() -> None:
+        if ctx is None:
+            return
+        if ctx.disconnected.is_set():
+            raise ClientDisconnected(f"client disconnected during {what}")
+        if ctx.deadline is not None and time.monotonic() > ctx.deadline:
+            raise DeadlineExceeded(f"request deadline passed during {what}")
+
+    return check
+
+
+def _decode_uploads(items: list[tuple[int, SampleFiles, dict]], params: PreprocessParams,
+                    ctx: RequestContext | None = None) -> list[ParsedSample]:
+    checkpoint = _checkpoint(ctx, "decoding the uploads")
     parsed = []
     for index, files, meta in items:
         try:
-            tensors = preprocess_sample(files, params)
+            tensors = preprocess_sample(files, params, checkpoint=checkpoint)
+        except MediaTooLarge as exc:
+            raise _too_large(index, exc) from None
         except ModalityError as exc:
             raise _fail(index, exc.modality, exc.message) from None
         parsed.append(ParsedSample(index, tensors, meta.get("id"), meta.get("label")))
     return parsed
 
 
-def _check_json(body: TensorRequest, params: PreprocessParams) -> list[ParsedSample]:
+def _check_json(raw: bytes, params: PreprocessParams, ctx: RequestContext | None = None) -> list[ParsedSample]:
+    """Tensor shapes on the raw bytes, then the small rest by pydantic, then the numbers by numpy."""
+    shapes = params.shapes()
+    body = split_tensor_body(raw, shapes)
+    request = _validate_json(TensorRequest, body.skeleton)
+    checkpoint = _checkpoint(ctx, "parsing the tensors")
+    for index, sample in enumerate(request.samples):
+        _check_text(index, "id", sample.id)
+        _check_text(index, "label", sample.label)
     parsed = []
-    for index, sample in enumerate(body.samples):
-        try:
-            tensors = check_tensors({m: getattr(sample, m) for m in MODALITIES}, params)
-        except ModalityError as exc:
-            raise _fail(index, exc.modality, exc.message) from None
+    for index, sample in enumerate(request.samples):
+        tensors = {}
+        for modality in MODALITIES:
+            checkpoint()
+            try:
+                tensors[modality] = body.tensor(getattr(sample, modality), modality, shapes[modality])
+            except ModalityError as exc:
+                raise _fail(index, exc.modality, exc.message) from None
         parsed.append(ParsedSample(index, tensors, sample.id, sample.label))
     return parsed
 
 
 async def _parse(request: Request, params: PreprocessParams) -> list[ParsedSample]:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type == "multipart/form-data":
-        items = await _read_multipart(request, params)
-        return await run_in_threadpool(_decode_uploads, items, params)
-    if content_type == "application/json":
-        raw = await request.body()
-        try:
-            body = TensorRequest.model_validate_json(raw)
-        except ValueError as exc:
-            errors = getattr(exc, "errors", lambda: [])()
-            if any(e.get("type") == "json_invalid" for e in errors):
-                raise BadRequest("request body is not valid JSON") from None
-            raise InvalidInput(f"invalid request: {str(exc).splitlines()[0]}",
-                               details=[{"loc": list(e.get("loc", ())), "msg": e.get("msg")} for e in errors]
-                               ) from None
-        return await run_in_threadpool(_check_json, body, params)
-    raise UnsupportedMediaType(f"content type {content_type or '(none)'!r}: send multipart/form-data uploads "
-                               "or application/json tensors")
+    if content_type not in ("multipart/form-data", "application/json"):
+        raise UnsupportedMediaType(f"content type {content_type or '(none)'!r}: send multipart/form-data "
+                                   "uploads or application/json tensors")
+    pool = workpool_of(request)
+    with pool.reserve("a weld request"):  # 429 before the body is read; holds a place while it is
+        if content_type == "multipart/form-data":
+            body: list | bytes = await _read_multipart(request, params)
+        else:
+            body = await request.body()
+            if not body.strip():
+                raise BadRequest("empty body: send a JSON object")
+    ctx = request_context(request)
+    if isinstance(body, list):
+        return await pool.run(_decode_uploads, body, params, ctx, ctx=ctx, what="decoding weld uploads")
+    return await pool.run(_check_json, body, params, ctx, ctx=ctx, what="parsing weld tensors")
 
 
 async def _embed(version: LoadedVersion, samples: list[ParsedSample], request: Request) -> np.ndarray:
     inputs = {m: np.stack([s.tensors[m] for s in samples]).astype(np.float32) for m in MODALITIES}
     outputs = await version.infer(inputs, ctx=request_context(request))
     return outputs["embedding"]
+
+
+# The JSON body is read by `_check_json`, so its schema is documented by hand (with `$defs` inlined).
+_TENSOR_BODY_DOC = json_body_openapi(TensorRequest)["requestBody"]["content"]["application/json"]
 
 
 def _state(version: LoadedVersion) -> WeldState:
@@ -245,7 +339,7 @@ class WeldFamily(Family):
                              "photos": {"type": "array", "items": {"type": "string", "format": "binary"}},
                              "audio": {"type": "string", "format": "binary"},
                              "sensors": {"type": "string", "format": "binary"}}}},
-                         "application/json": {"schema": TensorRequest.model_json_schema()}}}})
+                         "application/json": _TENSOR_BODY_DOC}}})
         async def classify(request: Request, model: str | None = Query(None), version: int | None = Query(None),
                            k: int | None = Query(None, ge=1, le=MAX_K),
                            metric: str | None = Query(None, description="cosine | euclidean | manhattan")):
@@ -258,7 +352,8 @@ class WeldFamily(Family):
             embeddings = await _embed(served, samples, request)
             gallery = state.gallery.snapshot  # one consistent view for the whole request
             use_k = min(k or state.k, gallery.size)
-            result = await run_in_threadpool(gallery.search, embeddings, use_k, metric or state.metric, len(CLASSES))
+            result = await workpool_of(request).run(gallery.search, embeddings, use_k, metric or state.metric,
+                                                    len(CLASSES), ctx=request_context(request), what="weld k-NN")
             results = []
             for row, sample in enumerate(samples):
                 votes = {CLASSES[c]: round(float(v), 6) for c, v in enumerate(result.votes[row]) if v > 0}

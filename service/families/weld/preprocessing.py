@@ -9,15 +9,19 @@ function here takes bytes (or a path) and returns float32 arrays in the model's 
     sensors (N, 6)         the 6 numeric channels resampled to N steps, standardised with train statistics
 
 Training (training/weld/data.py) and the service (service/families/weld/) both call `preprocess_sample`,
-so the two can never drift apart. Errors raise `ModalityError`, which names the modality.
+so the two can never drift apart. Errors raise `ModalityError`, which names the modality; an upload over
+one of the `MediaLimits` (read from the file's header before anything is decoded) raises `MediaTooLarge`.
 """
 
 from __future__ import annotations
 
+import csv
 import io
-from collections.abc import Sequence
+import itertools
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
+from math import ceil, gcd
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +41,19 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 AUDIOSET_MEAN = -4.2677393  # AST's fbank normalisation (ASTFeatureExtractor defaults)
 AUDIOSET_STD = 4.5689974
-MAX_VIDEO_FRAMES_DECODED = 100_000  # guard against absurd uploads
+
+# Upload caps, checked from each file's header before it is decoded (the service answers 413). Each limit is
+# the larger of a floor sized for real recordings of one weld (seconds to a minute; 2000x900 photos) and
+# CAP_HEADROOM times what the model consumes, so a model with larger inputs gets larger caps.
+CAP_HEADROOM = 16
+PHOTO_MAX_PIXELS_FLOOR = 25_000_000  # per photo: a 25 Mpx camera frame, ~14x the dataset's 2000x900
+VIDEO_MAX_FRAME_PIXELS_FLOOR = 3840 * 2160  # per frame: 4K UHD
+VIDEO_MAX_FRAMES_FLOOR = 18_000  # 10 minutes at 30 fps
+VIDEO_MAX_DECODED_PIXELS_FLOOR = 1_500_000_000  # frames x width x height: ~55 s of 720p at 30 fps
+AUDIO_MAX_SECONDS_FLOOR = 600.0  # only the first seconds are read (see decode_audio); longer is no weld
+AUDIO_MAX_CHANNELS = 8
+AUDIO_RATE_RANGE = (4_000, 192_000)  # Hz; outside it the polyphase resampler's filter gets huge
+SENSOR_MAX_ROWS_FLOOR = 50_000  # ~1.6 h at the logger's 8.6 Hz
 
 Source = bytes | Path
 
@@ -49,6 +65,26 @@ class ModalityError(ValueError):
         super().__init__(f"{modality}: {message}")
         self.modality = modality
         self.message = message
+
+
+class MediaTooLarge(ModalityError):
+    """An upload over a `MediaLimits` cap, found from its header before decoding; `limit` is the cap."""
+
+    def __init__(self, modality: str, message: str, limit: float) -> None:
+        super().__init__(modality, message)
+        self.limit = limit
+
+
+@dataclass(frozen=True)
+class MediaLimits:
+    """The largest upload of each modality decoded (see the *_FLOOR constants and CAP_HEADROOM)."""
+
+    photo_pixels: int
+    video_frame_pixels: int
+    video_frames: int
+    video_decoded_pixels: int
+    audio_seconds: float
+    sensor_rows: int
 
 
 @dataclass
@@ -87,6 +123,23 @@ class PreprocessParams:
             "sensors": (self.sensor_steps, len(SENSOR_COLUMNS)),
         }
 
+    def audio_window_samples(self) -> int:
+        """Samples at `audio_sample_rate` that the `audio_frames` Kaldi windows cover."""
+        return KALDI_FRAME + KALDI_HOP * (self.audio_frames - 1)
+
+    def limits(self) -> MediaLimits:
+        frame_pixels = self.video_size * self.video_size
+        return MediaLimits(
+            photo_pixels=max(PHOTO_MAX_PIXELS_FLOOR, CAP_HEADROOM * self.photo_size * self.photo_size),
+            video_frame_pixels=max(VIDEO_MAX_FRAME_PIXELS_FLOOR, CAP_HEADROOM * frame_pixels),
+            video_frames=max(VIDEO_MAX_FRAMES_FLOOR, CAP_HEADROOM * self.video_frames),
+            video_decoded_pixels=max(VIDEO_MAX_DECODED_PIXELS_FLOOR,
+                                     CAP_HEADROOM * self.video_frames * frame_pixels),
+            audio_seconds=max(AUDIO_MAX_SECONDS_FLOOR,
+                              CAP_HEADROOM * self.audio_window_samples() / self.audio_sample_rate),
+            sensor_rows=max(SENSOR_MAX_ROWS_FLOOR, CAP_HEADROOM * self.sensor_steps),
+        )
+
 
 def _read(source: Source) -> bytes:
     return source.read_bytes() if isinstance(source, Path) else source
@@ -117,30 +170,77 @@ def frame_indices(total: int, count: int) -> np.ndarray:
     return np.linspace(0, total - 1, count).round().astype(np.int64)
 
 
+class _DecodeBudget:
+    """Counts decoded video pixels: a header can understate the size or length of what its packets hold."""
+
+    def __init__(self, limits: MediaLimits) -> None:
+        self.limits = limits
+        self.pixels = 0
+
+    def frame(self, width: int, height: int) -> None:
+        if width * height > self.limits.video_frame_pixels:
+            raise MediaTooLarge("video", f"a frame of {width}x{height} exceeds the limit of "
+                                f"{self.limits.video_frame_pixels} pixels per frame", self.limits.video_frame_pixels)
+        self.pixels += width * height
+        if self.pixels > self.limits.video_decoded_pixels:
+            raise MediaTooLarge("video", f"the clip holds more than {self.limits.video_decoded_pixels} pixels "
+                                "(frames x width x height) to decode", self.limits.video_decoded_pixels)
+
+
+def _check_video_header(frames: int, width: int, height: int, limits: MediaLimits) -> None:
+    """413 from the container's stream header, before a frame is decoded (0 = not in the header)."""
+    _DecodeBudget(limits).frame(width, height)
+    if frames > limits.video_frames:
+        raise MediaTooLarge("video", f"{frames} frames exceed the limit of {limits.video_frames}", limits.video_frames)
+    if frames * width * height > limits.video_decoded_pixels:
+        raise MediaTooLarge("video", f"{frames} frames of {width}x{height} exceed the limit of "
+                            f"{limits.video_decoded_pixels} decoded pixels (frames x width x height)",
+                            limits.video_decoded_pixels)
+
+
+def _count_frames(data: bytes, limits: MediaLimits) -> int:
+    """Frame count of a container whose header lacks one, by decoding once (within the limits)."""
+    import av
+
+    budget = _DecodeBudget(limits)
+    total = 0
+    with av.open(io.BytesIO(data), mode="r") as counting:
+        for frame in counting.decode(video=0):
+            budget.frame(frame.width, frame.height)
+            total += 1
+            if total > limits.video_frames:
+                raise MediaTooLarge("video", f"more than {limits.video_frames} frames", limits.video_frames)
+    return total
+
+
 def decode_video(source: Source, params: PreprocessParams) -> np.ndarray:
-    """Decode an .avi (any codec FFmpeg reads) -> (T, 3, S, S)."""
+    """Decode an .avi (any codec FFmpeg reads) -> (T, 3, S, S). `MediaTooLarge` when the header (or what
+    decodes) exceeds `params.limits()`."""
     import av
 
     data = _read(source)
     if not data:
         raise ModalityError("video", "empty file")
+    limits = params.limits()
     try:
         with av.open(io.BytesIO(data), mode="r") as container:
             if not container.streams.video:
                 raise ModalityError("video", "the file has no video stream")
             stream = container.streams.video[0]
-            total = int(stream.frames or 0)
-            if total <= 0:  # container without a frame count: count by decoding once
-                with av.open(io.BytesIO(data), mode="r") as counting:
-                    total = sum(1 for _ in counting.decode(video=0))
+            total = max(0, int(stream.frames or 0))
+            _check_video_header(total, stream.codec_context.width, stream.codec_context.height, limits)
+            if total == 0:  # container without a frame count: count by decoding once
+                total = _count_frames(data, limits)
             if total <= 0:
                 raise ModalityError("video", "the video has no frames")
-            wanted = frame_indices(min(total, MAX_VIDEO_FRAMES_DECODED), params.video_frames)
+            wanted = frame_indices(total, params.video_frames)
             kept: dict[int, np.ndarray] = {}
             targets = set(wanted.tolist())
             last = int(wanted.max())
             last_frame = None
+            budget = _DecodeBudget(limits)
             for index, frame in enumerate(container.decode(stream)):
+                budget.frame(frame.width, frame.height)
                 if index in targets:
                     kept[index] = _resize_rgb(frame.to_ndarray(format="rgb24"), params.video_size)
                     last_frame = kept[index]
@@ -161,13 +261,22 @@ def decode_video(source: Source, params: PreprocessParams) -> np.ndarray:
 # --- photos ------------------------------------------------------------------------------------------
 
 def decode_photo(data: bytes, params: PreprocessParams) -> np.ndarray:
-    """One JPEG (or any image Pillow reads) -> (3, S, S)."""
+    """One JPEG (or any image Pillow reads) -> (3, S, S); `MediaTooLarge` past `limits().photo_pixels`."""
     from PIL import Image
 
+    limit = params.limits().photo_pixels
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(io.BytesIO(data)) as image:  # reads the header only
+            width, height = image.size
+            if width * height > limit:
+                raise MediaTooLarge("photos", f"a photo of {width}x{height} exceeds the limit of {limit} pixels",
+                                    limit)
             rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
-    except Exception as exc:  # noqa: BLE001 - unreadable, truncated, or a decompression bomb
+    except ModalityError:
+        raise
+    except Image.DecompressionBombError as exc:  # Pillow's own, larger cap, raised by open()
+        raise MediaTooLarge("photos", f"{exc}; the limit is {limit} pixels", limit) from None
+    except Exception as exc:  # noqa: BLE001 - unreadable or truncated
         raise ModalityError("photos", f"cannot decode a photo ({type(exc).__name__}: {exc})") from None
     return _normalise_rgb(_resize_rgb(rgb, params.photo_size), params)
 
@@ -230,8 +339,6 @@ def kaldi_fbank(wave: np.ndarray, params: PreprocessParams) -> np.ndarray:
 def resample_audio(wave: np.ndarray, rate: int, target: int) -> np.ndarray:
     if rate == target:
         return wave
-    from math import gcd
-
     from scipy.signal import resample_poly
 
     g = gcd(rate, target)
@@ -251,18 +358,55 @@ def audio_features(wave: np.ndarray, rate: int, params: PreprocessParams) -> np.
     return np.ascontiguousarray(kaldi_fbank(wave, params), dtype=np.float32)
 
 
+RESAMPLE_HALF_TAPS = 10  # scipy's resample_poly filter: 2 * 10 * max(up, down) + 1 taps at the upsampled rate
+
+
+def audio_read_frames(rate: int, params: PreprocessParams) -> int:
+    """Input frames at `rate` that determine the features exactly: the `audio_frames` Kaldi windows at
+    the target rate, plus the reach of the resampling filter past their end."""
+    needed = params.audio_window_samples()
+    target = params.audio_sample_rate
+    if rate == target:
+        return needed
+    g = gcd(rate, target)
+    up, down = target // g, rate // g
+    return ceil(needed * down / up) + ceil(RESAMPLE_HALF_TAPS * max(up, down) / up) + 2
+
+
+def _check_audio_header(frames: int, rate: int, channels: int, limits: MediaLimits) -> None:
+    low, high = AUDIO_RATE_RANGE
+    if not low <= rate <= high:
+        raise ModalityError("audio", f"sample rate {rate} Hz is outside {low}..{high} Hz")
+    if channels > AUDIO_MAX_CHANNELS:
+        raise MediaTooLarge("audio", f"{channels} channels exceed the limit of {AUDIO_MAX_CHANNELS}",
+                            AUDIO_MAX_CHANNELS)
+    if frames / rate > limits.audio_seconds:
+        raise MediaTooLarge("audio", f"{frames / rate:.0f} s of audio exceed the limit of {limits.audio_seconds:.0f} s",
+                            limits.audio_seconds)
+
+
 def decode_audio(source: Source, params: PreprocessParams) -> np.ndarray:
-    """Decode a .flac (or .wav/.ogg, anything libsndfile reads) -> (L, M)."""
+    """Decode a .flac (or .wav/.ogg, anything libsndfile reads) -> (L, M).
+
+    The duration, rate and channels come from the header first (`MediaTooLarge` past the limits); then only
+    the leading frames the features use are decoded (`audio_read_frames`), which gives the same features
+    as decoding the whole file.
+    """
     import soundfile as sf
 
     data = _read(source)
     if not data:
         raise ModalityError("audio", "empty file")
     try:
-        wave, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
+        with sf.SoundFile(io.BytesIO(data)) as sound:
+            rate = int(sound.samplerate)
+            _check_audio_header(max(0, sound.frames), rate, sound.channels, params.limits())
+            wave = sound.read(frames=audio_read_frames(rate, params), dtype="float32", always_2d=False)
+    except ModalityError:
+        raise
     except Exception as exc:  # noqa: BLE001 - libsndfile raises several types for corrupt input
         raise ModalityError("audio", f"cannot decode the audio ({exc})") from None
-    return audio_features(wave, int(rate), params)
+    return audio_features(wave, rate, params)
 
 
 # --- sensors -----------------------------------------------------------------------------------------
@@ -289,21 +433,30 @@ def _fill_gaps(column: np.ndarray) -> np.ndarray:
     return filled
 
 
-def read_sensor_csv(source: Source) -> np.ndarray:
-    """Sensor log -> (rows, 6) float64 raw values of Pressure .. Secondary Weld Voltage."""
-    import csv
+def _too_many_rows(limit: int) -> MediaTooLarge:
+    return MediaTooLarge("sensors", f"the CSV has more than {limit} rows (the limit)", limit)
 
+
+def read_sensor_csv(source: Source, max_rows: int = SENSOR_MAX_ROWS_FLOOR) -> np.ndarray:
+    """Sensor log -> (rows, 6) float64 raw values of Pressure .. Secondary Weld Voltage.
+
+    `MediaTooLarge` past `max_rows` data rows: counted on the bytes first, and the parse stops there.
+    """
     data = _read(source)
     if not data:
         raise ModalityError("sensors", "empty file")
+    if max(data.count(b"\n"), data.count(b"\r")) > max_rows + 1:  # + the header; CRLF counts once
+        raise _too_many_rows(max_rows)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise ModalityError("sensors", "the CSV is not UTF-8 text") from None
     try:
-        rows = list(csv.reader(text.splitlines()))
+        rows = list(itertools.islice(csv.reader(io.StringIO(text, newline="")), max_rows + 2))
     except csv.Error as exc:
         raise ModalityError("sensors", f"cannot parse the CSV ({exc})") from None
+    if len(rows) > max_rows + 1:
+        raise _too_many_rows(max_rows)
     if not rows:
         raise ModalityError("sensors", "the CSV has no header")
     by_key = {_column_key(name): i for i, name in enumerate(rows[0])}
@@ -340,7 +493,8 @@ def normalise_sensors(resampled: np.ndarray, params: PreprocessParams) -> np.nda
 
 
 def decode_sensors(source: Source, params: PreprocessParams) -> np.ndarray:
-    return normalise_sensors(resample_sensors(read_sensor_csv(source), params.sensor_steps), params)
+    raw = read_sensor_csv(source, params.limits().sensor_rows)
+    return normalise_sensors(resample_sensors(raw, params.sensor_steps), params)
 
 
 # --- a whole sample ----------------------------------------------------------------------------------
@@ -361,42 +515,58 @@ class SampleFiles:
         return [m for m in MODALITIES if m in absent]
 
 
-def preprocess_sample(files: SampleFiles, params: PreprocessParams) -> dict[str, np.ndarray]:
-    """All four modalities of one sample, or ModalityError naming the first absent/unreadable one."""
+def preprocess_sample(files: SampleFiles, params: PreprocessParams,
+                      checkpoint: Callable[[], None] | None = None) -> dict[str, np.ndarray]:
+    """All four modalities of one sample, or ModalityError naming the first absent/unreadable one.
+
+    `checkpoint` is called before each modality (the service raises there once a request is abandoned).
+    """
     for modality in files.missing():
         raise ModalityError(modality, "missing")
-    return {
-        "video": decode_video(files.video, params),  # type: ignore[arg-type]
-        "photos": decode_photos(files.photos, params),
-        "audio": decode_audio(files.audio, params),  # type: ignore[arg-type]
-        "sensors": decode_sensors(files.sensors, params),  # type: ignore[arg-type]
+    decoders: dict[str, Callable[[], np.ndarray]] = {
+        "video": lambda: decode_video(files.video, params),  # type: ignore[arg-type]
+        "photos": lambda: decode_photos(files.photos, params),
+        "audio": lambda: decode_audio(files.audio, params),  # type: ignore[arg-type]
+        "sensors": lambda: decode_sensors(files.sensors, params),  # type: ignore[arg-type]
     }
-
-
-def check_tensors(sample: dict[str, Any], params: PreprocessParams) -> dict[str, np.ndarray]:
-    """Validate ready tensors of one sample (shape, finiteness) -> float32 arrays; ModalityError otherwise."""
     out = {}
-    for modality, shape in params.shapes().items():
-        if modality not in sample or sample[modality] is None:
-            raise ModalityError(modality, "missing")
-        try:
-            array = np.asarray(sample[modality], dtype=np.float32)
-        except (TypeError, ValueError) as exc:
-            raise ModalityError(modality, f"not a numeric tensor ({exc})") from None
-        if array.shape != shape:
-            raise ModalityError(modality, f"expected shape {list(shape)}, got {list(array.shape)}")
-        if not np.all(np.isfinite(array)):
-            raise ModalityError(modality, "tensor contains NaN or infinite values")
-        out[modality] = array
+    for modality, decode in decoders.items():
+        if checkpoint is not None:
+            checkpoint()
+        out[modality] = decode()
     return out
 
 
+def check_finite(modality: str, array: np.ndarray) -> np.ndarray:
+    if not np.all(np.isfinite(array)):
+        raise ModalityError(modality, "tensor contains NaN or infinite values")
+    return array
+
+
+def check_tensor(modality: str, value: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """One ready tensor (nested lists or an array) -> float32 array of `shape`; ModalityError otherwise."""
+    if value is None:
+        raise ModalityError(modality, "missing")
+    try:
+        array = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise ModalityError(modality, f"not a numeric tensor ({exc})") from None
+    if array.shape != shape:
+        raise ModalityError(modality, f"expected shape {list(shape)}, got {list(array.shape)}")
+    return check_finite(modality, array)
+
+
 def warm_up(params: PreprocessParams) -> None:
-    """Import the decoders and build the fbank tables once, so the first request pays for neither."""
+    """Import the decoders (scipy's resampler and Pillow's JPEG plugin too) and build the fbank tables once,
+    so the first request pays for none of it: an import on a worker thread holds the GIL, stalling the loop."""
     import av  # noqa: F401
     import soundfile  # noqa: F401
-    from PIL import Image  # noqa: F401
+    from PIL import Image
 
     rng = np.random.default_rng(0)
-    audio_features(rng.standard_normal(params.audio_sample_rate // 10).astype(np.float32),
-                   params.audio_sample_rate, params)
+    wave = rng.standard_normal(params.audio_sample_rate // 10).astype(np.float32)
+    audio_features(wave, params.audio_sample_rate, params)
+    audio_features(wave, params.audio_sample_rate * 2, params)  # resampled: imports scipy.signal
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(buffer, "JPEG")
+    decode_photo(buffer.getvalue(), params)

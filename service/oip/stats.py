@@ -1,0 +1,73 @@
+"""Triton's statistics extension: `GET /v2/models/stats`, `/v2/models/{model}[/versions/{version}]/stats`.
+
+The figures are the batchers' plain counters (`service.batching.QueueStats`), summed over the graph and
+procedure queues of each loaded version, in Triton's JSON shape so that `tritonclient`'s
+`get_inference_statistics()`, perf_analyzer and Triton dashboards read them unchanged. Include this router
+before the OIP one: `/v2/models/stats` would otherwise be taken for a model called "stats".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from service.batching import PhaseStats, QueueStats
+from service.errors import BadRequest
+from service.families.base import hub_of
+from service.repository import LoadedVersion
+
+router = APIRouter(prefix="/v2/models", tags=["Open Inference Protocol v2"])
+
+
+def _phases_json(phases: PhaseStats) -> dict[str, dict[str, int]]:
+    return {"compute_input": phases.compute_input.as_json(), "compute_infer": phases.compute_infer.as_json(),
+            "compute_output": phases.compute_output.as_json()}
+
+
+def model_stats(loaded: LoadedVersion) -> dict[str, Any]:
+    """One `model_stats` entry of Triton's statistics response."""
+    stats: QueueStats = loaded.stats()
+    no_cache = {"count": 0, "ns": 0}  # Triton's response cache; this server has none
+    return {
+        "name": loaded.name,
+        "version": str(loaded.version),
+        "last_inference": stats.last_inference_ms,
+        "inference_count": stats.inference_count,
+        "execution_count": stats.execution_count,
+        "inference_stats": {"success": stats.success.as_json(), "fail": stats.fail.as_json(),
+                            "queue": stats.queue.as_json(), **_phases_json(stats.compute),
+                            "cache_hit": no_cache, "cache_miss": dict(no_cache)},
+        "batch_stats": [{"batch_size": size, **_phases_json(phases)}
+                        for size, phases in sorted(stats.batches.items())],
+    }
+
+
+def _version_number(raw: str) -> int:
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 18):
+        raise BadRequest(f"model version must be a positive integer, got {raw!r}")
+    return int(raw)
+
+
+def _response(versions: list[LoadedVersion]) -> dict[str, list[dict[str, Any]]]:
+    return {"model_stats": [model_stats(v) for v in sorted(versions, key=lambda v: (v.name, v.version))]}
+
+
+@router.get("/stats")
+def all_stats(request: Request) -> dict[str, list[dict[str, Any]]]:
+    """Statistics of every loaded model version."""
+    return _response(hub_of(request).serving())
+
+
+@router.get("/{model}/stats")
+def model_statistics(model: str, request: Request) -> dict[str, list[dict[str, Any]]]:
+    """Statistics of every loaded version of `model` (404 unknown, 503 not loaded)."""
+    hub = hub_of(request)
+    hub.get(model)  # the error for an unknown or unloaded model
+    return _response([v for v in hub.serving() if v.name == model])
+
+
+@router.get("/{model}/versions/{version}/stats")
+def version_statistics(model: str, version: str, request: Request) -> dict[str, list[dict[str, Any]]]:
+    """Statistics of one loaded version (404 when that version is not loaded)."""
+    return _response([hub_of(request).get(model, _version_number(version))])
