@@ -43,7 +43,8 @@ from service.runtimes import open_runtime
 ONNX_OPSET = 18
 
 
-BATCHING_OPTIONS = ("max_batch_size", "max_queue_delay_ms", "max_queue_size", "default_timeout_ms")
+BATCHING_OPTIONS = ("max_batch_size", "max_queue_delay_ms", "max_queue_size", "default_timeout_ms",
+                    "delay_policy", "instance_count")
 
 
 class ExportError(RuntimeError):

@@ -18,14 +18,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import __version__
+from service import __version__, gc_tuning
 from service.errors import PayloadTooLarge, ServiceError
 from service.families import discover
 from service.http_protocol import error_body
 from service.metrics import Metrics
+from service.oip.fastpath import InferFastPath
 from service.oip.routes import repository_router
 from service.oip.routes import router as oip_router
 from service.oip.stats import router as stats_router
+from service.openapi import install_openapi
 from service.repository import ModelHub
 from service.runtimes import resolve_device
 from service.settings import Settings
@@ -164,6 +166,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        gc_tuning.apply_thresholds(gc_tuning.parse_thresholds(settings.gc_thresholds))
+        metrics.gc_pauses.install()
+        if settings.gc_freeze:
+            gc_tuning.freeze("start-up")  # imports and the app; each model load freezes again (repository.py)
         hub = ModelHub(settings, metrics, families, resolve_device(settings.device))
         app.state.hub = hub
         app.state.workpool = WorkPool(metrics, workers=settings.work_threads, max_pending=settings.max_pending_work)
@@ -178,6 +184,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 loading.cancel()
             await hub.shutdown()
             app.state.workpool.shutdown()
+            metrics.gc_pauses.uninstall()
 
     app = FastAPI(
         title="Research model inference service",
@@ -189,6 +196,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     install_error_handlers(app)
+    install_openapi(app, families)  # error statuses and shapes, examples from the served versions
     app.include_router(stats_router)  # before oip_router: /v2/models/stats is not a model named "stats"
     app.include_router(oip_router)
     app.include_router(repository_router)
@@ -201,5 +209,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    app.add_middleware(InferFastPath)  # inside ServiceMiddleware: same body bound, metrics and errors
     app.add_middleware(ServiceMiddleware, metrics=metrics, max_body=settings.max_request_bytes)
     return app

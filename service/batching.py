@@ -1,9 +1,12 @@
 """Dynamic batching in the spirit of Triton's dynamic batcher.
 
-Requests queue per (model version, graph or procedure). A batch is sent when it holds `max_batch_size`
-rows or the oldest request has waited `max_queue_delay`; only requests with the same bucket key (input
-shapes) are batched together, so nothing is padded into a wrong answer. Inference runs on the version's
-worker thread, off the event loop. The queue is bounded (full -> 429), a request whose deadline passes
+Requests queue per (model version, graph or procedure). A batch is sent to a free model instance when it
+holds `max_batch_size` rows or the oldest request has waited `max_queue_delay`, or, under the default
+"adaptive" delay policy, at once when fewer than one more request is expected to join it before that
+(`ArrivalRate`: a lone request on an idle model is not kept waiting; "fixed" is Triton's behaviour). Only
+requests with the same bucket key (input shapes) are batched together, so nothing is padded into a wrong
+answer. Inference runs on worker threads, off the event loop, up to one batch per instance at a time.
+The queue is bounded (full -> 429), a request whose deadline passes
 while queued gets 504 and is never computed, a request whose client disconnected is dropped, and
 `drain()` finishes everything accepted before the batcher stops. When a batch of several requests fails,
 each is run again alone, so that one bad input fails only its own request.
@@ -15,12 +18,14 @@ no locks) for `/v2/models/{model}/stats`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import math
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -122,13 +127,34 @@ class ClientDisconnected(ServiceError):
     code = "client_disconnected"
 
 
+class DisconnectSignal(asyncio.Event):
+    """An asyncio.Event that also calls registered callbacks when set: the batcher learns of a disconnect
+    without a waiter task per queued request."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._callbacks: list[Callable[[], None]] = []
+
+    def set(self) -> None:
+        super().set()
+        for callback in list(self._callbacks):
+            callback()
+
+    def add_callback(self, callback: Callable[[], None]) -> None:
+        self._callbacks.append(callback)
+
+    def remove_callback(self, callback: Callable[[], None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._callbacks.remove(callback)
+
+
 @dataclass
 class RequestContext:
     """Per-request deadline (`time.monotonic()` clock, not the loop's: uvloop's is cached per iteration
     at millisecond resolution; None = the queue's default timeout) and a disconnect signal."""
 
     deadline: float | None = None
-    disconnected: asyncio.Event = field(default_factory=asyncio.Event)
+    disconnected: asyncio.Event = field(default_factory=DisconnectSignal)
 
     @classmethod
     def with_timeout(cls, timeout_s: float) -> RequestContext:
@@ -146,14 +172,69 @@ class _Item(Generic[P]):
     state: str = "queued"  # queued -> running | dropped
 
 
+@dataclass
+class _Instance(Generic[P, R]):
+    """One execution slot (Triton's model instance): its own batch function (own session) and phases."""
+
+    index: int
+    run_batch: Callable[[list[P]], list[R]]
+    phases: ComputePhases | None
+
+
+class ArrivalRate:
+    """Rate of arrivals that find other requests already held by the batcher (queued or computing), per
+    second of time during which it holds any: the company a waiting request can expect. Closed-loop
+    clients that wait for their answer (one client, or a few each waiting on its own request) bring none,
+    so a lone request is not kept waiting for company that cannot come; under load the rate is high and
+    batches fill. Both totals decay with time constant `tau_s`, so the estimate follows load changes."""
+
+    def __init__(self, tau_s: float = 0.5) -> None:
+        self.tau_s = tau_s
+        self._company = 0.0  # decayed count of arrivals into an occupied batcher
+        self._busy_s = 0.0  # decayed seconds with at least one request held
+        self._held = 0
+        self._last = time.monotonic()
+
+    def _advance(self, now: float) -> None:
+        elapsed = now - self._last
+        if elapsed > 0:
+            decay = math.exp(-elapsed / self.tau_s)
+            self._company *= decay
+            self._busy_s = self._busy_s * decay + (self.tau_s * (1 - decay) if self._held else 0.0)
+            self._last = now
+
+    def arrive(self, now: float) -> None:
+        self._advance(now)
+        if self._held:
+            self._company += 1
+        self._held += 1
+
+    def leave(self, now: float) -> None:
+        self._advance(now)
+        self._held -= 1
+
+    def per_second(self, now: float) -> float:
+        self._advance(now)
+        return self._company / self._busy_s if self._busy_s > 1e-6 else 0.0
+
+
+DELAY_POLICIES = ("adaptive", "fixed")
+
+
 class DynamicBatcher(Generic[P, R]):
+    """`run_batch` is one batch function, or one per model instance (each with its own session): up to that
+    many batches run at once on `executor` (which needs as many threads), so batch k+1 computes while batch
+    k is split and answered. `delay_policy` "fixed" waits up to `max_queue_delay_s` for a full batch like
+    Triton; "adaptive" (default) keeps that upper bound but sends a partial batch to an idle instance at
+    once when fewer than one more request is expected before its delay ends (`ArrivalRate`)."""
+
     def __init__(
         self,
         *,
         model: str,
         version: int,
         queue: str,
-        run_batch: Callable[[list[P]], list[R]],
+        run_batch: Callable[[list[P]], list[R]] | Sequence[Callable[[list[P]], list[R]]],
         executor: Executor,
         metrics: Metrics,
         max_batch_size: int,
@@ -162,13 +243,23 @@ class DynamicBatcher(Generic[P, R]):
         default_timeout_s: float = 30.0,
         rows: Callable[[P], int] = lambda _: 1,
         key: Callable[[P], Hashable] = lambda _: None,
-        phases: ComputePhases | None = None,
+        phases: ComputePhases | Sequence[ComputePhases] | None = None,
+        delay_policy: str = "adaptive",
     ) -> None:
+        if delay_policy not in DELAY_POLICIES:
+            raise ValueError(f"delay_policy must be one of {DELAY_POLICIES}, got {delay_policy!r}")
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_s
         self.max_queue_size = max_queue_size
         self.default_timeout_s = default_timeout_s
-        self._run_batch = run_batch
+        self.delay_policy = delay_policy
+        runs = list(run_batch) if isinstance(run_batch, Sequence) else [run_batch]
+        phase_list = list(phases) if isinstance(phases, Sequence) else [phases] * len(runs)
+        if len(phase_list) != len(runs):
+            raise ValueError(f"{len(runs)} batch functions but {len(phase_list)} phase records")
+        self._instances = [_Instance(i, fn, ph) for i, (fn, ph) in enumerate(zip(runs, phase_list, strict=True))]
+        self._idle: list[_Instance[P, R]] = list(reversed(self._instances))  # pop() takes instance 0 first
+        self._running: set[asyncio.Task] = set()
         self._rows = rows
         self._key = key
         self._executor = executor
@@ -178,7 +269,7 @@ class DynamicBatcher(Generic[P, R]):
         self._closing = False
         self._worker: asyncio.Task | None = None
         self._compute_ewma_s = 0.01
-        self._phases = phases
+        self.arrivals = ArrivalRate()
         self.stats = QueueStats()
         labels = {"model": model, "version": str(version), "queue": queue}
         self._m_wait = metrics.queue_wait.labels(**labels)
@@ -190,6 +281,10 @@ class DynamicBatcher(Generic[P, R]):
         self._m_rejections = {r: metrics.rejections.labels(**labels, reason=r)
                               for r in ("queue_full", "deadline", "disconnected", "shutting_down")}
         self._name = f"{model}/{version}/{queue}"
+
+    @property
+    def instance_count(self) -> int:
+        return len(self._instances)
 
     # ---- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -231,32 +326,49 @@ class DynamicBatcher(Generic[P, R]):
         item = _Item(payload, rows, self._key(payload), deadline, loop.create_future(), now)
         self._queue.append(item)
         self._queued += 1
+        self.arrivals.arrive(now)
         self._m_depth.set(self._queued)
         self._wake.set()
-
-        disconnect = asyncio.ensure_future(ctx.disconnected.wait())
+        # One timer and one callback per request (no waiter tasks): either drops the item while queued.
+        timer = loop.call_later(deadline - now, self._expire, item)
+        signal = ctx.disconnected
+        watch = None
+        on_disconnect = functools.partial(self._disconnected, item)
+        if isinstance(signal, DisconnectSignal):
+            signal.add_callback(on_disconnect)
+        else:  # a plain asyncio.Event: watch it with a task
+            watch = loop.create_task(signal.wait())
+            watch.add_done_callback(lambda _: on_disconnect())
+        if signal.is_set():
+            on_disconnect()
         try:
-            await asyncio.wait({item.future, disconnect}, timeout=max(0.0, deadline - time.monotonic()),
-                               return_when=asyncio.FIRST_COMPLETED)
+            return await item.future
         except asyncio.CancelledError:
             self._drop(item, "disconnected", "cancelled")
             raise
         finally:
-            disconnect.cancel()
-        if item.future.done():
-            return item.future.result()
-        if item.state == "queued":
-            if ctx.disconnected.is_set():
-                self._drop(item, "disconnected", "cancelled")
-                raise ClientDisconnected("client disconnected before its batch started")
+            timer.cancel()
+            if watch is not None:
+                watch.cancel()
+            elif isinstance(signal, DisconnectSignal):
+                signal.remove_callback(on_disconnect)
+            self.arrivals.leave(time.monotonic())
+
+    def _expire(self, item: _Item[P]) -> None:
+        # A computing item is delivered anyway: the work is done.
+        if item.state == "queued" and not item.future.done():
             self._drop(item, "deadline", "timeout")
-            raise DeadlineExceeded(f"deadline passed after {time.monotonic() - item.enqueued_at:.3f}s in the queue "
-                                   f"of {self._name}; the request was not computed")
-        # Already computing: the work is done anyway, so deliver it.
-        return await item.future
+            item.future.set_exception(DeadlineExceeded(
+                f"deadline passed after {time.monotonic() - item.enqueued_at:.3f}s in the queue of {self._name}; "
+                "the request was not computed"))
+
+    def _disconnected(self, item: _Item[P]) -> None:
+        if item.state == "queued" and not item.future.done():
+            self._drop(item, "disconnected", "cancelled")
+            item.future.set_exception(ClientDisconnected("client disconnected before its batch started"))
 
     def _retry_after_s(self) -> int:
-        backlog_batches = self._queued / self.max_batch_size
+        backlog_batches = self._queued / self.max_batch_size / len(self._instances)
         return max(1, math.ceil(backlog_batches * self._compute_ewma_s))
 
     def _reject(self, reason: str, outcome: str, waited_s: float = 0.0) -> None:
@@ -277,26 +389,41 @@ class DynamicBatcher(Generic[P, R]):
         loop = asyncio.get_running_loop()
         while True:
             self._purge_head()
-            if not self._queue:
-                if self._closing:
+            if not self._queue or not self._idle:
+                if self._closing and not self._queue and not self._running:
                     return
+                # Woken by a submission, a finished batch (an instance is free) or drain().
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            head = self._queue[0]
-            send_at = head.enqueued_at + self.max_queue_delay_s
-            while not self._closing and self._ready_rows(head.key) < self.max_batch_size and head.state == "queued":
-                remaining = send_at - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=remaining)
-                except TimeoutError:
-                    break
+            await self._gather(self._queue[0])
             batch = self._take_batch(time.monotonic())
             if batch:
-                await self._execute(batch, loop)
+                instance = self._idle.pop()
+                task = loop.create_task(self._execute(batch, instance, loop))
+                self._running.add(task)
+                task.add_done_callback(functools.partial(self._finished, instance))
+
+    async def _gather(self, head: _Item[P]) -> None:
+        """Wait until the head's batch is full, its delay is over, or (adaptive) no company is expected."""
+        send_at = head.enqueued_at + self.max_queue_delay_s
+        while not self._closing and head.state == "queued" and self._ready_rows(head.key) < self.max_batch_size:
+            now = time.monotonic()
+            remaining = send_at - now
+            if remaining <= 0:
+                return
+            if self.delay_policy == "adaptive" and self.arrivals.per_second(now) * remaining < 1.0:
+                return
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=remaining)
+            except TimeoutError:
+                return
+
+    def _finished(self, instance: _Instance[P, R], task: asyncio.Task) -> None:
+        self._running.discard(task)
+        self._idle.append(instance)
+        self._wake.set()
 
     def _purge_head(self) -> None:
         while self._queue and self._queue[0].state != "queued":
@@ -330,31 +457,33 @@ class DynamicBatcher(Generic[P, R]):
             item.state = "running"
             self._m_wait.observe(now - item.enqueued_at)
             self.stats.queue.add(now - item.enqueued_at)
-        self._queued = sum(1 for i in kept if i.state == "queued")
+        self._queued = len(kept)
         self._m_depth.set(self._queued)
         return batch
 
-    async def _execute(self, batch: list[_Item[P]], loop: asyncio.AbstractEventLoop) -> None:
+    async def _execute(self, batch: list[_Item[P]], instance: _Instance[P, R],
+                       loop: asyncio.AbstractEventLoop) -> None:
         try:
-            results, infer_s = await self._run(batch, loop)
+            results, infer_s = await self._run(batch, instance, loop)
         except Exception as exc:  # noqa: BLE001 - one bad batch must never kill the worker
             if len(batch) > 1:
                 # Which request broke the batch is unknown: run each alone so only that one fails.
                 log.warning("batch of %d failed on %s (%s); running its requests one by one",
                             len(batch), self._name, type(exc).__name__)
                 for item in batch:
-                    await self._execute([item], loop)
+                    await self._execute([item], instance, loop)
                 return
             self._fail(batch[0], exc)
             return
-        self._deliver(batch, results, infer_s)
+        self._deliver(batch, results, infer_s, instance.phases)
 
-    async def _run(self, batch: list[_Item[P]], loop: asyncio.AbstractEventLoop) -> tuple[list[R], float]:
-        """Run one batch on the worker thread: (results, seconds the worker spent on it)."""
+    async def _run(self, batch: list[_Item[P]], instance: _Instance[P, R],
+                   loop: asyncio.AbstractEventLoop) -> tuple[list[R], float]:
+        """Run one batch on a worker thread: (results, seconds the worker spent on it)."""
         self._m_batch.observe(sum(i.rows for i in batch))
         started = time.perf_counter()
         try:
-            results, worker_s = await loop.run_in_executor(self._executor, self._timed_run,
+            results, worker_s = await loop.run_in_executor(self._executor, _timed_run, instance.run_batch,
                                                            [i.payload for i in batch])
             if len(results) != len(batch):
                 raise RuntimeError(f"run_batch returned {len(results)} results for {len(batch)} requests")
@@ -363,11 +492,6 @@ class DynamicBatcher(Generic[P, R]):
             elapsed = time.perf_counter() - started
             self._m_compute.observe(elapsed)
             self._compute_ewma_s = 0.8 * self._compute_ewma_s + 0.2 * elapsed
-
-    def _timed_run(self, payloads: list[P]) -> tuple[list[R], float]:
-        started = time.perf_counter()
-        results = self._run_batch(payloads)
-        return results, time.perf_counter() - started
 
     def _fail(self, item: _Item[P], exc: Exception) -> None:
         if isinstance(exc, ServiceError) and exc.status_code < 500:
@@ -385,8 +509,9 @@ class DynamicBatcher(Generic[P, R]):
         if not item.future.done():
             item.future.set_exception(error)
 
-    def _deliver(self, batch: list[_Item[P]], results: list[R], worker_s: float) -> None:
-        phases = self._phases or ComputePhases()
+    def _deliver(self, batch: list[_Item[P]], results: list[R], worker_s: float,
+                 phases: ComputePhases | None) -> None:
+        phases = phases or ComputePhases()
         infer_s = max(0.0, worker_s - phases.input_s - phases.output_s)
         rows = sum(i.rows for i in batch)
         self.stats.execution_count += 1
@@ -407,6 +532,12 @@ class DynamicBatcher(Generic[P, R]):
                 self.stats.compute.add(phases.input_s, infer_s, phases.output_s)
                 self.stats.inference_count += item.rows
                 item.future.set_result(result)
+
+
+def _timed_run(run_batch: Callable[[list[P]], list[R]], payloads: list[P]) -> tuple[list[R], float]:
+    started = time.perf_counter()
+    results = run_batch(payloads)
+    return results, time.perf_counter() - started
 
 
 def split_rows(total: int, chunk: int) -> list[tuple[int, int]]:

@@ -75,6 +75,11 @@ class Batching(BaseModel):
     max_queue_delay_ms: float = Field(2.0, ge=0)
     max_queue_size: int = Field(128, ge=1)
     default_timeout_ms: float = Field(30_000, gt=0)
+    # "adaptive": a request reaching an idle model that no other request is likely to join within the delay
+    # is sent at once; "fixed": always wait up to max_queue_delay_ms for a full batch (Triton's behaviour).
+    delay_policy: Literal["adaptive", "fixed"] = "adaptive"
+    # Concurrent executions per version (Triton's instance_group count), each with its own session.
+    instance_count: int = Field(1, ge=1, le=16)
 
 
 class Parity(BaseModel):

@@ -7,6 +7,8 @@ import logging
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
+from service.gc_tuning import GcPauses
+
 log = logging.getLogger(__name__)
 
 # Seconds. Dense between 1 ms and 1 s where CPU/GPU inference of these models lands, coarse beyond.
@@ -67,9 +69,77 @@ class Metrics:
                                        ("reason",), registry=r)
         self.work_duration = Histogram("preprocess_duration_seconds", "Time of one preprocessing job on a worker.",
                                        buckets=LATENCY_BUCKETS, registry=r)
+        # Cyclic GC pauses (gc.callbacks, installed by the app's lifespan): gc_pause_seconds{generation}.
+        self.gc_pauses = GcPauses()
+        r.register(self.gc_pauses)
+        # Live model quality (service/quality, docs/quality.md): bounded labels, no per-sample ones.
+        self.quality = QualityMetrics(r)
         self.gpu = GpuCollector()
         if self.gpu.available:
             r.register(self.gpu)
+
+
+# Forecast horizons, distances and margins: labels stay bounded (horizon steps, classes, codec levels).
+DISTANCE_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0,
+                    10.0, 20.0, 50.0, 100.0, 1000.0)
+MARGIN_BUCKETS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+BPP_BUCKETS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
+PSNR_BUCKETS = (15.0, 20.0, 22.0, 24.0, 26.0, 28.0, 30.0, 32.0, 34.0, 36.0, 38.0, 40.0, 45.0, 50.0)
+VERSION_LABELS = ("model", "version")
+
+
+class QualityMetrics:
+    """Live quality signals. Errors are exported as sums and counts (counters) so that Prometheus computes
+    MAE / RMSE / MAPE and drift over any window; a gauge only where a window lives in the service."""
+
+    def __init__(self, r: CollectorRegistry) -> None:
+        horizon = (*VERSION_LABELS, "horizon", "predictor")  # predictor: model | last_value
+        self.forecast_abs_error = Counter("quality_forecast_abs_error", "Sum of |forecast - actual| (mph) over "
+                                          "scored points.", horizon, registry=r)
+        self.forecast_squared_error = Counter("quality_forecast_squared_error", "Sum of (forecast - actual)^2 "
+                                              "(mph^2) over scored points.", horizon, registry=r)
+        self.forecast_abs_pct_error = Counter("quality_forecast_abs_percentage_error", "Sum of |forecast - "
+                                              "actual| / actual over scored points (a ratio).", horizon, registry=r)
+        self.forecast_points = Counter("quality_forecast_points", "Forecast points scored against an actual.",
+                                       horizon, registry=r)
+        self.observations = Counter("quality_observations", "Observed readings by outcome: matched, duplicate, "
+                                    "late, unmatched, missing.", (*VERSION_LABELS, "outcome"), registry=r)
+        self.forecasts_stored = Gauge("quality_forecasts_stored", "Served forecasts kept for scoring.",
+                                      VERSION_LABELS, registry=r)
+        drift = (*VERSION_LABELS, "statistic")
+        self.input_sum = Counter("quality_input_statistic_sum", "Sum of a live input statistic (drift).", drift,
+                                 registry=r)
+        self.input_count = Counter("quality_input_statistic_count", "Values summed in "
+                                   "quality_input_statistic_sum_total.", drift, registry=r)
+        self.training_mean = Gauge("quality_training_statistic_mean", "The statistic's mean on the training "
+                                   "data (manifest training_statistics).", drift, registry=r)
+        self.training_std = Gauge("quality_training_statistic_std", "The statistic's standard deviation on "
+                                  "the training data (floored so that drift stays finite).", drift, registry=r)
+        by_class = (*VERSION_LABELS, "class")
+        self.nearest_distance = Histogram("quality_nearest_distance", "Distance to the nearest gallery "
+                                          "reference, by predicted class.", by_class, buckets=DISTANCE_BUCKETS,
+                                          registry=r)
+        self.vote_margin = Histogram("quality_vote_margin", "Top vote share minus the runner-up's, by "
+                                     "predicted class.", by_class, buckets=MARGIN_BUCKETS, registry=r)
+        self.predictions = Counter("quality_predictions", "Classified samples by predicted class.", by_class,
+                                   registry=r)
+        self.ood_samples = Counter("quality_ood_samples", "Classified samples farther from the gallery than its "
+                                   "leave-one-out p99 nearest distance.", VERSION_LABELS, registry=r)
+        self.ood_ratio = Gauge("quality_ood_ratio", "Share of the last classified samples (a bounded window) "
+                               "that are out of distribution.", VERSION_LABELS, registry=r)
+        self.ood_threshold = Gauge("quality_ood_threshold", "The gallery's leave-one-out p99 nearest distance.",
+                                   (*VERSION_LABELS, "metric"), registry=r)
+        by_level = (*VERSION_LABELS, "level")
+        self.codec_bpp = Histogram("quality_codec_bits_per_pixel", "Compressed bits per pixel, by level.",
+                                   by_level, buckets=BPP_BUCKETS, registry=r)
+        self.codec_psnr = Histogram("quality_codec_psnr_db", "PSNR (dB) of the reconstruction of a sampled "
+                                    "fraction of compressions, by level.", by_level, buckets=PSNR_BUCKETS,
+                                    registry=r)
+        by_modality = (*VERSION_LABELS, "modality")
+        self.selfcheck_abs_error = Counter("quality_selfcheck_abs_error", "Sum of |reconstruction - hidden "
+                                           "value| (normalised units) on sampled requests.", by_modality, registry=r)
+        self.selfcheck_points = Counter("quality_selfcheck_points", "Hidden values reconstructed by the "
+                                        "self-check.", by_modality, registry=r)
 
 
 class GpuCollector:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from service import gc_tuning
 from service.batching import ComputePhases, DynamicBatcher, QueueStats, RequestContext, redact_paths, split_rows
 from service.errors import InvalidInput, NotFound, NotReady, ServiceError
 from service.manifest import MANIFEST_FILE, GraphSpec, Manifest, VersionPolicy, is_version_name, verify_files
@@ -97,14 +99,18 @@ class LoadedVersion:
         self.version = manifest.version
         self.state: dict[str, Any] = {}
         self.state_dir = settings.state_dir / manifest.name / str(manifest.version)
-        self.runtimes: dict[str, Runtime] = {}
+        self.runtimes: dict[str, Runtime] = {}  # instance 0 of each graph (procedures use these)
+        self.instances: dict[str, list[Runtime]] = {}  # every instance of each graph, own session each
+        self.instance_count = instance_count_for(manifest, settings)
         self.batchers: dict[str, DynamicBatcher] = {}
         self._settings = settings
         self._metrics = metrics
         self._procedures: dict[str, _ProcedureSpec] = {}
-        # One worker thread per version: its graphs and procedures run one at a time, like one Triton
-        # model instance, which is what a single GPU stream or the 2 CPU cores can sustain anyway.
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-v{self.version}")
+        # One worker thread per model instance (default 1: graphs and procedures run one at a time, which is
+        # what one GPU stream or 2 CPU cores sustain). With N, a graph runs up to N batches at once, each on
+        # its own session, so batch k+1 computes while batch k is split and answered.
+        self.executor = ThreadPoolExecutor(max_workers=self.instance_count,
+                                           thread_name_prefix=f"{self.name}-v{self.version}")
 
     # ---- loading (worker thread) -------------------------------------------------------------------
     def asset_path(self, asset_name: str) -> Path:
@@ -117,19 +123,25 @@ class LoadedVersion:
             log.warning("%s v%d: manifest schema %d has no graph checksums; only assets are verified "
                         "(re-export to verify every file)", self.name, self.version, self.manifest.schema_version)
         verify_files(self.path, self.manifest)
+        threads = self._settings.cpu_threads
+        if threads == 0 and self.instance_count > 1 and self.device == "cpu":
+            threads = max(1, (os.cpu_count() or 1) // self.instance_count)  # N sessions must not oversubscribe
         for graph_name, graph in self.manifest.graphs.items():
-            self.runtimes[graph_name] = open_runtime(self.path, graph, self.device, self._settings.cpu_threads,
-                                                     self._settings.ort_tensorrt)
+            self.instances[graph_name] = [open_runtime(self.path, graph, self.device, threads,
+                                                       self._settings.ort_tensorrt)
+                                          for _ in range(self.instance_count)]
+            self.runtimes[graph_name] = self.instances[graph_name][0]
         if family is not None:
             family.prepare(self)
         self.warm_up()
 
     def warm_up(self) -> None:
-        for runtime in self.runtimes.values():
-            runtime.run(runtime.sample_inputs())
-        primary = self.runtimes[self.manifest.primary_graph]
-        if primary.graph.batchable and self.manifest.batching.max_batch_size > 1:
-            primary.run(primary.sample_inputs(self.manifest.batching.max_batch_size))
+        for runtimes in self.instances.values():
+            for runtime in runtimes:
+                runtime.run(runtime.sample_inputs())
+        for primary in self.instances[self.manifest.primary_graph]:
+            if primary.graph.batchable and self.manifest.batching.max_batch_size > 1:
+                primary.run(primary.sample_inputs(self.manifest.batching.max_batch_size))
 
     def add_procedure(self, name: str, fn: Callable[[list[Any]], list[Any]], *, max_batch_size: int = 1,
                       key: Callable[[Any], Hashable] = lambda _: None) -> None:
@@ -143,12 +155,12 @@ class LoadedVersion:
         limits = self.manifest.batching
         common = dict(model=self.name, version=self.version, executor=self.executor, metrics=self._metrics,
                       max_queue_delay_s=limits.max_queue_delay_ms / 1000, max_queue_size=limits.max_queue_size,
-                      default_timeout_s=limits.default_timeout_ms / 1000)
+                      default_timeout_s=limits.default_timeout_ms / 1000, delay_policy=limits.delay_policy)
         for graph_name, graph in self.manifest.graphs.items():
-            runtime = self.runtimes[graph_name]
-            phases = ComputePhases()
+            phases = [ComputePhases() for _ in self.instances[graph_name]]
             self.batchers[graph_name] = DynamicBatcher(
-                queue=graph_name, run_batch=_tensor_batch_runner(runtime, phases),
+                queue=graph_name, run_batch=[_tensor_batch_runner(runtime, ph)
+                                             for runtime, ph in zip(self.instances[graph_name], phases, strict=True)],
                 max_batch_size=limits.max_batch_size if graph.batchable else 1,
                 rows=_rows_of(graph), key=_shape_key, phases=phases, **common,
             )
@@ -186,6 +198,24 @@ class LoadedVersion:
     def stats(self) -> QueueStats:
         """Triton-style statistics of this version: every graph and procedure queue together."""
         return QueueStats.combine(b.stats for b in self.batchers.values())
+
+
+def instance_count_for(manifest: Manifest, settings: Settings) -> int:
+    """Model instances of `manifest`'s model: SERVICE_INSTANCES ("N" or "model=N,...") over the manifest."""
+    override = parse_instances(settings.instances)
+    count = override.get(manifest.name, override.get("*", 0))
+    return count or manifest.batching.instance_count
+
+
+def parse_instances(text: str) -> dict[str, int]:
+    """"2" -> {"*": 2}; "tiny=2,traffic=1" -> {"tiny": 2, "traffic": 1}; ValueError naming the setting."""
+    found: dict[str, int] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, _, count = part.rpartition("=")
+        if not count.isdigit() or not 0 <= int(count) <= 16:
+            raise ValueError(f"SERVICE_INSTANCES: {part!r} must be N or model=N with 0 <= N <= 16")
+        found[name.strip() or "*"] = int(count)
+    return found
 
 
 def _rows_of(graph: GraphSpec) -> Callable[[Tensors], int]:
@@ -425,6 +455,8 @@ class ModelHub:
             self.metrics.model_ready.labels(name, str(version)).set(0)
             self.metrics.load_failures.labels(name, str(version)).inc()
             raise LoadFailed(f"model {name!r} version {version} failed to load: {reason}") from exc
+        if self.settings.gc_freeze:
+            gc_tuning.freeze(f"loading {name} v{version}")  # keep its sessions out of later collections
         self.metrics.load_duration.labels(name, str(version)).observe(time.perf_counter() - started)
         self.metrics.model_ready.labels(name, str(version)).set(1)
         self._states[(name, version)] = VersionState("READY")

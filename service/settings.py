@@ -37,6 +37,22 @@ class Settings(BaseSettings):
                                                                    "0 = unbounded (set 0 behind a proxy)")
     max_header_bytes: int = Field(64 * 1024, ge=1024, description="request line + headers; 431 beyond")
     header_timeout_s: float = Field(10.0, gt=0, description="seconds to complete request headers")
+    # Live quality (docs/quality.md): served traffic forecasts kept per model version to score against
+    # observations (count, memory and age bounds), the window of the weld OOD gauge.
+    quality_forecasts: int = Field(1024, ge=0, description="forecast windows kept per version; 0 = off")
+    quality_forecasts_mb: float = Field(64.0, gt=0, description="memory bound of the kept forecasts per version")
+    quality_forecast_ttl_s: float = Field(7200.0, gt=0, description="seconds a kept forecast waits for actuals")
+    quality_ood_window: int = Field(256, ge=1, description="recent weld samples behind quality_ood_ratio")
+    # Sampled quality checks (docs/quality.md): the share of codec compressions decoded again to measure
+    # PSNR, and of water requests reconstructed a second time with a few visible values hidden.
+    quality_codec_psnr_fraction: float = Field(0.05, ge=0, le=1, description="compressions also decoded for PSNR")
+    quality_water_selfcheck_fraction: float = Field(0.05, ge=0, le=1, description="water requests self-checked")
+    # Garbage collector (service/gc_tuning.py): freeze the start-up heap and each loaded model, thresholds.
+    gc_freeze: bool = True
+    gc_thresholds: str = Field("2000,25,1000", description="gc.set_threshold(g0, g1, g2)")
+    # Model instances (Triton's instance_group count): "N" for every model, or "model=N,other=M"; empty or 0
+    # = the manifest's `batching.instance_count`.
+    instances: str = ""
     # Triton serves the repository index to anyone; set true to put it behind the admin token too.
     restrict_repository_index: bool = False
 

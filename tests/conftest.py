@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 from testkit import LiveServer, export_tiny, train_tiny
 
+# Each family's repository fixtures (and `all_families_repository`), usable from any test folder.
+pytest_plugins = ["family_fixtures"]
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """GPU tests run only where CUDA is visible; elsewhere they are skipped with the reason."""

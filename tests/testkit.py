@@ -102,6 +102,11 @@ def metric_value(text: str, sample_name: str, labels: dict[str, str]) -> float:
     return total
 
 
+# Every hostile_request of the session: (name, status, seconds, worst loop lag s, peak RSS growth MB);
+# conftest prints the totals in pytest's terminal summary.
+HOSTILE_RECORDS: list[tuple[str, int, float, float, float]] = []
+
+
 class HostileProbe:
     """Measures what one hostile request costs a live server process.
 
@@ -163,8 +168,10 @@ def hostile_request(server: LiveServer, send, *, max_seconds: float = 5.0, max_l
         response = send(client)
         elapsed = time.perf_counter() - started
     rss_mb = probe.rss_growth_bytes / 2**20
+    record = (name, response.status_code, elapsed, probe.worst_lag_s, rss_mb)
+    HOSTILE_RECORDS.append(record)
     if report is not None:
-        report.append((name, response.status_code, elapsed, probe.worst_lag_s, rss_mb))
+        report.append(record)
     assert response.status_code < 500, (name, response.status_code, response.text[:500])
     assert elapsed <= max_seconds, (name, f"took {elapsed:.2f}s > {max_seconds}s")
     assert probe.worst_lag_s <= max_lag_s, (name, f"event loop blocked {probe.worst_lag_s * 1000:.0f} ms")

@@ -227,6 +227,119 @@ def gpu() -> list[Row]:
     ]
 
 
+def forecast_ratio(numerator: str, predictor: str, by: str) -> str:
+    """Sum of a per-point error counter over the points scored, per `by` (MAE, MSE or MAPE)."""
+    sel = f'{MODEL}, predictor="{predictor}"'
+    return (f"sum by ({by}) (rate({numerator}{{{sel}}}[{W}]))"
+            f" / sum by ({by}) (rate(quality_forecast_points_total{{{sel}}}[{W}]))")
+
+
+def drift_score(window: str = W, sel: str = MODEL) -> str:
+    """(live mean - training mean) / training std per model, version and statistic (service/quality/drift.py)."""
+    by = "model, version, statistic"
+    return (f"(sum by ({by}) (rate(quality_input_statistic_sum_total{{{sel}}}[{window}]))"
+            f" / sum by ({by}) (rate(quality_input_statistic_count_total{{{sel}}}[{window}]))"
+            f" - max by ({by}) (quality_training_statistic_mean{{{sel}}}))"
+            f" / max by ({by}) (quality_training_statistic_std{{{sel}}})")
+
+
+def selfcheck_mae() -> str:
+    """Water self-check: mean |reconstruction - hidden value| (normalised) per model, version and modality."""
+    by = "model, version, modality"
+    return (f"sum by ({by}) (rate(quality_selfcheck_abs_error_total{{{MODEL}}}[{W}]))"
+            f" / sum by ({by}) (rate(quality_selfcheck_points_total{{{MODEL}}}[{W}]))")
+
+
+def quality() -> list[Row]:
+    horizon = "model, version, horizon"
+    return [
+        Row("Traffic: forecast error from ground truth (POST /traffic/observations)", [
+            Panel("MAE per horizon step (model vs last value)",
+                  "Masked mean absolute error (mph) of the served forecasts per horizon step (h1 = 5 min ahead), "
+                  "beside the last-value baseline on the same points.",
+                  [Target(forecast_ratio("quality_forecast_abs_error_total", "model", horizon),
+                          "{{model}} v{{version}} h{{horizon}}"),
+                   Target(forecast_ratio("quality_forecast_abs_error_total", "last_value", horizon),
+                          "{{model}} v{{version}} h{{horizon}} last value")], unit="short"),
+            Panel("RMSE per horizon step", "Root mean squared error (mph) per horizon step.",
+                  [Target(f"sqrt({forecast_ratio('quality_forecast_squared_error_total', 'model', horizon)})",
+                          "{{model}} v{{version}} h{{horizon}}")], unit="short"),
+            Panel("MAPE per horizon step", "Mean absolute percentage error per horizon step (actual > 0 only).",
+                  [Target(forecast_ratio("quality_forecast_abs_percentage_error_total", "model", horizon),
+                          "{{model}} v{{version}} h{{horizon}}")], unit="percentunit"),
+            Panel("Skill vs naive (1 - MAE / MAE of last value)",
+                  "Above 0: the model beats repeating each sensor's last reading; alert "
+                  "TrafficForecastWorseThanNaive when below 0 for 30 minutes.",
+                  [Target(f"1 - {forecast_ratio('quality_forecast_abs_error_total', 'model', 'model, version')}"
+                          f" / ({forecast_ratio('quality_forecast_abs_error_total', 'last_value', 'model, version')})",
+                          "{{model}} v{{version}}")], unit="percentunit"),
+            Panel("Observed readings by outcome",
+                  "matched = scored; duplicate = already scored; late = its forecasts were evicted (TTL / size); "
+                  "unmatched = no kept forecast targets it; missing = 0 / null.",
+                  [Target(f"sum by (model, outcome) (rate(quality_observations_total{{{MODEL}}}[{W}]))",
+                          "{{model}} {{outcome}}")], unit="reqps", width=12),
+            Panel("Forecasts kept for scoring", "Served forecast windows waiting for their actuals, per version.",
+                  [Target(f"sum by (model, version) (quality_forecasts_stored{{{MODEL}}})",
+                          "{{model}} v{{version}}")], width=12),
+        ]),
+        Row("Weld: out of distribution", [
+            Panel("OOD share (recent samples)",
+                  "Share of the last classified samples whose nearest gallery distance exceeds the gallery's "
+                  "leave-one-out p99 (about 1% in distribution); alert WeldOutOfDistribution above 10%.",
+                  [Target(f"max by (model, version) (quality_ood_ratio{{{MODEL}}})", "{{model}} v{{version}}")],
+                  unit="percentunit", width=8, defaults={"min": 0, "max": 1}),
+            Panel("Nearest-neighbour distance p50 / p95 per predicted class, and the OOD threshold",
+                  "From quality_nearest_distance; dashed: quality_ood_threshold.",
+                  [*[Target(f"histogram_quantile({q}, sum by (model, class, le) "
+                            f"(rate(quality_nearest_distance_bucket{{{MODEL}}}[{W}])))",
+                            f"{{{{model}}}} {{{{class}}}} p{round(q * 100)}") for q in (0.5, 0.95)],
+                   Target(f"max by (model, metric) (quality_ood_threshold{{{MODEL}}})", "{{model}} threshold")],
+                  width=16),
+            Panel("Vote margin p50 per predicted class", "Top vote share minus the runner-up's (0 = a tie).",
+                  [Target(f"histogram_quantile(0.5, sum by (model, class, le) "
+                          f"(rate(quality_vote_margin_bucket{{{MODEL}}}[{W}])))", "{{model}} {{class}}")],
+                  unit="percentunit", width=12),
+            Panel("Predicted classes", "Classified samples per second by predicted class.",
+                  [Target(f"sum by (model, class) (rate(quality_predictions_total{{{MODEL}}}[{W}]))",
+                          "{{model}} {{class}}")], unit="reqps", width=12),
+        ]),
+        Row("Water: self-check (a sampled share of requests, visible values hidden and reconstructed)", [
+            Panel("Self-check MAE per modality (normalised units)",
+                  "Mean |reconstruction - hidden value| in training standard deviations, on the values the "
+                  "self-check hid (setting quality_water_selfcheck_fraction; docs/quality.md).",
+                  [Target(selfcheck_mae(), "{{model}} v{{version}} {{modality}}")], width=12),
+            Panel("Self-checked values per second", "Hidden values reconstructed by the self-check, per modality.",
+                  [Target(f"sum by (model, modality) (rate(quality_selfcheck_points_total{{{MODEL}}}[{W}]))",
+                          "{{model}} {{modality}}")], width=12),
+        ]),
+        Row("Image codec: rate and distortion per level", [
+            Panel("Bits per pixel p50 / p95 per level", "quality_codec_bits_per_pixel, every compression.",
+                  [Target(f"histogram_quantile({q}, sum by (model, level, le) "
+                          f"(rate(quality_codec_bits_per_pixel_bucket{{{MODEL}}}[{W}])))",
+                          f"{{{{model}}}} {{{{level}}}} p{round(q * 100)}") for q in (0.5, 0.95)], width=12),
+            Panel("Reconstruction PSNR p50 / p5 per level (dB)",
+                  "quality_codec_psnr_db on a sampled share of compressions (quality_codec_psnr_fraction), "
+                  "decoded by the encoder from its own stream.",
+                  [Target(f"histogram_quantile({q}, sum by (model, level, le) "
+                          f"(rate(quality_codec_psnr_db_bucket{{{MODEL}}}[{W}])))",
+                          f"{{{{model}}}} {{{{level}}}} p{round(q * 100)}") for q in (0.5, 0.05)], width=12),
+        ]),
+        Row("Input drift against the training statistics (manifest)", [
+            Panel("Drift: (live mean - training mean) / training std",
+                  "Per statistic (traffic: missing_fraction, mean_speed; water: missing_fraction_<modality>); "
+                  "alert InputDrift above 0.5 in size "
+                  "for 30 minutes.",
+                  [Target(drift_score(), "{{model}} v{{version}} {{statistic}}")], width=12),
+            Panel("Live vs training mean", "The live mean over the window, and the training mean (dashed).",
+                  [Target(f"sum by (model, statistic) (rate(quality_input_statistic_sum_total{{{MODEL}}}[{W}]))"
+                          f" / sum by (model, statistic) (rate(quality_input_statistic_count_total{{{MODEL}}}[{W}]))",
+                          "{{model}} {{statistic}} live"),
+                   Target(f"max by (model, statistic) (quality_training_statistic_mean{{{MODEL}}})",
+                          "{{model}} {{statistic}} training")], width=12),
+        ]),
+    ]
+
+
 def variable(name: str, label: str, query: str) -> dict:
     return {
         "name": name, "label": label, "type": "query", "datasource": DATASOURCE,
@@ -246,6 +359,7 @@ DASHBOARDS = {
     "serving-overview": ("Serving: latency, traffic and errors", overview, [INSTANCE_VAR, MODEL_VAR]),
     "serving-batching": ("Serving: batching and queues", batching, [INSTANCE_VAR, MODEL_VAR]),
     "serving-gpu": ("Serving: GPU", gpu, [INSTANCE_VAR, DEVICE_VAR]),
+    "model-quality": ("Model quality: forecast error, OOD and drift", quality, [INSTANCE_VAR, MODEL_VAR]),
 }
 
 

@@ -17,6 +17,7 @@ import torch
 
 from export.core import ExportPlan, GraphExport
 from service.families.traffic.preprocessing import STEP_SECONDS, Scaler, build_features
+from service.families.traffic.quality import training_statistics
 from service.manifest import Batching
 from training.traffic.train import load_checkpoint
 
@@ -65,6 +66,9 @@ def plan_from_checkpoint(checkpoint: Path, **options: Any) -> ExportPlan:
         "input_layout": "x: (batch, input_steps, num_sensors, len(features)) float32; speed z-scored",
         "output_layout": "y: (batch, horizon, num_sensors, 1) float32 mph",
     }
+    missing = (ckpt.get("data") or {}).get("missing_fraction")
+    if missing is not None:  # drift reference (service/quality/drift.py); older checkpoints lack it
+        preprocessing["training_statistics"] = training_statistics(float(missing), scaler.mean, scaler.std)
     provenance = {
         "training_config": ckpt.get("config"),
         "model_config": ckpt.get("model_config"),

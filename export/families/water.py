@@ -18,6 +18,7 @@ import torch
 
 from export.core import ExportPlan, GraphExport
 from service.families.water.preprocessing import STATIC_NAMES, UNITS
+from service.families.water.quality import training_statistics
 from service.manifest import Batching
 from training.water.config import IMAGE_MODALITIES, MODALITIES, VECTOR_MODALITIES, WaterConfig
 from training.water.model import DenseReconstructor
@@ -52,9 +53,10 @@ def _sample(cfg: WaterConfig, batch: int, pattern: str, generator: torch.Generat
     return sample
 
 
-def preprocessing(cfg: WaterConfig, stats: dict) -> dict:
-    """What the service needs to validate requests and (de)normalise: shared via the manifest."""
-    return {
+def preprocessing(cfg: WaterConfig, stats: dict, missing: dict[str, float] | None = None) -> dict:
+    """What the service needs to validate requests and (de)normalise: shared via the manifest; with the
+    training split's missing share per modality, the drift reference too (service/quality/drift.py)."""
+    pre = {
         "grid": {"height": cfg.height, "width": cfg.width, "patch": cfg.patch, "frames": cfg.frames,
                  "series_len": cfg.series_len, "n_static": cfg.n_static},
         "image_modalities": list(IMAGE_MODALITIES),
@@ -64,6 +66,9 @@ def preprocessing(cfg: WaterConfig, stats: dict) -> dict:
         "stats": stats,
         "prior_fill": cfg.prior_fill,
     }
+    if missing:  # older checkpoints lack it: no drift series for them
+        pre["training_statistics"] = training_statistics(missing)
+    return pre
 
 
 def plan_from_checkpoint(checkpoint: Path, format: str = "onnx") -> ExportPlan:
@@ -80,7 +85,7 @@ def plan_from_checkpoint(checkpoint: Path, format: str = "onnx") -> ExportPlan:
         task="reconstruct",
         graphs=[graph],
         batching=Batching(max_batch_size=8, max_queue_delay_ms=5, max_queue_size=128),
-        preprocessing=preprocessing(cfg, stats.to_dict()),
+        preprocessing=preprocessing(cfg, stats.to_dict(), ckpt.get("missing_fraction")),
         provenance={
             "training_config": cfg.to_dict(),
             "metrics": {k: v for k, v in metrics.items() if k != "history"},

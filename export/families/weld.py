@@ -17,6 +17,7 @@ from export.core import AssetFile, ExportError, ExportPlan, GraphExport
 from service.families.weld.classes import CLASSES
 from service.families.weld.knn import METRICS
 from service.families.weld.preprocessing import MODALITIES
+from service.families.weld.quality import manifest_quality
 from service.manifest import Batching
 from training.weld.evaluate import load_checkpoint
 from training.weld.model import EmbeddingGraph
@@ -38,6 +39,12 @@ def _check_gallery(path: Path, embed_dim: int) -> dict:
     if labels.min() < 0 or labels.max() >= len(CLASSES):
         raise ExportError(f"gallery {path}: labels outside 0..{len(CLASSES) - 1}")
     return {"size": int(len(emb)), "per_class": {CLASSES[c]: int((labels == c).sum()) for c in np.unique(labels)}}
+
+
+def _gallery_quality(path: Path, metric: str) -> dict:
+    """The OOD threshold (leave-one-out p99 nearest distance) the service compares live samples with."""
+    with np.load(path, allow_pickle=False) as data:
+        return manifest_quality(data["embeddings"], metric)
 
 
 def plan_from_checkpoint(checkpoint: Path, gallery: str | None = None, k: str = "5", metric: str | None = None,
@@ -77,6 +84,7 @@ def plan_from_checkpoint(checkpoint: Path, gallery: str | None = None, k: str = 
             "optional_modalities": [],
             "knn": {"k": int(k), "metric": metric, "gallery": GALLERY_ASSET},
             "gallery": gallery_info,
+            "quality": _gallery_quality(gallery_path, metric),
         },
         labels=list(CLASSES),
         assets={GALLERY_ASSET: AssetFile(gallery_path.read_bytes(), "k-NN references: embeddings (N, D) float32, "

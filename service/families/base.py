@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from fastapi import APIRouter, Request
@@ -32,6 +32,11 @@ class Family:
 
     def prepare(self, version: LoadedVersion) -> None:
         """Load assets into `version.state` and register procedures; runs in a worker thread before warm-up."""
+
+    def openapi_examples(self, version: LoadedVersion) -> dict[str, Any]:
+        """JSON request bodies that `version` (the family's served default) accepts, by route path (POST):
+        the OpenAPI document shows them, so that "Try it out" in /docs answers 200. Keep them small."""
+        return {}
 
 
 def hub_of(request: Request) -> ModelHub:

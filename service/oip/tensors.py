@@ -79,7 +79,7 @@ def decode_inputs(header: dict[str, Any], tail: bytes) -> dict[str, np.ndarray]:
         if name in arrays:
             raise InvalidInput(f"input {name!r} is given twice")
         datatype = entry.get("datatype")
-        if datatype not in OIP_TO_NUMPY:
+        if not isinstance(datatype, str) or datatype not in OIP_TO_NUMPY:  # a dict/list is unhashable: no 500
             raise InvalidInput(f"input {name!r}: unsupported datatype {datatype!r}; "
                                f"expected one of {sorted(OIP_TO_NUMPY)}")
         dtype = OIP_TO_NUMPY[datatype]

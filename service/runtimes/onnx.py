@@ -24,6 +24,9 @@ class OnnxRuntime(Runtime):
         if cpu_threads > 0:
             options.intra_op_num_threads = cpu_threads
         options.inter_op_num_threads = 1
+        # No busy-waiting intra-op threads: on a shared CPU they take the cores the event loop and the other
+        # instances need (traffic default, batch 1, 2 cores under load: 43 ms spinning, 13 ms without).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._use_cuda = device.startswith("cuda")
         if self._use_cuda:
             if "CUDAExecutionProvider" not in ort.get_available_providers():

@@ -82,7 +82,12 @@ def test_promtool_rejects_a_broken_rule(promtool: str, tmp_path: Path) -> None:
 def test_alerts_cover_the_required_conditions() -> None:
     rules = {rule["alert"]: rule for rule in alert_rules()}
     assert set(rules) == {"InferenceHighP99Latency", "InferenceHighErrorRate", "InferenceSustainedQueueFull",
-                          "InferenceModelNotReady", "InferenceTargetDown"}
+                          "InferenceModelNotReady", "InferenceTargetDown", "TrafficForecastWorseThanNaive",
+                          "WeldOutOfDistribution", "InputDrift"}
+    naive = rules["TrafficForecastWorseThanNaive"]
+    assert 'predictor="last_value"' in naive["expr"] and naive["for"] == "30m"
+    assert "quality_ood_ratio" in rules["WeldOutOfDistribution"]["expr"]
+    assert "quality_training_statistic_mean" in rules["InputDrift"]["expr"]
     p99 = rules["InferenceHighP99Latency"]["expr"]
     assert "histogram_quantile(0.99" in p99 and "inference_request_duration_seconds_bucket" in p99
     assert 'reason="queue_full"' in rules["InferenceSustainedQueueFull"]["expr"]
@@ -111,7 +116,8 @@ def test_dashboards_are_generated_from_the_source() -> None:
 
 def test_dashboard_uids_titles_and_datasource() -> None:
     boards = dashboards()
-    assert set(boards) == {"serving-overview.json", "serving-batching.json", "serving-gpu.json"}
+    assert set(boards) == {"serving-overview.json", "serving-batching.json", "serving-gpu.json",
+                           "model-quality.json"}
     uids = [board["uid"] for board in boards.values()]
     assert uids == [name.removesuffix(".json") for name in boards] and len(set(uids)) == len(uids)
     for name, board in boards.items():
@@ -181,4 +187,14 @@ def test_dashboards_show_what_the_issue_asks_for() -> None:
     has("Model load time (open + warm-up)", "model_load_duration_seconds")
     has("GPU memory used", "gpu_memory_used_bytes", "by (instance, device)")
     has("GPU utilisation", "gpu_utilization_ratio", "by (instance, device)")
+    has("MAE per horizon step (model vs last value)", "quality_forecast_abs_error_total", "horizon",
+        'predictor="last_value"')
+    has("RMSE per horizon step", "sqrt(", "quality_forecast_squared_error_total")
+    has("MAPE per horizon step", "quality_forecast_abs_percentage_error_total")
+    has("Skill vs naive (1 - MAE / MAE of last value)", "1 - ", 'predictor="last_value"')
+    has("OOD share (recent samples)", "quality_ood_ratio")
+    has("Nearest-neighbour distance p50 / p95 per predicted class, and the OOD threshold",
+        "quality_nearest_distance_bucket", "by (model, class, le)", "quality_ood_threshold")
+    has("Predicted classes", "quality_predictions_total")
+    has("Drift: (live mean - training mean) / training std", "quality_training_statistic_std")
 

@@ -66,10 +66,10 @@ def test_batches_fill_up_to_max_and_results_return_in_order() -> None:
     assert sorted(i for b in recorder.batches for i in b) == list(range(10))
 
 
-def test_partial_batch_is_sent_after_max_queue_delay() -> None:
+def test_partial_batch_is_sent_after_max_queue_delay_with_the_fixed_policy() -> None:
     async def scenario():
         recorder = Recorder()
-        batcher = make(recorder, max_queue_delay_s=0.05)
+        batcher = make(recorder, max_queue_delay_s=0.05, delay_policy="fixed")
         batcher.start()
         started = time.perf_counter()
         await batcher.submit(payload(1), RequestContext())

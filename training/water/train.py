@@ -137,6 +137,7 @@ class TrainResult:
     best_val: float = math.inf
     seconds: float = 0.0
     steps: int = 0
+    missing_fraction: dict[str, float] = field(default_factory=dict)  # of the training split (drift reference)
 
 
 def checkpoint_dict(result: TrainResult, data_description: str, state: dict | None = None) -> dict[str, Any]:
@@ -149,6 +150,7 @@ def checkpoint_dict(result: TrainResult, data_description: str, state: dict | No
         "metrics": {"best_val": result.best_val, "history": result.history, "seconds": result.seconds,
                     "steps": result.steps, "parameters": count_parameters(result.model)},
         "data": data_description,
+        "missing_fraction": result.missing_fraction,
     }
 
 
@@ -164,7 +166,8 @@ def train(cfg: WaterConfig, train_data: water_data.WaterData, val_data: water_da
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
     stats = NormStats.fit(train_data.fields, train_data.static)
-    result = TrainResult(WaterMAE(cfg), stats, climatology_table(train_data.fields))
+    result = TrainResult(WaterMAE(cfg), stats, climatology_table(train_data.fields),
+                         missing_fraction={m: float(np.isnan(train_data.fields[m]).mean()) for m in MODALITIES})
     model = result.model
     model.to(device)
     train_prep, val_prep = prepare(train_data, stats, cfg), prepare(val_data, stats, cfg)

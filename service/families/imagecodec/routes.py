@@ -34,6 +34,8 @@ from service.families.imagecodec.codec import (
     encode,
     prepare_stream,
 )
+from service.families.imagecodec.quality import STATE_KEY as QUALITY_KEY
+from service.families.imagecodec.quality import CodecQuality
 from service.families.imagecodec.tables import PmfTables
 
 FAMILY_NAME = "imagecodec"
@@ -56,7 +58,14 @@ def prepare_version(version) -> None:
         return version.runtimes[graph].run(inputs)
 
     def compress(payloads: list[np.ndarray]) -> list[Any]:
-        return [encode(image, nets, model) for image in payloads]
+        quality: CodecQuality | None = version.state.get(QUALITY_KEY)  # set by the first request
+        results = []
+        for image in payloads:
+            stream, info = encode(image, nets, model)
+            if quality is not None:  # bpp; on a sampled share, decode what was written for PSNR
+                quality.record(image, stream, info, nets, model)
+            results.append((stream, info))
+        return results
 
     def decompress(payloads: list[PreparedStream]) -> list[Any]:
         results: list[Any] = []
@@ -162,6 +171,16 @@ def _compress_version(request: Request, model: str | None, quality: int | None, 
     return loaded
 
 
+def _quality(request: Request, loaded) -> CodecQuality:
+    """The version's quality recorder, made on first use (event loop: no await between check and set)."""
+    quality = loaded.state.get(QUALITY_KEY)
+    if quality is None:
+        app = request.app.state
+        quality = CodecQuality.create(app.metrics.quality, loaded, app.settings.quality_codec_psnr_fraction)
+        loaded.state[QUALITY_KEY] = quality
+    return quality
+
+
 async def _compress(request: Request, model: str | None, quality: int | None, version: int | None) -> Response:
     if _media_type(request) != "multipart/form-data":
         raise UnsupportedMediaType(f"content type {_media_type(request) or '(none)'!r}: send multipart/form-data "
@@ -179,6 +198,7 @@ async def _compress(request: Request, model: str | None, quality: int | None, ve
     else:
         loaded.batchers["compress"].check_admission()  # it may have filled while the body arrived
     codec: CodecModel = loaded.state["codec"]
+    _quality(request, loaded)
     ctx = request_context(request)
     pixels = await pool.run(_read_image, data, codec, ctx=ctx, what="image decode")
     stream, info = await loaded.submit("compress", pixels, ctx=ctx)

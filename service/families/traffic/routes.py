@@ -34,6 +34,7 @@ from service.families.traffic.preprocessing import (
     Scaler,
     build_features,
 )
+from service.families.traffic.quality import ForecastStore, store_for
 from service.families.traffic.schemas import (
     MAX_WINDOWS,
     Forecast,
@@ -229,6 +230,14 @@ def render_forecast(served: LoadedVersion, body: ForecastRequest, prepared: list
     return to_json(response)
 
 
+def render_and_remember(served: LoadedVersion, body: ForecastRequest, prepared: list[PreparedWindow],
+                        y: np.ndarray, spec: TrafficSpec, store: ForecastStore) -> bytes:
+    """`render_forecast`, after keeping the forecasts for scoring against observations (quality.py)."""
+    origins = np.array([_wall_clock(p.last) for p in prepared], dtype="datetime64[ns]").astype(np.int64)
+    store.remember(origins, np.stack([p.speeds for p in prepared]), y)
+    return render_forecast(served, body, prepared, y, spec)
+
+
 def build_router() -> APIRouter:
     router = APIRouter(prefix="/traffic", tags=["traffic"])
 
@@ -250,8 +259,9 @@ def build_router() -> APIRouter:
         pool = workpool_of(request)
         prepared, x = await pool.run(prepare_request, body, spec, ctx=ctx, what="traffic preprocessing")
         outputs = await served.infer({"x": x}, ctx=ctx)
-        content = await pool.run(render_forecast, served, body, prepared, outputs["y"], spec, ctx=ctx,
-                                 what="traffic response")
+        store = store_for(request, served, spec)
+        content = await pool.run(render_and_remember, served, body, prepared, outputs["y"], spec, store,
+                                 ctx=ctx, what="traffic response")
         return Response(content, media_type="application/json")
 
     @router.get("/sensors", response_model=SensorsResponse)
@@ -265,4 +275,7 @@ def build_router() -> APIRouter:
             input_steps=spec.input_steps, horizon=spec.horizon,
         )
 
+    from service.families.traffic.observations import add_observation_route  # imports this module
+
+    add_observation_route(router)
     return router

@@ -12,6 +12,7 @@ it is parsed (parsed JSON costs ~75 bytes per value: a 64 MB body of zeros would
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,8 @@ from service.families.water.preprocessing import (
     fill_hidden,
     patch_mask,
 )
+from service.families.water.quality import STATE_KEY as QUALITY_KEY
+from service.families.water.quality import SelfCheck, WaterQuality
 
 if TYPE_CHECKING:
     from service.repository import LoadedVersion
@@ -235,14 +238,55 @@ class Prepared:
     todo: list[int]  # samples with something to fill, in model-batch order
     inputs: dict[str, np.ndarray] | None
     tokens: dict[str, np.ndarray] | None
+    check: SelfCheck | None = None  # the sampled self-check's copy (docs/quality.md), never returned
+    check_inputs: dict[str, np.ndarray] | None = None
 
 
-def prepare_request(body: ReconstructRequest, spec: WaterSpec) -> Prepared:
-    """Checked samples and the graph inputs of those with gaps (runs on the work pool)."""
+def prepare_request(body: ReconstructRequest, spec: WaterSpec, quality: WaterQuality | None = None) -> Prepared:
+    """Checked samples and the graph inputs of those with gaps (runs on the work pool); with `quality`,
+    the drift statistics and, on a sampled request, the self-check's inputs too."""
     parsed = [parse_sample(s, i, spec) for i, s in enumerate(body.samples)]
     todo = [i for i, p in enumerate(parsed) if any(p.missing[m].any() for m in MODALITIES)]
     inputs, tokens = model_inputs([parsed[i] for i in todo], spec) if todo else (None, None)
-    return Prepared(parsed, todo, inputs, tokens)
+    prepared = Prepared(parsed, todo, inputs, tokens)
+    if quality is not None:
+        quality.record_inputs(parsed)
+        prepared.check = quality.plan(parsed, spec) if quality.sampled() else None
+        if prepared.check is not None:
+            prepared.check_inputs = model_inputs(prepared.check.samples, spec)[0]
+    return prepared
+
+
+def _quality(request: Request, version: LoadedVersion) -> WaterQuality:
+    """The version's quality recorder, made on first use (event loop: no await between check and set)."""
+    quality = version.state.get(QUALITY_KEY)
+    if quality is None:
+        app = request.app.state
+        quality = WaterQuality(app.metrics.quality, version.name, str(version.version),
+                               version.manifest.preprocessing, app.settings.quality_water_selfcheck_fraction)
+        version.state[QUALITY_KEY] = quality
+    return quality
+
+
+async def _infer(loaded: LoadedVersion, prepared: Prepared, ctx: Any) -> tuple[Any, Any]:
+    """(outputs, self-check outputs): the self-check's copy runs alongside; its failure is not the
+    request's (its outputs are then None)."""
+    real = loaded.infer(prepared.inputs, ctx=ctx) if prepared.inputs is not None else asyncio.sleep(0)
+    if prepared.check_inputs is None:
+        return await real, None
+    outputs, checked = await asyncio.gather(real, loaded.infer(prepared.check_inputs, ctx=ctx),
+                                            return_exceptions=True)
+    if isinstance(outputs, BaseException):
+        raise outputs
+    return outputs, None if isinstance(checked, BaseException) else checked
+
+
+def finish(loaded: LoadedVersion, prepared: Prepared, outputs: dict[str, np.ndarray] | None, spec: WaterSpec,
+           quality: WaterQuality, checked: dict[str, np.ndarray] | None) -> bytes:
+    """Score the self-check (if any), then the response body (one work-pool job)."""
+    if prepared.check is not None and checked is not None:
+        quality.score(prepared.check, checked, spec)
+    return render_response(loaded, prepared, outputs, spec)
 
 
 def render_response(loaded: LoadedVersion, prepared: Prepared, outputs: dict[str, np.ndarray] | None,
@@ -258,11 +302,32 @@ def render_response(loaded: LoadedVersion, prepared: Prepared, outputs: dict[str
     return head[:-1] + b',"samples":[' + b",".join(samples) + b"]}"
 
 
+MAX_EXAMPLE_GRID_VALUES = 4096  # larger grids are left out of the example (a missing modality is allowed)
+
+
+def reconstruct_example(spec: WaterSpec) -> dict[str, Any]:
+    """One sample in the served model's sizes: the series (and grids, when small) at the training means
+    with a few gaps, and the static attributes at their means."""
+    sample: dict[str, Any] = {}
+    if spec.frames * spec.height * spec.width <= MAX_EXAMPLE_GRID_VALUES:
+        for m in IMAGE_MODALITIES:
+            grid = np.full(spec.shape(m), round(spec.stats.mean[m], 3)).tolist()
+            grid[0][0][0] = None
+            sample[m] = grid
+    for m in VECTOR_MODALITIES:
+        sample[m] = [None if t % 4 == 3 else round(spec.stats.mean[m], 3) for t in range(spec.series_len)]
+    sample["static"] = [round(float(v), 3) for v in spec.stats.static_mean[: spec.n_static]]
+    return {"samples": [sample]}
+
+
 class WaterFamily(Family):
     name = "water"
 
     def prepare(self, version: LoadedVersion) -> None:
         version.state["spec"] = WaterSpec.from_preprocessing(version.manifest.preprocessing)
+
+    def openapi_examples(self, version: LoadedVersion) -> dict[str, Any]:
+        return {"/water/reconstruct": reconstruct_example(version.state["spec"])}
 
     def router(self) -> APIRouter:
         router = APIRouter(tags=["water"])
@@ -284,9 +349,10 @@ class WaterFamily(Family):
                                          max_values=spec.max_json_values())
             ctx = request_context(request)
             pool = workpool_of(request)
-            prepared = await pool.run(prepare_request, body, spec, ctx=ctx, what="water preprocessing")
-            outputs = await loaded.infer(prepared.inputs, ctx=ctx) if prepared.inputs is not None else None
-            content = await pool.run(render_response, loaded, prepared, outputs, spec, ctx=ctx,
+            quality = _quality(request, loaded)
+            prepared = await pool.run(prepare_request, body, spec, quality, ctx=ctx, what="water preprocessing")
+            outputs, checked = await _infer(loaded, prepared, ctx)
+            content = await pool.run(finish, loaded, prepared, outputs, spec, quality, checked, ctx=ctx,
                                      what="water response")
             return Response(content, media_type="application/json")
 

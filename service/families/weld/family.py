@@ -66,11 +66,14 @@ from service.families.weld.preprocessing import (
     preprocess_sample,
     warm_up,
 )
+from service.families.weld.quality import STATE_KEY as QUALITY_KEY
+from service.families.weld.quality import WeldQuality, search_and_record, threshold_from
 
 if TYPE_CHECKING:
     from service.repository import LoadedVersion
 
 MAX_SAMPLES = 64
+OOD_THRESHOLD_KEY = "weld_ood_threshold"
 MAX_K = 100
 MAX_TEXT_CHARS = 256  # id and label
 MAX_TEXT_PART_BYTES = 16 * 1024  # a multipart text part (id, label): starlette refuses larger ones (413)
@@ -314,10 +317,37 @@ def _state(version: LoadedVersion) -> WeldState:
     return version.state["weld"]
 
 
+def _quality(request: Request, version: LoadedVersion) -> WeldQuality:
+    """The version's OOD recorder, made on first use (event loop: no await between the check and the set)."""
+    quality = version.state.get(QUALITY_KEY)
+    if quality is None:
+        app = request.app.state
+        quality = WeldQuality.create(app.metrics.quality, version.name, str(version.version), CLASSES,
+                                     _state(version).metric, version.state.get(OOD_THRESHOLD_KEY),
+                                     app.settings.quality_ood_window)
+        version.state[QUALITY_KEY] = quality
+    return quality
+
+
 # ---- the family --------------------------------------------------------------------------------------
+
+MAX_EXAMPLE_VALUES = 50_000  # zeros of every modality; a larger model's example would be megabytes
+
+
+def classify_example(params: PreprocessParams) -> dict[str, Any] | None:
+    """One JSON-tensor sample of zeros in the served model's shapes (None when too large to show)."""
+    shapes = params.shapes()
+    if sum(int(np.prod(s)) for s in shapes.values()) > MAX_EXAMPLE_VALUES:
+        return None
+    return {"samples": [{"id": "example-1", **{m: np.zeros(s, np.float32).tolist() for m, s in shapes.items()}}]}
+
 
 class WeldFamily(Family):
     name = "weld"
+
+    def openapi_examples(self, version: LoadedVersion) -> dict[str, Any]:
+        example = classify_example(_state(version).params)
+        return {} if example is None else {"/weld/classify": example}
 
     def prepare(self, version: LoadedVersion) -> None:
         pre = version.manifest.preprocessing
@@ -328,6 +358,8 @@ class WeldFamily(Family):
         warm_up(params)
         version.state["weld"] = WeldState(params=params, k=int(knn.get("k", 5)),
                                           metric=knn.get("metric", "cosine"), gallery=gallery)
+        shipped = gallery.snapshot.embeddings[:gallery.snapshot.shipped].cpu().numpy()
+        version.state[OOD_THRESHOLD_KEY] = threshold_from(pre, version.state["weld"].metric, shipped)
 
     def router(self) -> APIRouter:
         router = APIRouter(prefix="/weld", tags=["weld"])
@@ -352,8 +384,9 @@ class WeldFamily(Family):
             embeddings = await _embed(served, samples, request)
             gallery = state.gallery.snapshot  # one consistent view for the whole request
             use_k = min(k or state.k, gallery.size)
-            result = await workpool_of(request).run(gallery.search, embeddings, use_k, metric or state.metric,
-                                                    len(CLASSES), ctx=request_context(request), what="weld k-NN")
+            result = await workpool_of(request).run(search_and_record, gallery, embeddings, use_k,
+                                                    metric or state.metric, len(CLASSES), _quality(request, served),
+                                                    ctx=request_context(request), what="weld k-NN")
             results = []
             for row, sample in enumerate(samples):
                 votes = {CLASSES[c]: round(float(v), 6) for c, v in enumerate(result.votes[row]) if v > 0}
@@ -365,7 +398,8 @@ class WeldFamily(Family):
             return ClassifyResponse(model=served.name, version=served.version, k=use_k,
                                     metric=metric or state.metric, gallery_size=gallery.size, results=results)
 
-        @router.post("/gallery", response_model=EnrolResponse, dependencies=[Depends(require_admin)])
+        @router.post("/gallery", response_model=EnrolResponse, dependencies=[Depends(require_admin)],
+                     responses={409: {"description": "an id is already enrolled"}})
         async def enrol(request: Request, model: str | None = Query(None), version: int | None = Query(None)):
             """Enrol labelled samples (same inputs as /weld/classify plus `label` and `id` per sample)."""
             served = resolve_version(request, family="weld", model=model, version=version)

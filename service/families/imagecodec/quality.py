@@ -1,0 +1,81 @@
+"""Codec quality (issue 16 item 4; docs/quality.md "Image codec"): bits per pixel of every compression, and
+the PSNR of the reconstruction of a sampled fraction of them, both by quality level.
+
+The encoder can decode what it wrote: on a sampled compression (setting `quality_codec_psnr_fraction`) the
+compress procedure decodes its own stream in the same job on the version's worker thread, so the check
+costs one decode (about the time of the encode) on those compressions only and never touches the event
+loop. A failing check is logged and counted as nothing; it never fails the compression.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import re
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from service.families.imagecodec.codec import CodecInfo, CodecModel, Networks, decode
+
+if TYPE_CHECKING:
+    from service.metrics import QualityMetrics
+    from service.repository import LoadedVersion
+
+log = logging.getLogger(__name__)
+STATE_KEY = "codec_quality"
+PSNR_CAP_DB = 100.0  # a lossless reconstruction (mse 0) lands in the +Inf bucket, not at infinity
+_LEVEL_IN_NAME = re.compile(r"-q(\d+)$")
+
+
+def level_of(name: str, preprocessing: dict[str, Any]) -> str:
+    """The level label: `q<N>` from the model name (imagecodec-qN), else from the manifest's training
+    quality, else "unknown" (bounded: one value per model)."""
+    match = _LEVEL_IN_NAME.search(name)
+    if match:
+        return f"q{match.group(1)}"
+    quality = preprocessing.get("quality")
+    return f"q{int(quality)}" if isinstance(quality, int | float) and not isinstance(quality, bool) else "unknown"
+
+
+def psnr_db(original: np.ndarray, reconstruction: np.ndarray) -> float:
+    """PSNR of two uint8 images of the same shape, in dB (capped for identical images)."""
+    mse = float(np.mean(np.square(original.astype(np.float64) - reconstruction.astype(np.float64))))
+    return PSNR_CAP_DB if mse <= 0 else min(10.0 * math.log10(255.0 ** 2 / mse), PSNR_CAP_DB)
+
+
+@dataclass
+class CodecQuality:
+    """One version's recorder; `record` runs on the version's worker thread (prometheus is thread-safe)."""
+
+    metrics: QualityMetrics
+    labels: tuple[str, str, str]  # model, version, level
+    fraction: float
+    rng: random.Random
+    lock: threading.Lock
+
+    @classmethod
+    def create(cls, metrics: QualityMetrics, version: LoadedVersion, fraction: float,
+               seed: int | None = None) -> CodecQuality:
+        level = level_of(version.name, version.manifest.preprocessing)
+        return cls(metrics, (version.name, str(version.version), level), fraction, random.Random(seed),
+                   threading.Lock())
+
+    def sampled(self) -> bool:
+        with self.lock:  # random.Random is not documented as thread-safe
+            return self.fraction > 0 and self.rng.random() < self.fraction
+
+    def record(self, image: np.ndarray, stream: bytes, info: CodecInfo, nets: Networks, model: CodecModel) -> None:
+        """bpp always; PSNR of the decoded stream when this compression is sampled."""
+        self.metrics.codec_bpp.labels(*self.labels).observe(info.bpp)
+        if not self.sampled():
+            return
+        try:
+            reconstruction, _ = decode(stream, nets, model)
+        except Exception:  # noqa: BLE001 - the check must never fail the compression it measures
+            log.warning("codec PSNR self-check of %s v%s failed", *self.labels[:2], exc_info=True)
+            return
+        self.metrics.codec_psnr.labels(*self.labels).observe(psnr_db(image, reconstruction))
