@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from testkit import LiveServer, export_tiny, train_tiny
+from testkit import HOSTILE_RECORDS, LiveServer, export_tiny, train_tiny
 
 # Each family's repository fixtures (and `all_families_repository`), usable from any test folder.
 pytest_plugins = ["family_fixtures"]
@@ -22,6 +22,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    """Totals of every `testkit.hostile_request` of the run (the figures issue 11 asks to report)."""
+    if not HOSTILE_RECORDS:
+        return
+    server_errors = sum(1 for _, status, *_ in HOSTILE_RECORDS if status >= 500)
+    worst_lag = max(HOSTILE_RECORDS, key=lambda r: r[3])
+    worst_rss = max(HOSTILE_RECORDS, key=lambda r: r[4])
+    terminalreporter.write_line(
+        f"hostile requests: {len(HOSTILE_RECORDS)}, 5xx: {server_errors}, worst loop lag "
+        f"{worst_lag[3] * 1000:.0f} ms ({worst_lag[0] or 'unnamed'}), worst RSS growth {worst_rss[4]:.0f} MB "
+        f"({worst_rss[0] or 'unnamed'})")
 
 
 @pytest.fixture

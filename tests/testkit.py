@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -60,6 +61,18 @@ class LiveServer:
         code = stop_process(self.process, timeout=60)
         self._log.close()
         return code
+
+
+@contextlib.contextmanager
+def running_server(repository: Path, log_path: Path, env: dict[str, str] | None = None,
+                   timeout: float = 180.0) -> Iterator[LiveServer]:
+    """A ready LiveServer for the block (module-scoped server fixtures), terminated after it."""
+    server = LiveServer(repository, log_path, env)
+    try:
+        server.wait_ready(timeout)
+        yield server
+    finally:
+        server.terminate()
 
 
 def stop_process(process: subprocess.Popen, timeout: float) -> int:

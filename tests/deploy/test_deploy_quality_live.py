@@ -3,7 +3,8 @@
 The service serves traffic, weld, water and imagecodec (both sampled checks at fraction 1.0); two rounds
 of: traffic forecasts, then observations for their target times (ground truth), weld classifications of a
 gallery sample and of an input far from the gallery, one water reconstruction (self-check, missing-share
-drift) and one compression (bpp, PSNR), with scrapes in between. Then EVERY query of the model-quality dashboard and the signal of every quality
+drift) and one compression (bpp, PSNR), with scrapes in between.
+Then EVERY query of the model-quality dashboard and the signal of every quality
 alert must return finite data: the forecast error per horizon is read back through the dashboard's queries.
 """
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import random
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,8 +65,12 @@ def test_record_bpp_always_psnr_on_sampled(imagecodec_repository: Path, fraction
     quality = CodecQuality(QualityMetrics(registry), ("imagecodec", "1", "q2"), fraction, random.Random(0),
                            threading.Lock())
     image = _image()
+    start = time.perf_counter()
     stream, info = encode(image, nets, model)
+    encoded = time.perf_counter()
     quality.record(image, stream, info, nets, model)
+    print(f"codec quality cost (64x64, fraction {fraction}): encode {(encoded - start) * 1000:.1f} ms, "
+          f"record {(time.perf_counter() - encoded) * 1000:.1f} ms")
     labels = {"model": "imagecodec", "version": "1", "level": "q2"}
     assert registry.get_sample_value("quality_codec_bits_per_pixel_sum", labels) == pytest.approx(info.bpp)
     psnr_count = registry.get_sample_value("quality_codec_psnr_db_count", labels)

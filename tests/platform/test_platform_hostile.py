@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 from fastapi import FastAPI, Request
-from testkit import LiveServer, hostile_request, metric_value
+from testkit import LiveServer, hostile_request, metric_value, running_server
 
 from service.app import create_app, install_error_handlers
 from service.settings import Settings
@@ -38,16 +38,10 @@ REPORT: list[tuple[str, int, float, float, float]] = []
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, tiny_repository: Path) -> Iterator[LiveServer]:
-    live = LiveServer(tiny_repository, tmp_path_factory.mktemp("platform-hostile") / "server.log",
+    with running_server(tiny_repository, tmp_path_factory.mktemp("platform-hostile") / "server.log",
                       {"SERVICE_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
-                       "SERVICE_MAX_CONNECTIONS": str(MAX_CONNECTIONS)})
-    try:
-        live.wait_ready(180)
+                       "SERVICE_MAX_CONNECTIONS": str(MAX_CONNECTIONS)}) as live:
         yield live
-    finally:
-        live.terminate()
-        for name, status, seconds, lag, rss in REPORT:
-            print(f"{name}: {status} in {seconds:.3f}s, loop lag {lag * 1000:.0f} ms, RSS +{rss:.0f} MB")
 
 
 def infer_body(rows: int = 1, **extra: object) -> dict:

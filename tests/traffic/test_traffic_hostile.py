@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from testkit import LiveServer, hostile_request
+from testkit import LiveServer, hostile_request, running_server
 
 from service.errors import InvalidInput
 from service.families.traffic.preprocessing import Scaler
@@ -30,14 +30,8 @@ REPORT: list[tuple[str, int, float, float, float]] = []
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, traffic_repository: Path) -> Iterator[LiveServer]:
-    live = LiveServer(traffic_repository, tmp_path_factory.mktemp("traffic-hostile") / "server.log")
-    try:
-        live.wait_ready(180)
+    with running_server(traffic_repository, tmp_path_factory.mktemp("traffic-hostile") / "server.log") as live:
         yield live
-    finally:
-        live.terminate()
-        for name, status, seconds, lag, rss in REPORT:
-            print(f"{name}: {status} in {seconds:.3f}s, loop lag {lag * 1000:.0f} ms, RSS +{rss:.0f} MB")
 
 
 @pytest.fixture(scope="module")

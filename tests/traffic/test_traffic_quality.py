@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
-from testkit import LiveServer, hostile_request
+from testkit import LiveServer, hostile_request, running_server
 
 from service.families.traffic.quality import ForecastStore, last_non_missing, training_statistics
 from service.manifest import Manifest
@@ -98,14 +98,8 @@ def test_last_value_and_training_statistics() -> None:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, traffic_repository: Path) -> Iterator[LiveServer]:
-    live = LiveServer(traffic_repository, tmp_path_factory.mktemp("traffic-quality") / "server.log")
-    try:
-        live.wait_ready(180)
+    with running_server(traffic_repository, tmp_path_factory.mktemp("traffic-quality") / "server.log") as live:
         yield live
-    finally:
-        live.terminate()
-        for name, status, seconds, lag, rss in REPORT:
-            print(f"{name}: {status} in {seconds:.3f}s, loop lag {lag * 1000:.0f} ms, RSS +{rss:.0f} MB")
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from testkit import LiveServer, hostile_request
+from testkit import LiveServer, hostile_request, running_server
 
 from service.families.water.family import MAX_JSON_VALUES, ReconstructResponse, WaterSpec
 from service.families.water.preprocessing import MODALITIES
@@ -26,14 +26,8 @@ REPORT: list[tuple[str, int, float, float, float]] = []
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, water_repository: Path) -> Iterator[LiveServer]:
-    live = LiveServer(water_repository, tmp_path_factory.mktemp("water-hostile") / "server.log")
-    try:
-        live.wait_ready(180)
+    with running_server(water_repository, tmp_path_factory.mktemp("water-hostile") / "server.log") as live:
         yield live
-    finally:
-        live.terminate()
-        for name, status, seconds, lag, rss in REPORT:
-            print(f"{name}: {status} in {seconds:.3f}s, loop lag {lag * 1000:.0f} ms, RSS +{rss:.0f} MB")
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from testkit import LiveServer
+from testkit import LiveServer, running_server
 
 from service.families.water.preprocessing import MODALITIES
 from training.water.data import generate
@@ -25,12 +25,8 @@ def samples() -> list[dict]:
 def server(tmp_path_factory: pytest.TempPathFactory, water_repository: Path) -> Iterator[LiveServer]:
     """One real service process for the module (the same LiveServer that the live_server fixture starts;
     module scope keeps the suite inside its time budget)."""
-    live = LiveServer(water_repository, tmp_path_factory.mktemp("water-server") / "server.log")
-    try:
-        live.wait_ready(180)
+    with running_server(water_repository, tmp_path_factory.mktemp("water-server") / "server.log") as live:
         yield live
-    finally:
-        live.terminate()
 
 
 def _with_gaps(sample: dict) -> tuple[dict, dict[str, np.ndarray]]:

@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from testkit import HostileProbe, LiveServer, hostile_request, metric_value
+from testkit import HostileProbe, LiveServer, hostile_request, metric_value, running_server
 
 from service.errors import ServiceError
 from service.families.weld.gallery import GalleryStore, npz_bytes, read_npz
@@ -48,16 +48,10 @@ Part = tuple[str, tuple[str | None, bytes | str, str] | tuple[None, str]]
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, weld_repository: Path) -> Iterator[LiveServer]:
     folder = tmp_path_factory.mktemp("weld-hostile")
-    live = LiveServer(weld_repository, folder / "server.log",
+    with running_server(weld_repository, folder / "server.log",
                       env={"SERVICE_ADMIN_TOKEN": TOKEN, "SERVICE_STATE_DIR": str(folder / "state"),
-                           "SERVICE_MAX_PENDING_WORK": str(MAX_PENDING)})
-    try:
-        live.wait_ready(180)
+                           "SERVICE_MAX_PENDING_WORK": str(MAX_PENDING)}) as live:
         yield live
-    finally:
-        live.terminate()
-        for name, status, seconds, lag, rss in REPORT:
-            print(f"{name}: {status} in {seconds:.3f}s, loop lag {lag * 1000:.0f} ms, RSS +{rss:.0f} MB")
 
 
 @pytest.fixture(scope="module")

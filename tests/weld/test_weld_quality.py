@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
-from testkit import LiveServer, hostile_request, metric_value
+from testkit import LiveServer, hostile_request, metric_value, running_server
 
 from service.families.weld.knn import KnnResult
 from service.families.weld.preprocessing import PreprocessParams
@@ -55,14 +55,8 @@ def test_record_histograms_counts_and_ood_ratio() -> None:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, weld_repository: Path) -> Iterator[LiveServer]:
-    live = LiveServer(weld_repository, tmp_path_factory.mktemp("weld-quality") / "server.log")
-    try:
-        live.wait_ready(180)
+    with running_server(weld_repository, tmp_path_factory.mktemp("weld-quality") / "server.log") as live:
         yield live
-    finally:
-        live.terminate()
-        for name, status, seconds, lag, rss in REPORT:
-            print(f"{name}: {status} in {seconds:.3f}s, loop lag {lag * 1000:.0f} ms, RSS +{rss:.0f} MB")
 
 
 def _tensors(weld_repository: Path, fill: float) -> bytes:
