@@ -15,21 +15,17 @@ from service.auth import require_admin, require_index_access
 from service.errors import BadRequest, InvalidInput, PayloadTooLarge, ServiceError, UnsupportedMediaType
 from service.families.base import hub_of, request_context, workpool_of
 from service.oip.tensors import HEADER_LENGTH, decode_inputs, encode_response, parse_json, requested_outputs, split_body
-from service.repository import LoadedVersion
+from service.repository import LoadedVersion, LoadFailed
 
 SERVER_NAME = "research-serving"
 # Media types of an inference body: JSON, or Triton's binary extension (JSON header + raw tensor bytes).
 # No Content-Type at all is accepted too: tritonclient sends none.
 INFER_MEDIA_TYPES = ("application/json", "application/octet-stream")
 ENCODINGS = {"gzip": 31, "deflate": 15}  # zlib wbits
-MAX_REPOSITORY_BODY = 64 * 1024
+MAX_REPOSITORY_BODY = 64 * 1024  # index/load bodies are a few bytes of JSON
 # JSON this small decodes in tens of microseconds: cheaper on the loop than the hop to the work pool.
-INLINE_DECODE_BYTES = 16 * 1024  # index/load bodies are a few bytes of JSON
+INLINE_DECODE_BYTES = 16 * 1024
 
-
-class LoadFailed(ServiceError):
-    status_code = 400  # as Triton answers a failed load; the previous version keeps serving
-    code = "load_failed"
 
 PLATFORMS = {"onnx": "onnxruntime_onnx", "torchscript": "pytorch_libtorch"}
 
