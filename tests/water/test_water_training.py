@@ -87,4 +87,4 @@ def test_train_and_evaluate_clis(tmp_path: Path) -> None:
     evaluate_main(["--checkpoint", str(tmp_path / "run" / "best.pt"), "--n", "4", "--scenarios", "days",
                    "--out", str(tmp_path / "eval.json")])
     report = json.loads((tmp_path / "eval.json").read_text())
-    assert set(report["days"]) == {"model", *BASELINES}
+    assert set(report["days"]) == {"model", "gap_prior", *BASELINES}

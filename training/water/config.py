@@ -13,6 +13,7 @@ IMAGE_MODALITIES: tuple[str, ...] = ("precip", "soil", "temp")
 VECTOR_MODALITIES: tuple[str, ...] = ("evap", "riverflow")
 MODALITIES: tuple[str, ...] = IMAGE_MODALITIES + VECTOR_MODALITIES
 N_STATIC = 11
+MASK_SCHEDULES: tuple[str, ...] = ("random", "mixed")
 
 
 @dataclass
@@ -43,6 +44,9 @@ class WaterConfig:
     use_input: bool = False  # the patch embedding as one more WeightedFeatureMaps layer
     kept_mask_ratio: float = 1.0  # fraction of masked tokens decoded and scored during training
     mask_ratio: float = 0.75
+    # Training masks (masking.training_masks): "random" = the spec's MAE masks, mask_ratio of every modality's
+    # tokens; "mixed" = random, missing days and missing region per sample (what the served model learned).
+    mask_schedule: str = "mixed"
     # Hidden input values carry a simple gap-filling prior (service.families.water.preprocessing.gap_prior:
     # linear in time, else nearest visible pixel, else nearest day, else the mean); the decoders see it at
     # their queries and predict a correction to it (residual), so the model starts at the best simple fill.
@@ -56,6 +60,8 @@ class WaterConfig:
             raise ValueError("model widths must be divisible by the head counts")
         if not 0.0 < self.kept_mask_ratio <= 1.0:
             raise ValueError("kept_mask_ratio must be in (0, 1]")
+        if self.mask_schedule not in MASK_SCHEDULES:
+            raise ValueError(f"mask_schedule must be one of {MASK_SCHEDULES}, got {self.mask_schedule!r}")
 
     @property
     def grid_patches(self) -> tuple[int, int]:
@@ -79,8 +85,9 @@ class WaterConfig:
 
 
 def full_config(**overrides: Any) -> WaterConfig:
-    """The reference model of the spec: 290x180 grids, patch 10, T=5, T_v=20, d_model 256 (~25.6M)."""
-    return WaterConfig(**{"height": 290, "width": 180, **overrides})
+    """The reference model of the spec: 290x180 grids, patch 10, T=5, T_v=20, d_model 256 (~25.6M), trained
+    with the spec's random 75 % masks."""
+    return WaterConfig(**{"height": 290, "width": 180, "mask_schedule": "random", **overrides})
 
 
 def small_config(**overrides: Any) -> WaterConfig:

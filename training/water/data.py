@@ -1,6 +1,7 @@
 """Data for the water family: a physically linked synthetic generator and a per-sample file loader.
 
-Sample format (one file per sample, NPZ or NetCDF-4/HDF5 with the same variable names):
+Sample format (one file per sample, NPZ or NetCDF-3 / NetCDF-4 with the same variable names; NetCDF
+variables are CF-decoded: `_FillValue` / `missing_value` become NaN, `scale_factor` / `add_offset` unpack):
   precip, soil, temp   float32 [T, H, W]   mm/day, m3/m3, degC   (gridded, T days ending on day 0)
   evap, riverflow      float32 [T_v]       mm/day                (catchment series, last T_v days ending on
                                                                   the same day as the grids)
@@ -11,8 +12,10 @@ stacked arrays with a leading sample axis.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -160,16 +163,77 @@ def save_samples(data: WaterData, folder: Path) -> list[Path]:
     return paths
 
 
+SAMPLE_KEYS: tuple[str, ...] = (*MODALITIES, "static")
+SAMPLE_SUFFIXES: frozenset[str] = frozenset({".npz", ".nc", ".nc4", ".h5"})
+_CDF3_MAGIC = (b"CDF\x01", b"CDF\x02")  # classic and 64-bit offset; scipy.io reads both
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def cf_decode(raw: np.ndarray, attrs: Mapping[str, Any], name: str, path: Path) -> np.ndarray:
+    """CF decoding of one variable: `_FillValue` / `missing_value` -> NaN, then raw * scale_factor +
+    add_offset, as float32 (the file's packed integers or floats)."""
+    attrs = {k: np.asarray(v) for k, v in attrs.items()}
+    raw = np.asarray(raw)
+    missing = np.zeros(raw.shape, bool)
+    for key in ("_FillValue", "missing_value"):
+        if key in attrs:
+            for value in np.ravel(attrs[key]):
+                missing |= np.isnan(raw) if np.isnan(value) else raw == value
+    try:
+        values = raw.astype(np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: variable {name!r} is not numeric ({raw.dtype})") from exc
+    if "scale_factor" in attrs:
+        values = values * float(np.ravel(attrs["scale_factor"])[0])
+    if "add_offset" in attrs:
+        values = values + float(np.ravel(attrs["add_offset"])[0])
+    values[missing] = np.nan
+    return values.astype(np.float32)
+
+
+def _read_netcdf3(path: Path) -> dict[str, np.ndarray]:
+    from scipy.io import netcdf_file
+
+    # maskandscale off: the CF decoding is ours, shared with NetCDF-4. mmap off: the file closes here.
+    with netcdf_file(path, "r", mmap=False, maskandscale=False) as handle:
+        return {k: cf_decode(handle.variables[k].data, handle.variables[k]._attributes, k, path)
+                for k in SAMPLE_KEYS if k in handle.variables}
+
+
+def _read_netcdf4(path: Path) -> dict[str, np.ndarray]:
+    import h5netcdf
+
+    # phony_dims: plain HDF5 files (no NetCDF dimension scales) read too.
+    with h5netcdf.File(path, "r", phony_dims="sort") as handle:
+        return {k: cf_decode(handle.variables[k][...], dict(handle.variables[k].attrs), k, path)
+                for k in SAMPLE_KEYS if k in handle.variables}
+
+
+def read_netcdf(path: Path) -> dict[str, np.ndarray]:
+    """The sample variables of a NetCDF-3 or NetCDF-4/HDF5 file, CF-decoded (see `cf_decode`)."""
+    with path.open("rb") as handle:
+        magic = handle.read(8)
+    try:
+        if magic[:4] in _CDF3_MAGIC:
+            return _read_netcdf3(path)
+        if magic == _HDF5_MAGIC:
+            return _read_netcdf4(path)
+    except (OSError, ValueError, TypeError) as exc:
+        if str(path) in str(exc):
+            raise
+        raise ValueError(f"{path}: unreadable NetCDF file ({exc})") from exc
+    if magic[:4] == b"CDF\x05":
+        raise ValueError(f"{path}: NetCDF-5 (CDF5) is not supported; convert it to NetCDF-4 (nccopy -k nc4)")
+    raise ValueError(f"{path}: not a NetCDF-3 or NetCDF-4/HDF5 file")
+
+
 def _read_sample(path: Path) -> dict[str, np.ndarray]:
     if path.suffix == ".npz":
         with np.load(path) as archive:
-            return {k: np.asarray(archive[k], dtype=np.float32) for k in (*MODALITIES, "static") if k in archive}
-    if path.suffix in {".nc", ".nc4", ".h5"}:
-        import h5py  # NetCDF-4 files are HDF5 files
-
-        with h5py.File(path, "r") as handle:
-            return {k: np.asarray(handle[k], dtype=np.float32) for k in (*MODALITIES, "static") if k in handle}
-    raise ValueError(f"{path}: unsupported sample file (expected .npz or NetCDF-4 .nc)")
+            return {k: np.asarray(archive[k], dtype=np.float32) for k in SAMPLE_KEYS if k in archive}
+    if path.suffix in SAMPLE_SUFFIXES:
+        return read_netcdf(path)
+    raise ValueError(f"{path}: unsupported sample file (expected .npz or NetCDF .nc)")
 
 
 def _check_sample(sample: dict[str, np.ndarray], path: Path) -> None:
@@ -187,13 +251,27 @@ def _check_sample(sample: dict[str, np.ndarray], path: Path) -> None:
         raise ValueError(f"{path}: static must have {len(STATIC_NAMES)} values, got {sample['static'].shape}")
 
 
+def _check_stacked(arrays: dict[str, np.ndarray], path: Path) -> None:
+    """A stacked NPZ passes the per-sample checks for its first sample, with one sample count for all."""
+    missing = [k for k in SAMPLE_KEYS if k not in arrays]
+    if missing:
+        raise ValueError(f"{path}: missing variables {missing}")
+    counts = {k: v.shape[0] if v.ndim else 0 for k, v in arrays.items()}
+    if len(set(counts.values())) != 1 or counts["static"] == 0:
+        raise ValueError(f"{path}: stacked arrays need one leading sample axis of the same length > 0, got {counts}")
+    _check_sample({k: v[0] for k, v in arrays.items()}, path)
+
+
 def load(path: Path) -> WaterData:
-    """Load a folder of per-sample files, or one stacked NPZ."""
+    """Load a folder of per-sample files (NPZ / NetCDF), or one stacked NPZ; all validated the same way."""
     if path.is_file():
+        if path.suffix != ".npz":
+            raise ValueError(f"{path}: a single file must be a stacked .npz; put NetCDF samples in a folder")
         with np.load(path) as archive:
-            return WaterData({m: np.asarray(archive[m], np.float32) for m in MODALITIES},
-                             np.asarray(archive["static"], np.float32))
-    files = sorted(p for p in path.iterdir() if p.suffix in {".npz", ".nc", ".nc4", ".h5"})
+            arrays = {k: np.asarray(archive[k], np.float32) for k in SAMPLE_KEYS if k in archive}
+        _check_stacked(arrays, path)
+        return WaterData({m: arrays[m] for m in MODALITIES}, arrays["static"])
+    files = sorted(p for p in path.iterdir() if p.suffix in SAMPLE_SUFFIXES)
     if not files:
         raise ValueError(f"{path}: no .npz/.nc sample files")
     samples = []
@@ -202,7 +280,7 @@ def load(path: Path) -> WaterData:
         _check_sample(sample, file)
         samples.append(sample)
     for file, sample in zip(files, samples, strict=True):
-        for key in (*MODALITIES, "static"):
+        for key in SAMPLE_KEYS:
             if sample[key].shape != samples[0][key].shape:
                 raise ValueError(f"{file}: {key} shape {sample[key].shape} differs from {samples[0][key].shape}")
     return WaterData({m: np.stack([s[m] for s in samples]) for m in MODALITIES},

@@ -4,6 +4,8 @@
 
 Errors are mean squared errors at the hidden values in normalised units (physical error / modality std),
 so modalities are comparable; RMSE in physical units is reported as well. Scenarios: see masking.py.
+Methods: `model` (with `prior_fill`, the gap-filling prior plus the learned residual), `gap_prior` (that
+prior alone, exactly as the model receives it: the baseline the residual has to beat) and BASELINES.
 """
 
 from __future__ import annotations
@@ -57,6 +59,19 @@ def reconstruct(model: WaterMAE, stats: NormStats, fields: dict[str, np.ndarray]
     return {m: np.concatenate(v) for m, v in outs.items()}
 
 
+def prior_only(cfg, stats: NormStats, fields: dict[str, np.ndarray],
+               token_masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Physical-unit fill by `gap_prior` alone, computed as the model's input is (normalised, NaN -> mean)."""
+    hp, wp = cfg.grid_patches
+    out = {}
+    for m in MODALITIES:
+        image = m in IMAGE_MODALITIES
+        mask = token_masks[m].reshape(-1, cfg.frames, hp, wp) if image else token_masks[m]
+        normed = np.nan_to_num(stats.normalise(m, fields[m]))
+        out[m] = stats.denormalise(m, fill_hidden(normed, mask, image, cfg.patch))
+    return out
+
+
 def value_masks(cfg_frames: int, patch: int, token_masks: dict[str, np.ndarray], grid: tuple[int, int]) -> dict:
     out = {}
     for m, mask in token_masks.items():
@@ -87,7 +102,8 @@ def evaluate(model: WaterMAE, stats: NormStats, climatology: dict[str, np.ndarra
         hidden = value_masks(cfg.frames, cfg.patch, model_tok, cfg.grid_patches)
         scored = {m: value_masks(cfg.frames, cfg.patch, tok, cfg.grid_patches)[m] & ~np.isnan(data.fields[m])
                   for m in MODALITIES}
-        filled = {"model": reconstruct(model, stats, data.fields, data.static, model_tok, batch_size)}
+        filled = {"model": reconstruct(model, stats, data.fields, data.static, model_tok, batch_size),
+                  "gap_prior": prior_only(cfg, stats, data.fields, model_tok)}
         for method in BASELINES:
             filled[method] = {m: fill(method, m, np.nan_to_num(data.fields[m]), hidden[m] | np.isnan(data.fields[m]),
                                       climatology[m]) for m in MODALITIES}

@@ -61,8 +61,13 @@ def scenario_masks(name: str, rng: np.random.Generator, batch: int, cfg: WaterCo
 
 
 def training_masks(rng: np.random.Generator, batch: int, cfg: WaterConfig) -> dict[str, np.ndarray]:
-    """Mostly MAE random masks at cfg.mask_ratio, plus contiguous gaps so the model learns to bridge them."""
+    """Masks of cfg.mask_schedule: "random" = MAE random masks at cfg.mask_ratio (the spec); "mixed" = random
+    masks, missing days and missing regions per sample, so the model also learns to bridge contiguous gaps."""
     random = {m: random_mask(rng, batch, cfg.tokens(m), cfg.mask_ratio) for m in MODALITIES}
+    if cfg.mask_schedule == "random":
+        return random
+    if cfg.mask_schedule != "mixed":
+        raise ValueError(f"unknown mask_schedule {cfg.mask_schedule!r}; expected 'random' or 'mixed'")
     days = scenario_masks("days", rng, batch, cfg)
     region = scenario_masks("region", rng, batch, cfg)
     kind = rng.choice(3, size=batch, p=[0.3, 0.4, 0.3])

@@ -209,14 +209,19 @@ def collate(samples: list[dict]) -> dict:
 
 
 def split_records(records: list[SampleRecord], val_fraction: float, seed: int) -> dict[str, list[SampleRecord]]:
-    """TRAIN / VAL / TEST lists. Without a VAL split in the manifest, a stratified fraction of TRAIN becomes
-    VAL. TEST is never touched; a sample id that appears in two splits is an error (train = test leak)."""
+    """TRAIN / VAL / TEST lists. Without a VAL split in the manifest, whole sessions of TRAIN (or, with a
+    single session, a stratified fraction of its samples) become VAL. TEST is never touched; a sample id
+    that appears in two splits is an error (train = test leak). Session leakage: `check_session_leakage`."""
     by_split = {s: [r for r in records if r.split == s] for s in SPLITS}
     overlap = {r.sample_id for r in by_split["TRAIN"]} & {r.sample_id for r in by_split["TEST"]}
     if overlap:
         raise ValueError(f"{len(overlap)} sample(s) are both TRAIN and TEST, e.g. {sorted(overlap)[:3]}")
     if not by_split["VAL"] and val_fraction > 0:
         rng = np.random.default_rng(seed)
+        carved = _carve_val_by_session(by_split["TRAIN"], val_fraction, rng)
+        if carved is not None:
+            by_split["TRAIN"], by_split["VAL"] = carved
+            return by_split
         train, val = [], []
         for label in sorted({r.label for r in by_split["TRAIN"]}):
             group = [r for r in by_split["TRAIN"] if r.label == label]
@@ -226,6 +231,62 @@ def split_records(records: list[SampleRecord], val_fraction: float, seed: int) -
             train += [group[i] for i in order[n_val:]]
         by_split["TRAIN"], by_split["VAL"] = train, val
     return by_split
+
+
+# ---- session leakage ------------------------------------------------------------------------------------
+# Samples of one recording session (the folder above the part folder) share the rig, the operator and the
+# lighting; the public dataset's split puts some sessions in TRAIN and TEST at once, which inflates test scores.
+
+
+class SessionLeakageError(ValueError):
+    """A split in which some recording session appears in more than one of TRAIN/VAL/TEST."""
+
+
+def session_of(record: SampleRecord) -> str:
+    """The session folder of a sample (SUBDIRS without its last component); "" when SUBDIRS has none."""
+    return record.sample_id.rpartition("/")[0]
+
+
+def session_leakage(by_split: dict[str, list[SampleRecord]]) -> dict[str, list[str]]:
+    """{session: [splits it appears in]} for every session present in more than one split."""
+    seen: dict[str, set[str]] = {}
+    for split, records in by_split.items():
+        for record in records:
+            session = session_of(record)
+            if session:
+                seen.setdefault(session, set()).add(split)
+    return {s: [x for x in SPLITS if x in splits] for s, splits in sorted(seen.items()) if len(splits) > 1}
+
+
+def check_session_leakage(by_split: dict[str, list[SampleRecord]], allow: bool, log=print) -> dict[str, list[str]]:
+    """Refuse a leaking split (SessionLeakageError) unless `allow`; then only warn. Returns the leaking sessions."""
+    leaks = session_leakage(by_split)
+    if not leaks:
+        return leaks
+    examples = ", ".join(f"{s} in {'+'.join(splits)}" for s, splits in list(leaks.items())[:3])
+    message = f"{len(leaks)} session(s) appear in more than one of TRAIN/VAL/TEST, e.g. {examples}"
+    if not allow:
+        raise SessionLeakageError(f"{message}; fix the split or pass --allow-session-leakage")
+    log(f"[data] WARNING: {message} (allowed by --allow-session-leakage; test scores are optimistic)")
+    return leaks
+
+
+def _carve_val_by_session(train: list[SampleRecord], val_fraction: float,
+                          rng: np.random.Generator) -> tuple[list[SampleRecord], list[SampleRecord]] | None:
+    """Whole sessions of TRAIN moved to VAL until it holds `val_fraction` of the samples, so the carve itself
+    does not leak; None when TRAIN has fewer than two sessions (the caller then carves per sample)."""
+    sessions = sorted({session_of(r) for r in train})
+    if len(sessions) < 2 or "" in sessions:
+        return None
+    target = int(round(len(train) * val_fraction))
+    chosen: set[str] = set()
+    count = 0
+    for index in rng.permutation(len(sessions))[:-1]:  # at least one session stays in TRAIN
+        if count >= target:
+            break
+        chosen.add(sessions[index])
+        count += sum(session_of(r) == sessions[index] for r in train)
+    return [r for r in train if session_of(r) not in chosen], [r for r in train if session_of(r) in chosen]
 
 
 def write_report(path: Path, reports: dict[str, IncompleteReport]) -> None:

@@ -24,7 +24,7 @@ from service.families.weld.classes import CLASSES
 from service.families.weld.knn import METRICS, knn_search
 from service.families.weld.preprocessing import MODALITIES
 from training.weld.config import WeldConfig
-from training.weld.data import WeldDataset, collate, read_manifest, split_records
+from training.weld.data import WeldDataset, check_session_leakage, collate, read_manifest, split_records
 from training.weld.model import WeldEmbeddingModel, build_model
 
 
@@ -100,11 +100,14 @@ def main() -> None:
     parser.add_argument("--metric", choices=METRICS, default="cosine")
     parser.add_argument("--untrained", action="store_true", help="baseline: same architecture, initial weights")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--allow-session-leakage", action="store_true",
+                        help="evaluate even when a session appears in more than one of TRAIN/VAL/TEST")
     args = parser.parse_args()
     model, config, checkpoint = load_checkpoint(args.checkpoint)
     if args.untrained:
         model = build_model(config, seed=config.train.seed).eval()
     splits = split_records(read_manifest(args.data), config.train.val_fraction, config.train.seed)
+    check_session_leakage(splits, args.allow_session_leakage)
     policy = config.train.incomplete_policy
     train_set = WeldDataset(splits["TRAIN"], config.preprocess, policy)
     test_set = WeldDataset(splits["TEST"], config.preprocess, policy)

@@ -164,17 +164,19 @@ def write_sample(folder: Path, part_no: str, label: int, rng: np.random.Generato
 
 
 def generate(root: Path, train: int = 10, val: int = 3, test: int = 6, seed: int = 0,
-             incomplete: float = 0.0, sessions: int = 4) -> Path:
-    """Write `train`/`val`/`test` samples per class under `root`; returns the manifest path."""
+             incomplete: float = 0.0, sessions: int = 4, leak_sessions: bool = False) -> Path:
+    """Write `train`/`val`/`test` samples per class under `root`; returns the manifest path. Each split has
+    its own `sessions` session folders; `leak_sessions` shares them across splits (the public dataset's defect)."""
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     styles = class_styles()
     records = []
     counter = 0
     for label, name in enumerate(CLASSES):
-        for split, count in (("TRAIN", train), ("VAL", val), ("TEST", test)):
+        for split_index, (split, count) in enumerate((("TRAIN", train), ("VAL", val), ("TEST", test))):
             for _ in range(count):
-                session = f"{8 + counter % sessions:02d}-17-22-{counter % sessions:04d}"
+                day = 17 if leak_sessions else 17 + split_index  # one day of sessions per split
+                session = f"{8 + counter % sessions:02d}-{day}-22-{counter % sessions:04d}"
                 part_no = f"{session}-{counter:05d}"
                 drop = None
                 if incomplete > 0 and rng.random() < incomplete:
@@ -200,8 +202,10 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--incomplete", type=float, default=0.0, help="fraction of samples missing a modality")
+    parser.add_argument("--leak-sessions", action="store_true", help="share session folders across splits")
     args = parser.parse_args()
-    manifest = generate(args.out, args.train, args.val, args.test, args.seed, args.incomplete)
+    manifest = generate(args.out, args.train, args.val, args.test, args.seed, args.incomplete,
+                        leak_sessions=args.leak_sessions)
     print(f"wrote {manifest}")
 
 

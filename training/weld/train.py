@@ -28,6 +28,7 @@ from training.checkpoints import save_atomic
 from training.weld.config import WeldConfig, get_config
 from training.weld.data import (
     WeldDataset,
+    check_session_leakage,
     collate,
     read_manifest,
     sensor_statistics,
@@ -77,14 +78,18 @@ def write_gallery(path: Path, embeddings: np.ndarray, labels: np.ndarray, ids: l
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def train(config: WeldConfig, data_root: Path, out_dir: Path, device: str = "cpu", log=print) -> dict:
-    """Full run; returns paths and final metrics."""
+def train(config: WeldConfig, data_root: Path, out_dir: Path, device: str = "cpu", log=print,
+          allow_session_leakage: bool = False) -> dict:
+    """Full run; returns paths and final metrics. A split that shares a session between TRAIN/VAL/TEST is
+    refused (SessionLeakageError) unless `allow_session_leakage`."""
     tc = config.train
     out_dir.mkdir(parents=True, exist_ok=True)
     set_seed(tc.seed)
     started = time.monotonic()
 
     splits = split_records(read_manifest(data_root), tc.val_fraction, tc.seed)
+    leaks = check_session_leakage(splits, allow_session_leakage, log)
+    (out_dir / "session_report.json").write_text(json.dumps({"leaking_sessions": leaks}, indent=2))
     mean, std = sensor_statistics(splits["TRAIN"], config.preprocess.sensor_steps)
     config.preprocess.sensor_mean, config.preprocess.sensor_std = mean, std
     datasets = {s.lower(): WeldDataset(splits[s], config.preprocess, tc.incomplete_policy) for s in splits}
@@ -188,6 +193,8 @@ def main() -> None:
     parser.add_argument("--policy", choices=("skip", "zero_fill"), default=None)
     parser.add_argument("--amp", action="store_true")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--allow-session-leakage", action="store_true",
+                        help="train even when a session appears in more than one of TRAIN/VAL/TEST")
     args = parser.parse_args()
     config = get_config(args.config)
     if args.epochs is not None:
@@ -197,7 +204,8 @@ def main() -> None:
     if args.policy:
         config.train.incomplete_policy = args.policy
     config.train.amp = args.amp
-    print(json.dumps(train(config, args.data, args.out, args.device), indent=2))
+    result = train(config, args.data, args.out, args.device, allow_session_leakage=args.allow_session_leakage)
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
