@@ -190,3 +190,30 @@ def hostile_request(server: LiveServer, send, *, max_seconds: float = 5.0, max_l
     assert probe.worst_lag_s <= max_lag_s, (name, f"event loop blocked {probe.worst_lag_s * 1000:.0f} ms")
     assert rss_mb <= max_rss_mb, (name, f"RSS grew {rss_mb:.0f} MB > {max_rss_mb} MB")
     return response
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A valid PNG header announcing width x height (its pixel data is a few bytes: only the header is read)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def jpeg_claiming(width: int, height: int) -> bytes:
+    """A real 8x8 JPEG whose SOF0 frame header is patched to announce width x height."""
+    import io
+    import struct
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, "JPEG")
+    data = bytearray(buffer.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)

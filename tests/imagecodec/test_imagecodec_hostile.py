@@ -11,7 +11,6 @@ Inputs are crafted headers rather than giant payloads wherever the point is a he
 from __future__ import annotations
 
 import io
-import struct
 import threading
 import time
 import zlib
@@ -23,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from testkit import LiveServer, hostile_request, metric_value
+from testkit import LiveServer, hostile_request, jpeg_claiming, metric_value, png_claiming
 
 from export.core import publish, with_batching
 from export.families.imagecodec import plan_from_checkpoint
@@ -94,21 +93,8 @@ def _encode(image: np.ndarray, fmt: str = "PNG") -> bytes:
     return buffer.getvalue()
 
 
-def _png_header(width: int, height: int) -> bytes:
-    """A valid PNG header announcing width x height (the pixel data is a stub: only the header is read)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
-def _jpeg_header(width: int, height: int) -> bytes:
-    """A real 8x8 JPEG whose SOF0 frame header is patched to announce width x height."""
-    data = bytearray(_encode(np.zeros((8, 8, 3), dtype=np.uint8), "JPEG"))
-    sof = data.index(b"\xff\xc0")
-    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
-    return bytes(data)
 
 
 def _upload(data: bytes, name: str = "a.png", kind: str = "image/png") -> dict:
@@ -190,9 +176,9 @@ def test_substreams_too_short_for_the_declared_size(server: LiveServer, reposito
 # ---- item 4: Pillow's decompression-bomb check -> 413 naming the limit -------------------------------
 
 @pytest.mark.parametrize(("label", "data"), [
-    ("compress 30000x30000 PNG header", _png_header(30000, 30000)),
-    ("compress 65000x65000 JPEG header", _jpeg_header(65000, 65000)),
-    ("compress 10000x10000 PNG header (Pillow warns)", _png_header(10000, 10000)),
+    ("compress 30000x30000 PNG header", png_claiming(30000, 30000)),
+    ("compress 65000x65000 JPEG header", jpeg_claiming(65000, 65000)),
+    ("compress 10000x10000 PNG header (Pillow warns)", png_claiming(10000, 10000)),
 ])
 def test_decompression_bombs_are_413(server: LiveServer, label: str, data: bytes) -> None:
     r = _expect(server, label, _compress(data), 413)

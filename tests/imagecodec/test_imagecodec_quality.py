@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from prometheus_client import CollectorRegistry
-from testkit import LiveServer, hostile_request, metric_value
+from testkit import LiveServer, hostile_request, metric_value, running_server
 
 from export.families.imagecodec import TABLES_ASSET
 from service.families.imagecodec.codec import CodecModel, decode, encode
@@ -82,15 +82,9 @@ def test_record_bpp_always_psnr_on_sampled(imagecodec_repository: Path, fraction
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, imagecodec_repository: Path) -> Iterator[LiveServer]:
-    live = LiveServer(imagecodec_repository, tmp_path_factory.mktemp("codec-quality") / "server.log",
-                      env={"SERVICE_QUALITY_CODEC_PSNR_FRACTION": "1.0"})
-    try:
-        live.wait_ready(180)
+    with running_server(imagecodec_repository, tmp_path_factory.mktemp("codec-quality") / "server.log",
+                      env={"SERVICE_QUALITY_CODEC_PSNR_FRACTION": "1.0"}) as live:
         yield live
-    finally:
-        live.terminate()
-        for name, status, seconds, lag, rss in REPORT:
-            print(f"{name}: {status} in {seconds:.3f}s, loop lag {lag * 1000:.0f} ms, RSS +{rss:.0f} MB")
 
 
 def test_live_compression_exports_bpp_and_psnr(server: LiveServer) -> None:

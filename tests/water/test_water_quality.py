@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
-from testkit import LiveServer, hostile_request, metric_value
+from testkit import LiveServer, hostile_request, metric_value, running_server
 
 from service.families.water.family import ReconstructRequest, WaterSpec, model_inputs, prepare_request
 from service.families.water.preprocessing import IMAGE_MODALITIES, MODALITIES, patch_mask
@@ -111,15 +111,9 @@ def test_selfcheck_cost(manifest: Manifest, body: dict, water_repository: Path) 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, water_repository: Path) -> Iterator[LiveServer]:
-    live = LiveServer(water_repository, tmp_path_factory.mktemp("water-quality") / "server.log",
-                      env={"SERVICE_QUALITY_WATER_SELFCHECK_FRACTION": "1.0"})
-    try:
-        live.wait_ready(180)
+    with running_server(water_repository, tmp_path_factory.mktemp("water-quality") / "server.log",
+                      env={"SERVICE_QUALITY_WATER_SELFCHECK_FRACTION": "1.0"}) as live:
         yield live
-    finally:
-        live.terminate()
-        for name, status, seconds, lag, rss in REPORT:
-            print(f"{name}: {status} in {seconds:.3f}s, loop lag {lag * 1000:.0f} ms, RSS +{rss:.0f} MB")
 
 
 def test_live_selfcheck_and_drift_metrics(server: LiveServer, body: dict, manifest: Manifest) -> None:

@@ -15,7 +15,6 @@ import io
 import json
 import struct
 import time
-import zlib
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from testkit import HostileProbe, LiveServer, hostile_request, metric_value, running_server
+from testkit import HostileProbe, LiveServer, hostile_request, jpeg_claiming, metric_value, png_claiming, running_server
 
 from service.errors import ServiceError
 from service.families.weld.gallery import GalleryStore, npz_bytes, read_npz
@@ -98,24 +97,8 @@ def _error(response: httpx.Response) -> dict:
 
 # ---- crafted media headers -------------------------------------------------------------------------------
 
-def png_claiming(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height (its pixel data is a few bytes)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
-def jpeg_claiming(width: int, height: int) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.new("RGB", (8, 8)).save(buffer, "JPEG")
-    data = bytearray(buffer.getvalue())
-    sof = data.find(b"\xff\xc0")
-    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
-    return bytes(data)
 
 
 def flac_claiming(seconds: int, rate: int = 22_050) -> bytes:
