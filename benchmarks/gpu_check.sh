@@ -2,7 +2,7 @@
 # Everything GPU-side of issue 13 in one go (about 10 minutes on one GPU), logs under OUT/:
 #   bash benchmarks/gpu_check.sh [OUT] [REPOSITORY]
 # 1. the GPU tests: ORT CUDA EP with IO binding, TorchScript on CUDA, the service on GPU, NVML metrics
-#    (tests/platform/test_platform_gpu.py, tests/deploy/test_deploy_gpu.py, `-m gpu`);
+#    (tests/platform/test_gpu.py, tests/deploy/test_gpu.py, `-m gpu`);
 # 2. a codec stream round trip CPU->GPU and GPU->CPU (the known failure of learned codecs across devices:
 #    a stream encoded on one device must decode bit-exactly on the other);
 # 3. benchmarks/serving.py on GPU (tiny + traffic), then the service on GPU with every family's default;
@@ -85,7 +85,7 @@ if [ $gpu = 0 ]; then
 fi
 
 step "GPU tests (-m gpu)"
-timeout 240 $py -m pytest tests/platform/test_platform_gpu.py tests/deploy/test_deploy_gpu.py -m gpu -q \
+timeout 240 $py -m pytest tests/platform/test_gpu.py tests/deploy/test_gpu.py -m gpu -q \
   -p no:cacheprovider > "$out/gpu_tests.txt" 2>&1
 result "GPU tests" $?
 tail -3 "$out/gpu_tests.txt" | tee -a "$out/summary.txt"
@@ -106,7 +106,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from service.manifest import Manifest
+from families.manifest import Manifest
 from service.runtimes import open_runtime
 
 # FP32 graph on CUDA vs the same TorchScript graph in half precision (ONNX graphs: ORT FP32 vs FP32 inputs

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from service.families.imagecodec.codec import decode, encode
+from families.imagecodec.codec import decode, encode
 from training.imagecodec.config import hpcm_base_config, small_config
 from training.imagecodec.data import heldout_photos
 from training.imagecodec.model import ImageCodec
@@ -49,7 +49,7 @@ def main() -> None:
     if args.onnx:
         from export.core import publish
         from export.families.imagecodec import plan_from_checkpoint
-        from service.manifest import Manifest
+        from families.manifest import Manifest
         from service.runtimes import open_runtime
 
         tmp = Path(tempfile.mkdtemp())

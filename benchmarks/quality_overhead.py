@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from prometheus_client import CollectorRegistry
 
-from service.families.traffic.preprocessing import Scaler, build_features
+from families.traffic.preprocessing import Scaler, build_features
+from families.weld.knn import knn_search
 from service.families.traffic.quality import ForecastStore
-from service.families.weld.knn import knn_search
 from service.families.weld.quality import WeldQuality
 from service.metrics import QualityMetrics
 

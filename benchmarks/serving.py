@@ -141,7 +141,7 @@ def oip_bodies(name: str, x: np.ndarray) -> tuple[bytes, tuple[bytes, int]]:
 
 def raw_runtime(version_dir: Path, device: str, max_batch: int, seconds: float) -> dict:
     """The runtime alone, as the service opens it: single-inference p50/p99 and throughput at max batch."""
-    from service.manifest import Manifest
+    from families.manifest import Manifest
     from service.runtimes import open_runtime
     from service.settings import Settings
 
@@ -281,7 +281,7 @@ def main() -> None:
                 results["tiny"] = measure_model("tiny", "tiny", x, f"http://127.0.0.1:{service_port}", ceiling_url,
                                                 raw, seconds, workdir)
             if traffic_dir is not None:
-                from service.manifest import Manifest
+                from families.manifest import Manifest
 
                 version_dir = repository / "traffic" / traffic_dir.name
                 max_batch = Manifest.read(version_dir).batching.max_batch_size

@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from loadgen import ServiceProcess, run_load  # noqa: E402
 
-from service.families.water.preprocessing import IMAGE_MODALITIES, MODALITIES, expand_patch_mask  # noqa: E402
+from families.water.preprocessing import IMAGE_MODALITIES, MODALITIES, expand_patch_mask  # noqa: E402
 from training.water.data import generate  # noqa: E402
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 from weld_common import DEFAULT_WORKDIR, prepare
 
-from service.families.weld.preprocessing import MODALITIES, PreprocessParams, SampleFiles, preprocess_sample
-from service.manifest import Manifest
+from families.manifest import Manifest
+from families.weld.preprocessing import MODALITIES, PreprocessParams, SampleFiles, preprocess_sample
 from service.runtimes import open_runtime
 
 

@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import importlib
-import pkgutil
 import sys
 from pathlib import Path
 
-import export.families
 from export.core import ExportError, publish, split_batching_options, with_batching
-
-
-def available_families() -> list[str]:
-    return sorted(m.name for m in pkgutil.iter_modules(export.families.__path__))
+from families.registry import REGISTRY, family
 
 
 def parse_options(pairs: list[str]) -> dict[str, str]:
@@ -28,7 +22,7 @@ def parse_options(pairs: list[str]) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m export", description=__doc__)
-    parser.add_argument("family", choices=available_families())
+    parser.add_argument("family", choices=sorted(REGISTRY))
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
     parser.add_argument("--name", help="model name in the repository (default: the family name)")
@@ -39,11 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.checkpoint.is_file():
         parser.error(f"checkpoint {args.checkpoint} does not exist")
-    module = importlib.import_module(f"export.families.{args.family}")
     batching, options = split_batching_options(parse_options(args.option))
-    plan = with_batching(module.plan_from_checkpoint(args.checkpoint, **options), batching)
     try:
-        path = publish(plan, args.repository, args.name or args.family, args.version)
+        plan = family(args.family).load("export").plan_from_checkpoint(args.checkpoint, options)
+        path = publish(with_batching(plan, batching), args.repository, args.name or args.family, args.version)
     except ExportError as exc:
         print(f"export refused: {exc}", file=sys.stderr)
         return 1

@@ -18,12 +18,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ValidationError
 
-from service.manifest import (
+from families.manifest import (
     MANIFEST_FILE,
     NUMPY_TO_OIP,
     Asset,
@@ -95,12 +96,26 @@ class ExportPlan:
     graphs: list[GraphExport]
     primary_graph: str = "model"
     batching: Batching = field(default_factory=Batching)
-    preprocessing: dict[str, Any] = field(default_factory=dict)
+    # The family's `families.<f>.contract.Preprocessing`: the service parses it back with the same class.
+    preprocessing: BaseModel | dict[str, Any] | None = None
     labels: list[str] | None = None
     assets: dict[str, AssetFile] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     # Which older versions the service may load alongside the latest (the latest version's policy rules).
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
+
+
+OptionsT = TypeVar("OptionsT", bound=BaseModel)
+
+
+def parse_options(model: type[OptionsT], options: Mapping[str, str] | None) -> OptionsT:
+    """A family's export options (`--option key=value`, strings) validated by its options model; unknown or
+    malformed options are an ExportError naming them."""
+    try:
+        return model.model_validate(dict(options or {}))
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False))
+        raise ExportError(f"export options: {problems}") from None
 
 
 def with_batching(plan: ExportPlan, overrides: dict[str, str]) -> ExportPlan:
@@ -114,6 +129,14 @@ def split_batching_options(options: dict[str, str]) -> tuple[dict[str, str], dic
     """(batching overrides, family options)."""
     batching = {k: v for k, v in options.items() if k in BATCHING_OPTIONS}
     return batching, {k: v for k, v in options.items() if k not in BATCHING_OPTIONS}
+
+
+def _section(preprocessing: BaseModel | dict[str, Any] | None) -> dict[str, Any]:
+    if preprocessing is None:
+        return {}
+    if isinstance(preprocessing, BaseModel):
+        return preprocessing.model_dump(mode="json")
+    return dict(preprocessing)  # transitional: a plain dict (every family now passes its contract model)
 
 
 def code_revision() -> str:
@@ -283,7 +306,7 @@ def publish(plan: ExportPlan, repository: Path, name: str, version: int | None =
         }
         manifest = Manifest(
             name=name, version=version, family=plan.family, task=plan.task, primary_graph=plan.primary_graph,
-            graphs=graphs, batching=plan.batching, preprocessing=plan.preprocessing, labels=plan.labels,
+            graphs=graphs, batching=plan.batching, preprocessing=_section(plan.preprocessing), labels=plan.labels,
             assets=assets, provenance=provenance, version_policy=plan.version_policy,
             files=checksum_files(staging),
         )

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from export.core import publish
-from service.manifest import MANIFEST_FILE, Manifest, sha256_file
+from families.manifest import MANIFEST_FILE, Manifest, sha256_file
 
 log = logging.getLogger("export.defaults")
 

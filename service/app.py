@@ -19,9 +19,8 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__, gc_tuning
-from service.errors import PayloadTooLarge, ServiceError
-from service.families import discover
-from service.http_protocol import error_body
+from service.errors import PayloadTooLarge, ServiceError, error_body
+from service.families import plugins
 from service.metrics import Metrics
 from service.oip.fastpath import InferFastPath
 from service.oip.routes import repository_router
@@ -162,7 +161,7 @@ async def watch_loop_lag(metrics: Metrics, interval_s: float = LOOP_LAG_INTERVAL
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
-    families = discover()
+    families = plugins()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -201,7 +200,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(oip_router)
     app.include_router(repository_router)
     for family in families.values():
-        router = family.router()
+        router = family.router() if callable(family.router) else family.router  # transitional: old plug-ins
         if router is not None:
             app.include_router(router)
 

@@ -1,4 +1,5 @@
-"""One error type hierarchy; the app renders it as the task-endpoint shape or OIP's `{"error": "..."}`."""
+"""One error type hierarchy, and the one place that decides the error body (`error_body`): task endpoints get
+`{"error": {"code", "message", "details"}}`, OIP routes `{"error": "..."}`; the app and the HTTP protocol use it."""
 
 from __future__ import annotations
 
@@ -85,3 +86,13 @@ class InferenceFailed(ServiceError):
 
     status_code = 500
     code = "inference_failed"
+
+
+def error_body(path: str, code: str, message: str, details: Any = None) -> dict[str, Any]:
+    """Task endpoints: {"error": {"code", "message"[, "details"]}}; OIP (/v2) routes: {"error": "message"}."""
+    if path.startswith("/v2"):
+        return {"error": message}
+    body: dict[str, Any] = {"error": {"code": code, "message": message}}
+    if details is not None:
+        body["error"]["details"] = details
+    return body

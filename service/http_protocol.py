@@ -35,6 +35,8 @@ from typing import Any, ClassVar
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from service.errors import error_body
+
 log = logging.getLogger(__name__)
 
 # Routes that answer even when the server is at its global connection limit: probes and scraping must keep
@@ -43,15 +45,6 @@ UNLIMITED_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
 LINGER_S = 1.0
 LOG_EVERY_S = 10.0
 
-
-def error_body(path: str, code: str, message: str, details: Any = None) -> dict[str, Any]:
-    """Task endpoints: {"error": {"code", "message"[, "details"]}}; OIP (/v2) routes: {"error": "message"}."""
-    if path.startswith("/v2"):
-        return {"error": message}
-    body: dict[str, Any] = {"error": {"code": code, "message": message}}
-    if details is not None:
-        body["error"]["details"] = details
-    return body
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ module post-processes the generated document, centrally rather than per route:
 - two error schemas: `TaskError` (`{"error": {"code", "message", "details"}}`, task routes) and `OipError`
   (`{"error": "..."}`, /v2 routes), and per operation the error statuses it can answer, from what the route
   does (reads a body, on the work pool, names a model or version, needs the admin token);
-- request examples built from the served versions (`Family.openapi_examples`, and for OIP inference the
+- request examples built from the served versions (`FamilyPlugin.openapi_examples`, and for OIP inference the
   smallest served model's input shapes), so that "Try it out" in /docs answers 200.
 
 The document is built when first requested (the route part once, the examples per set of served versions);
@@ -26,14 +26,14 @@ from fastapi import FastAPI, routing
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 
+from families.manifest import OIP_TO_NUMPY
 from service.auth import require_admin, require_index_access
 from service.http_protocol import UNLIMITED_PATHS
-from service.manifest import OIP_TO_NUMPY
 
 if TYPE_CHECKING:
     from fastapi.dependencies.models import Dependant
 
-    from service.families.base import Family
+    from service.plugin import FamilyPlugin
     from service.repository import LoadedVersion, ModelHub
 
 log = logging.getLogger(__name__)
@@ -248,14 +248,14 @@ def _set_param_example(operation: dict[str, Any], name: str, value: str) -> None
             param["example"] = value
 
 
-def add_examples(doc: dict[str, Any], hub: ModelHub, families: dict[str, Family]) -> None:
+def add_examples(doc: dict[str, Any], hub: ModelHub, families: dict[str, FamilyPlugin]) -> None:
     paths = doc.get("paths", {})
     for family in families.values():
         served = _served_default(hub, family.name)
         if served is None:
             continue
         try:
-            examples = family.openapi_examples(served)
+            examples = family.openapi_examples(served, served.prepared)
         except Exception:  # noqa: BLE001 - a family's example must never take the documentation down
             log.exception("OpenAPI examples of %s v%d failed", served.name, served.version)
             continue
@@ -318,7 +318,7 @@ def _served_key(app: FastAPI) -> tuple[tuple[str, int], ...] | None:
     return tuple(sorted((v.name, v.version) for v in hub.serving()))
 
 
-def install_openapi(app: FastAPI, families: dict[str, Family]) -> None:
+def install_openapi(app: FastAPI, families: dict[str, FamilyPlugin]) -> None:
     """Serve the document at /openapi.json (and /docs): the base is built on first request (~0.2 s, once:
     the routes are fixed by then); the examples are added per set of served versions, once the hub is ready."""
     cache: dict[str, Any] = {}

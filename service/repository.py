@@ -25,16 +25,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from families.manifest import MANIFEST_FILE, GraphSpec, Manifest, VersionPolicy, is_version_name, verify_files
 from service import gc_tuning
 from service.batching import ComputePhases, DynamicBatcher, QueueStats, RequestContext, redact_paths, split_rows
 from service.errors import InvalidInput, NotFound, NotReady, ServiceError
-from service.manifest import MANIFEST_FILE, GraphSpec, Manifest, VersionPolicy, is_version_name, verify_files
 from service.metrics import Metrics
 from service.runtimes import Runtime, open_runtime
 from service.settings import Settings
 
 if TYPE_CHECKING:
-    from service.families.base import Family
+    from service.plugin import FamilyPlugin
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,8 @@ class LoadedVersion:
         self.device = device
         self.name = manifest.name
         self.version = manifest.version
-        self.state: dict[str, Any] = {}
+        self.state: dict[str, Any] = {}  # transitional: families not yet returning typed state
+        self.prepared: Any = None  # what the family's plug-in `prepare` returned (handlers: `Call.state`)
         self.state_dir = settings.state_dir / manifest.name / str(manifest.version)
         self.runtimes: dict[str, Runtime] = {}  # instance 0 of each graph (procedures use these)
         self.instances: dict[str, list[Runtime]] = {}  # every instance of each graph, own session each
@@ -118,7 +119,7 @@ class LoadedVersion:
             raise KeyError(f"{self.name} v{self.version} has no asset {asset_name!r}")
         return self.path / self.manifest.assets[asset_name].file
 
-    def open(self, family: Family | None) -> None:
+    def open(self, family: FamilyPlugin | None) -> None:
         if self.manifest.schema_version < 2:
             log.warning("%s v%d: manifest schema %d has no graph checksums; only assets are verified "
                         "(re-export to verify every file)", self.name, self.version, self.manifest.schema_version)
@@ -132,7 +133,7 @@ class LoadedVersion:
                                           for _ in range(self.instance_count)]
             self.runtimes[graph_name] = self.instances[graph_name][0]
         if family is not None:
-            family.prepare(self)
+            self.prepared = family.prepare(self)
         self.warm_up()
 
     def warm_up(self) -> None:
@@ -257,7 +258,7 @@ class VersionState:
 
 
 class ModelHub:
-    def __init__(self, settings: Settings, metrics: Metrics, families: dict[str, Family], device: str) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, families: dict[str, FamilyPlugin], device: str) -> None:
         self.settings = settings
         self.metrics = metrics
         self.families = families

@@ -1,4 +1,4 @@
-"""Shared fixtures: a real `python -m service` process on 127.0.0.1, and tiny model repositories."""
+"""Shared fixtures: servers (`serve`, `live_server`: real processes on 127.0.0.1; `asgi_service`: the app in\nthis process), and tiny model repositories (each family's are in tests/fixtures/)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from testkit import HOSTILE_RECORDS, LiveServer, export_tiny, train_tiny
+from testkit import HOSTILE_RECORDS, InProcessService, LiveServer, export_tiny, train_tiny
 
 # Each family's repository fixtures (and `all_families_repository`), usable from any test folder.
-pytest_plugins = ["family_fixtures"]
+pytest_plugins = ["fixtures.traffic", "fixtures.weld", "fixtures.water", "fixtures.imagecodec", "fixtures.combined"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -53,6 +53,43 @@ def live_server(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
     yield start
     for server in servers:
         server.terminate()
+
+
+@pytest.fixture(scope="module")
+def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., LiveServer]]:
+    """Module-scoped factory: `serve(repository, env={...})` is a ready `python -m service` process on
+    127.0.0.1, shared by the module's tests and stopped (SIGTERM) after them. Use `live_server` when a test
+    needs a process of its own (restarts, signals, a poisoned state)."""
+    servers: list[LiveServer] = []
+    folder = tmp_path_factory.mktemp("served")
+
+    def start(repository: Path, env: dict[str, str] | None = None, timeout: float = 180.0) -> LiveServer:
+        server = LiveServer(repository, folder / f"server-{len(servers)}.log",
+                            {"SERVICE_STATE_DIR": str(folder / f"state-{len(servers)}"), **(env or {})})
+        servers.append(server)
+        server.wait_ready(timeout)
+        return server
+
+    yield start
+    for server in servers:
+        server.terminate()
+
+
+@pytest.fixture(scope="module")
+def asgi_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., InProcessService]]:
+    """Module-scoped factory: `asgi_service(repository, **settings)` is the app in this process, called through
+    httpx's ASGITransport (validation and error paths without a subprocess per case)."""
+    services: list[InProcessService] = []
+    folder = tmp_path_factory.mktemp("asgi")
+
+    def start(repository: Path, **settings: object) -> InProcessService:
+        service = InProcessService(repository, folder / f"state-{len(services)}", **settings)
+        services.append(service)
+        return service
+
+    yield start
+    for service in services:
+        service.close()
 
 
 @pytest.fixture(scope="session")

@@ -75,6 +75,56 @@ def running_server(repository: Path, log_path: Path, env: dict[str, str] | None 
         server.terminate()
 
 
+class InProcessService:
+    """The app in this process behind httpx's `ASGITransport`: no socket, no subprocess, for the validation
+    and error paths. The app's lifespan (model loading, work pool) runs on an event loop in a thread of its
+    own, and `get`/`post`/`request` are synchronous like `httpx.Client`. What needs a real server (batching
+    under concurrency, disconnects, SIGTERM, connection limits, Prometheus, tritonclient) uses LiveServer."""
+
+    def __init__(self, repository: Path, state_dir: Path, timeout: float = 180.0, **settings: object) -> None:
+        import asyncio
+        import threading
+
+        from service.app import create_app
+        from service.settings import Settings
+
+        self.app = create_app(Settings(model_repository=repository, state_dir=state_dir, device="cpu",
+                                       cpu_threads=1, gc_freeze=False, **settings))
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="asgi-app", daemon=True)
+        self._thread.start()
+        self._lifespan = self.app.router.lifespan_context(self.app)
+        self._run(self._lifespan.__aenter__(), timeout)
+        self._client = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://asgi",
+                                         timeout=60)
+        deadline = time.monotonic() + timeout
+        while self.get("/v2/health/ready").status_code != 200:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"not ready after {timeout}s: {self.get('/v2/repository/index').text[:2000]}")
+            time.sleep(0.05)
+
+    def _run(self, coroutine, timeout: float = 120.0):
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
+
+    def request(self, method: str, url: str, **kwargs) -> httpx.Response:
+        return self._run(self._client.request(method, url, **kwargs))
+
+    def get(self, url: str, **kwargs) -> httpx.Response:
+        return self.request("GET", url, **kwargs)
+
+    def post(self, url: str, **kwargs) -> httpx.Response:
+        return self.request("POST", url, **kwargs)
+
+    def close(self) -> None:
+        self._run(self._client.aclose())
+        self._run(self._lifespan.__aexit__(None, None, None))
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+
 def stop_process(process: subprocess.Popen, timeout: float) -> int:
     """SIGTERM, then SIGKILL if it has not exited within `timeout` seconds; returns the exit code."""
     if process.poll() is None:

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from export.core import AssetFile, ExportPlan, GraphExport
-from service.families.imagecodec.codec import GRAPH_INPUTS, GRAPH_OUTPUTS, MAX_ASPECT, PAD_MULTIPLE, encode
-from service.manifest import Batching, VersionPolicy
+from families.imagecodec.codec import GRAPH_INPUTS, GRAPH_OUTPUTS, MAX_ASPECT, PAD_MULTIPLE, encode
+from families.manifest import Batching, VersionPolicy
 from training.imagecodec.model import count_parameters, state_hash
 from training.imagecodec.networks import TorchNetworks, build_tables, codec_model, graph_modules
 from training.imagecodec.train import load_checkpoint

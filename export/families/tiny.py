@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from export.core import ExportPlan, GraphExport
-from service.manifest import Batching
+from families.manifest import Batching
 from training.tiny.model import TinyConfig, TinyRegressor
 
 

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from export.core import ExportPlan, GraphExport
-from service.families.traffic.preprocessing import STEP_SECONDS, Scaler, build_features
+from families.manifest import Batching
+from families.traffic.preprocessing import STEP_SECONDS, Scaler, build_features
 from service.families.traffic.quality import training_statistics
-from service.manifest import Batching
 from training.traffic.train import load_checkpoint
 
 TASK = "traffic-forecast"

@@ -3,7 +3,7 @@
 Inputs (B = batch): precip/soil/temp [B, T, H, W] FP32, evap/riverflow [B, T_v] FP32, static [B, 11] FP32
 (all normalised with the manifest's `preprocessing.stats`; hidden values are ignored, send 0 -- unless the
 manifest's `preprocessing.prior_fill` is true: then every value of a hidden patch / step must hold
-`service.families.water.preprocessing.gap_prior` of the visible values, which the decoders correct), and
+`families.water.preprocessing.gap_prior` of the visible values, which the decoders correct), and
 precip_mask/soil_mask/temp_mask [B, T, H/p, W/p] BOOL, evap_mask/riverflow_mask [B, T_v] BOOL (True =
 hidden patch / step). Outputs: the five completed fields, normalised, visible tokens copied from the input.
 Hidden tokens are removed by attention masks inside the graph, so every masking pattern and visible count
@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 from export.core import ExportPlan, GraphExport
-from service.families.water.preprocessing import STATIC_NAMES, UNITS
+from families.manifest import Batching
+from families.water.preprocessing import STATIC_NAMES, UNITS
 from service.families.water.quality import training_statistics
-from service.manifest import Batching
 from training.water.config import IMAGE_MODALITIES, MODALITIES, VECTOR_MODALITIES, WaterConfig
 from training.water.model import DenseReconstructor
 from training.water.train import load_checkpoint

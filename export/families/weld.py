@@ -14,11 +14,11 @@ import numpy as np
 import torch
 
 from export.core import AssetFile, ExportError, ExportPlan, GraphExport
-from service.families.weld.classes import CLASSES
-from service.families.weld.knn import METRICS
-from service.families.weld.preprocessing import MODALITIES
+from families.manifest import Batching
+from families.weld.classes import CLASSES
+from families.weld.knn import METRICS
+from families.weld.preprocessing import MODALITIES
 from service.families.weld.quality import manifest_quality
-from service.manifest import Batching
 from training.weld.evaluate import load_checkpoint
 from training.weld.model import EmbeddingGraph
 

@@ -12,8 +12,8 @@ from fastapi.responses import JSONResponse
 
 from service import __version__
 from service.auth import require_admin, require_index_access
+from service.dataplane import hub_of, request_context, workpool_of
 from service.errors import BadRequest, InvalidInput, PayloadTooLarge, ServiceError, UnsupportedMediaType
-from service.families.base import hub_of, request_context, workpool_of
 from service.oip.tensors import HEADER_LENGTH, decode_inputs, encode_response, parse_json, requested_outputs, split_body
 from service.repository import LoadedVersion, LoadFailed
 

@@ -13,8 +13,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from service.batching import PhaseStats, QueueStats
+from service.dataplane import hub_of
 from service.errors import BadRequest
-from service.families.base import hub_of
 from service.repository import LoadedVersion
 
 router = APIRouter(prefix="/v2/models", tags=["Open Inference Protocol v2"])

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from families.manifest import NUMPY_TO_OIP, OIP_TO_NUMPY
 from service.errors import BadRequest, InvalidInput
-from service.manifest import NUMPY_TO_OIP, OIP_TO_NUMPY
 
 HEADER_LENGTH = "inference-header-content-length"
 # Python's json writes NaN/Infinity for non-finite floats (tritonclient's JSON tensors do): accepted, so that

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from service.manifest import GraphSpec
+from families.manifest import GraphSpec
 from service.runtimes.base import Runtime, resolve_device
 
 __all__ = ["Runtime", "open_runtime", "resolve_device"]

@@ -5,8 +5,8 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
+from families.manifest import GraphSpec
 from service.errors import BadRequest
-from service.manifest import GraphSpec
 
 # A run that passed the signature check can still fail on the input itself: a spatial size too small for a
 # kernel, shapes that do not broadcast, an index outside a table. Those are the client's (400); anything

@@ -7,7 +7,7 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
-from service.manifest import GraphSpec
+from families.manifest import GraphSpec
 from service.runtimes.base import Runtime, device_index, input_fault
 
 _STATUS_PREFIX = "[ONNXRuntimeError] : "

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from service.manifest import GraphSpec
+from families.manifest import GraphSpec
 from service.runtimes.base import Runtime, input_fault
 
 

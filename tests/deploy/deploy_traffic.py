@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from service.manifest import Manifest
+from families.manifest import Manifest
 
 SKIP_PREFIXES = ("/v2", "/metrics", "/docs", "/redoc", "/openapi")
 

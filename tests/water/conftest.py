@@ -1,4 +1,4 @@
-"""Water fixtures: `water_trained` and `water_repository` live in tests/family_fixtures.py (shared with the
+"""Water tests run torch on one thread per module (the fixtures live in tests/fixtures/water.py, shared with the
 tests that serve every family at once); only the per-module torch thread setting stays here."""
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from service.families.imagecodec.codec import decode, encode
+from families.imagecodec.codec import decode, encode
 from training.imagecodec.data import folder_images, heldout_photos
 from training.imagecodec.networks import TorchNetworks, codec_model
 from training.imagecodec.train import load_checkpoint

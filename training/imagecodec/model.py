@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from service.families.imagecodec.schedule import NUM_STEPS, STEP_FACTOR, known_before, step_masks
-from service.families.imagecodec.tables import SCALE_MAX, SCALE_MIN
+from families.imagecodec.schedule import NUM_STEPS, STEP_FACTOR, known_before, step_masks
+from families.imagecodec.tables import SCALE_MAX, SCALE_MIN
 from training.imagecodec.config import CodecConfig
 from training.imagecodec.layers import CrossAttentionCell, ResBlock, RWKVBlock, RWKVCell
 

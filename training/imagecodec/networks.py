@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from service.families.imagecodec.codec import GRAPH_INPUTS, GRAPH_OUTPUTS, CodecModel
-from service.families.imagecodec.tables import PmfTables
+from families.imagecodec.codec import GRAPH_INPUTS, GRAPH_OUTPUTS, CodecModel
+from families.imagecodec.tables import PmfTables
 from training.imagecodec.model import ImageCodec, state_hash
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.families.traffic.preprocessing import STEP_SECONDS
+from families.traffic.preprocessing import STEP_SECONDS
 from training.traffic.data import X_OFFSETS, Y_OFFSETS, TrafficData
 
 SLOTS_PER_DAY = 86400 // STEP_SECONDS

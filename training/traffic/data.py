@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from service.families.traffic.preprocessing import Scaler, build_features, feature_names
+from families.traffic.preprocessing import Scaler, build_features, feature_names
 
 X_OFFSETS = np.arange(-11, 1)
 Y_OFFSETS = np.arange(1, 13)

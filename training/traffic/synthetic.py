@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from scipy.sparse.csgraph import shortest_path
 
-from service.families.traffic.preprocessing import STEP_SECONDS
+from families.traffic.preprocessing import STEP_SECONDS
 
 SPEED_FILE = "metr-la.h5"
 ADJ_FILE = "adj_mx.pkl"

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import yaml
 
-from service.families.traffic.preprocessing import STEP_SECONDS
+from families.traffic.preprocessing import STEP_SECONDS
 from training.checkpoints import save_atomic
 from training.threads import torch_threads
 from training.traffic import synthetic

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from service.families.water.preprocessing import IMAGE_MODALITIES, MODALITIES
+from families.water.preprocessing import IMAGE_MODALITIES, MODALITIES
 
 BASELINES: tuple[str, ...] = ("climatology", "linear_time", "nearest")
 

@@ -47,7 +47,7 @@ class WaterConfig:
     # Training masks (masking.training_masks): "random" = the spec's MAE masks, mask_ratio of every modality's
     # tokens; "mixed" = random, missing days and missing region per sample (what the served model learned).
     mask_schedule: str = "mixed"
-    # Hidden input values carry a simple gap-filling prior (service.families.water.preprocessing.gap_prior:
+    # Hidden input values carry a simple gap-filling prior (families.water.preprocessing.gap_prior:
     # linear in time, else nearest visible pixel, else nearest day, else the mean); the decoders see it at
     # their queries and predict a correction to it (residual), so the model starts at the best simple fill.
     prior_fill: bool = False

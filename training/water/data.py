@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from service.families.water.preprocessing import IMAGE_MODALITIES, MODALITIES, STATIC_NAMES, VECTOR_MODALITIES
+from families.water.preprocessing import IMAGE_MODALITIES, MODALITIES, STATIC_NAMES, VECTOR_MODALITIES
 
 SPINUP_DAYS = 15
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.families.water.preprocessing import (
+from families.water.preprocessing import (
     IMAGE_MODALITIES,
     MODALITIES,
     NormStats,

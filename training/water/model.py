@@ -6,7 +6,7 @@ index tensors `idx` [B, L] plus `pad` [B, L] (True = padding), so visible counts
 Passing `idx=None` means "all N positions" with `pad` = hidden; attention then ignores hidden tokens
 exactly as if they had been removed (used by the exported graph, which takes full fields plus masks).
 With `prior_fill`, the token values at hidden positions are not ignored: they hold the gap-filling prior
-(service.families.water.preprocessing.gap_prior), which the decoders embed at their queries and correct.
+(families.water.preprocessing.gap_prior), which the decoders embed at their queries and correct.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.families.water.preprocessing import IMAGE_MODALITIES, MODALITIES, NormStats, fill_hidden
+from families.water.preprocessing import IMAGE_MODALITIES, MODALITIES, NormStats, fill_hidden
 from training.checkpoints import save_atomic
 from training.water import data as water_data
 from training.water.baselines import climatology_table

@@ -12,7 +12,7 @@ import copy
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from service.families.weld.preprocessing import PreprocessParams
+from families.weld.preprocessing import PreprocessParams
 
 
 @dataclass

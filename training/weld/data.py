@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from service.families.weld.classes import CLASSES, match_class
-from service.families.weld.preprocessing import (
+from families.weld.classes import CLASSES, match_class
+from families.weld.preprocessing import (
     MODALITIES,
     ModalityError,
     PreprocessParams,

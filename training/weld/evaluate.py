@@ -20,9 +20,9 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
-from service.families.weld.classes import CLASSES
-from service.families.weld.knn import METRICS, knn_search
-from service.families.weld.preprocessing import MODALITIES
+from families.weld.classes import CLASSES
+from families.weld.knn import METRICS, knn_search
+from families.weld.preprocessing import MODALITIES
 from training.weld.config import WeldConfig
 from training.weld.data import WeldDataset, check_session_leakage, collate, read_manifest, split_records
 from training.weld.model import WeldEmbeddingModel, build_model

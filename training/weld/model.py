@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import ASTConfig, ASTModel, Dinov2Config, Dinov2Model, VJEPA2Config, VJEPA2Model
 
-from service.families.weld.preprocessing import PreprocessParams
+from families.weld.preprocessing import PreprocessParams
 from training.weld.config import ModelConfig
 
 

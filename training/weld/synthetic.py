@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from service.families.weld.classes import CLASSES
-from service.families.weld.preprocessing import CSV_HEADER
+from families.weld.classes import CLASSES
+from families.weld.preprocessing import CSV_HEADER
 
 VIDEO_W, VIDEO_H, VIDEO_FRAMES, VIDEO_FPS = 64, 48, 12, 30
 PHOTO_W, PHOTO_H = 100, 45  # 2000 x 900 scaled by 1/20

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from service.families.weld.classes import CLASSES
-from service.families.weld.preprocessing import MODALITIES
-from service.storage import atomic_write_bytes
+from families.storage import atomic_write_bytes
+from families.weld.classes import CLASSES
+from families.weld.preprocessing import MODALITIES
 from training.checkpoints import save_atomic
 from training.weld.config import WeldConfig, get_config
 from training.weld.data import (

@@ -4,7 +4,3 @@ Model naming: one model per quality level, `imagecodec-q1` .. `imagecodec-q6` (h
 `make serve` ships the default model `imagecodec` (one quality level). Routes: POST /image/compress,
 POST /image/decompress (see routes.py).
 """
-
-from service.families import lazy_family
-
-__getattr__ = lazy_family(__name__, "service.families.imagecodec.family:ImageCodecFamily")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.families.base import Family
+from service.plugin import FamilyPlugin as Family  # transitional
 
 
 class ImageCodecFamily(Family):
@@ -19,3 +19,4 @@ class ImageCodecFamily(Family):
         from service.families.imagecodec.routes import prepare_version
 
         prepare_version(version)
+PLUGIN = ImageCodecFamily()

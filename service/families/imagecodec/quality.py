@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from service.families.imagecodec.codec import CodecInfo, CodecModel, Networks, decode
+from families.imagecodec.codec import CodecInfo, CodecModel, Networks, decode
 
 if TYPE_CHECKING:
     from service.metrics import QualityMetrics

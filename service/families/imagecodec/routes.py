@@ -20,10 +20,8 @@ import numpy as np
 from fastapi import APIRouter, Query, Request, Response
 from starlette.datastructures import UploadFile
 
-from service.errors import BadRequest, InvalidInput, NotFound, PayloadTooLarge, UnsupportedMediaType
-from service.families.base import hub_of, request_context, resolve_version, workpool_of
-from service.families.imagecodec.bitstream import BitstreamError, StreamHeader
-from service.families.imagecodec.codec import (
+from families.imagecodec.bitstream import BitstreamError, StreamHeader
+from families.imagecodec.codec import (
     MAX_ASPECT,
     CodecModel,
     PreparedStream,
@@ -34,9 +32,11 @@ from service.families.imagecodec.codec import (
     encode,
     prepare_stream,
 )
+from families.imagecodec.tables import PmfTables
+from service.dataplane import hub_of, request_context, resolve_version, workpool_of
+from service.errors import BadRequest, InvalidInput, NotFound, PayloadTooLarge, UnsupportedMediaType
 from service.families.imagecodec.quality import STATE_KEY as QUALITY_KEY
 from service.families.imagecodec.quality import CodecQuality
-from service.families.imagecodec.tables import PmfTables
 
 FAMILY_NAME = "imagecodec"
 TABLES_ASSET = "pmf_tables.npz"

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter
 
-from service.families.base import Family
 from service.families.traffic.routes import STATE_KEY, TrafficSpec, build_router, spec_of
+from service.plugin import FamilyPlugin as Family  # transitional
 
 if TYPE_CHECKING:
     from service.repository import LoadedVersion
@@ -42,5 +42,6 @@ class TrafficFamily(Family):
                              f"{len(spec.sensor_ids)} sensors of the manifest")
         version.state[STATE_KEY] = spec
 
-    def openapi_examples(self, version: LoadedVersion) -> dict[str, Any]:
+    def openapi_examples(self, version: LoadedVersion, state: Any = None) -> dict[str, Any]:
         return {"/traffic/forecast": forecast_example(spec_of(version))}
+PLUGIN = TrafficFamily()

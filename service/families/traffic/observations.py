@@ -12,8 +12,8 @@ import numpy as np
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from service.families.base import json_body_openapi, parse_json_body, request_context, resolve_version, workpool_of
-from service.families.traffic.preprocessing import MAX_TIMESTAMP, MIN_TIMESTAMP
+from families.traffic.preprocessing import MAX_TIMESTAMP, MIN_TIMESTAMP
+from service.dataplane import json_body_openapi, parse_json_body, request_context, resolve_version, workpool_of
 from service.families.traffic.quality import OUTCOMES, store_for
 from service.families.traffic.routes import MAX_SPEED, _fail, _wall_clock, spec_of
 from service.families.traffic.schemas import MAX_SENSORS, MAX_WINDOWS

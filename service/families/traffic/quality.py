@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from service.families.traffic.preprocessing import NULL_VALUE
+from families.traffic.preprocessing import NULL_VALUE
 from service.quality.drift import DriftRecorder, bernoulli_std
 
 if TYPE_CHECKING:

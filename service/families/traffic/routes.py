@@ -17,15 +17,7 @@ import numpy as np
 from fastapi import APIRouter, Query, Request, Response
 from pydantic_core import to_json
 
-from service.errors import InvalidInput
-from service.families.base import (
-    json_body_openapi,
-    parse_json_body,
-    request_context,
-    resolve_version,
-    workpool_of,
-)
-from service.families.traffic.preprocessing import (
+from families.traffic.preprocessing import (
     FEATURE_DAY_OF_WEEK,
     FEATURE_SPEED,
     FEATURE_TIME_OF_DAY,
@@ -34,6 +26,14 @@ from service.families.traffic.preprocessing import (
     Scaler,
     build_features,
 )
+from service.dataplane import (
+    json_body_openapi,
+    parse_json_body,
+    request_context,
+    resolve_version,
+    workpool_of,
+)
+from service.errors import InvalidInput
 from service.families.traffic.quality import ForecastStore, store_for
 from service.families.traffic.schemas import (
     MAX_WINDOWS,

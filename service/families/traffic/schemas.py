@@ -6,7 +6,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from service.families.traffic.preprocessing import MAX_TIMESTAMP, MIN_TIMESTAMP
+from families.traffic.preprocessing import MAX_TIMESTAMP, MIN_TIMESTAMP
 
 MAX_WINDOWS = 64
 MAX_SENSORS = 20_000

@@ -21,16 +21,7 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_core import to_json
 
-from service.errors import InvalidInput
-from service.families.base import (
-    Family,
-    json_body_openapi,
-    parse_json_body,
-    request_context,
-    resolve_version,
-    workpool_of,
-)
-from service.families.water.preprocessing import (
+from families.water.preprocessing import (
     IMAGE_MODALITIES,
     MODALITIES,
     STATIC_NAMES,
@@ -40,8 +31,17 @@ from service.families.water.preprocessing import (
     fill_hidden,
     patch_mask,
 )
+from service.dataplane import (
+    json_body_openapi,
+    parse_json_body,
+    request_context,
+    resolve_version,
+    workpool_of,
+)
+from service.errors import InvalidInput
 from service.families.water.quality import STATE_KEY as QUALITY_KEY
 from service.families.water.quality import SelfCheck, WaterQuality
+from service.plugin import FamilyPlugin as Family  # transitional
 
 if TYPE_CHECKING:
     from service.repository import LoadedVersion
@@ -326,7 +326,7 @@ class WaterFamily(Family):
     def prepare(self, version: LoadedVersion) -> None:
         version.state["spec"] = WaterSpec.from_preprocessing(version.manifest.preprocessing)
 
-    def openapi_examples(self, version: LoadedVersion) -> dict[str, Any]:
+    def openapi_examples(self, version: LoadedVersion, state: Any = None) -> dict[str, Any]:
         return {"/water/reconstruct": reconstruct_example(version.state["spec"])}
 
     def router(self) -> APIRouter:
@@ -357,3 +357,4 @@ class WaterFamily(Family):
             return Response(content, media_type="application/json")
 
         return router
+PLUGIN = WaterFamily()

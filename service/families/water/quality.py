@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from service.families.water.preprocessing import IMAGE_MODALITIES, MODALITIES, expand_patch_mask, patch_mask
+from families.water.preprocessing import IMAGE_MODALITIES, MODALITIES, expand_patch_mask, patch_mask
 from service.quality.drift import DriftRecorder, bernoulli_std
 
 if TYPE_CHECKING:

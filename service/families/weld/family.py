@@ -33,8 +33,26 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from families.weld.classes import CLASSES, match_class
+from families.weld.knn import METRICS
+from families.weld.preprocessing import (
+    MODALITIES,
+    MediaTooLarge,
+    ModalityError,
+    PreprocessParams,
+    SampleFiles,
+    preprocess_sample,
+    warm_up,
+)
 from service.auth import require_admin
 from service.batching import ClientDisconnected, RequestContext
+from service.dataplane import (
+    _validate_json,
+    json_body_openapi,
+    request_context,
+    resolve_version,
+    workpool_of,
+)
 from service.errors import (
     BadRequest,
     Conflict,
@@ -44,30 +62,12 @@ from service.errors import (
     ServiceError,
     UnsupportedMediaType,
 )
-from service.families.base import (
-    Family,
-    _validate_json,
-    json_body_openapi,
-    request_context,
-    resolve_version,
-    workpool_of,
-)
-from service.families.weld.classes import CLASSES, match_class
 from service.families.weld.gallery import DuplicateIds, GalleryStore
 from service.families.weld.jsontensors import sample_error as _fail
 from service.families.weld.jsontensors import split_tensor_body
-from service.families.weld.knn import METRICS
-from service.families.weld.preprocessing import (
-    MODALITIES,
-    MediaTooLarge,
-    ModalityError,
-    PreprocessParams,
-    SampleFiles,
-    preprocess_sample,
-    warm_up,
-)
 from service.families.weld.quality import STATE_KEY as QUALITY_KEY
 from service.families.weld.quality import WeldQuality, search_and_record, threshold_from
+from service.plugin import FamilyPlugin as Family  # transitional
 
 if TYPE_CHECKING:
     from service.repository import LoadedVersion
@@ -345,7 +345,7 @@ def classify_example(params: PreprocessParams) -> dict[str, Any] | None:
 class WeldFamily(Family):
     name = "weld"
 
-    def openapi_examples(self, version: LoadedVersion) -> dict[str, Any]:
+    def openapi_examples(self, version: LoadedVersion, state: Any = None) -> dict[str, Any]:
         example = classify_example(_state(version).params)
         return {} if example is None else {"/weld/classify": example}
 
@@ -439,3 +439,4 @@ class WeldFamily(Family):
                     "per_class": {CLASSES[c]: int(n) for c, n in enumerate(counts) if n}}
 
         return router
+PLUGIN = WeldFamily()

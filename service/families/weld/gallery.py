@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from service.storage import atomic_write_bytes
+from families.storage import atomic_write_bytes
 
 ENROLLED_FILE = "enrolled.npz"
 
@@ -44,7 +44,7 @@ class GallerySnapshot:
 
     def search(self, queries: np.ndarray, k: int, metric: str, num_classes: int):
         """Exact k-NN of `queries` in this snapshot (see knn.knn_search)."""
-        from service.families.weld.knn import knn_search
+        from families.weld.knn import knn_search
 
         cosine = metric == "cosine"
         return knn_search(queries, self.unit_t if cosine else self.embeddings, self.labels, k, metric, num_classes,

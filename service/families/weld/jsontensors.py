@@ -18,8 +18,8 @@ from math import prod
 
 import numpy as np
 
+from families.weld.preprocessing import ModalityError, check_finite, check_tensor
 from service.errors import BadRequest, InvalidInput, PayloadTooLarge
-from service.families.weld.preprocessing import ModalityError, check_finite, check_tensor
 
 MAX_SKELETON_BYTES = 1 << 20  # everything but the tensors: 64 samples of ids and labels fit many times over
 _STRUCTURE = re.compile(rb'["\[\]{}]')

@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from service.families.weld.knn import pairwise_distance
+from families.weld.knn import pairwise_distance
 from service.quality.drift import RecentRatio
 
 if TYPE_CHECKING:
+    from families.weld.knn import KnnResult
     from service.families.weld.gallery import GallerySnapshot
-    from service.families.weld.knn import KnnResult
     from service.metrics import QualityMetrics
 
 QUANTILE = 0.99

@@ -1,0 +1,1 @@
+"""Learned image compression, the shared part: the coding procedure, bitstream, schedule and pmf tables."""

@@ -1,0 +1,1 @@
+"""The tiny test model, the shared part: its (empty) manifest contract."""

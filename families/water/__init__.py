@@ -1,0 +1,1 @@
+"""Water reconstruction, the shared part: modalities, normalisation, masks and the gap prior."""

@@ -1,0 +1,25 @@
+"""The tiny family's plug-in: nothing to prepare (the graph is the whole model)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from families.tiny.contract import Preprocessing
+from service.families.tiny.routes import router
+from service.plugin import FamilyPlugin
+
+if TYPE_CHECKING:
+    from service.repository import LoadedVersion
+
+
+class TinyPlugin(FamilyPlugin[Preprocessing]):
+    name = "tiny"
+
+    def __init__(self) -> None:
+        self.router = router
+
+    def prepare(self, version: LoadedVersion) -> Preprocessing:
+        return version.manifest.preprocessing_as(Preprocessing)
+
+
+PLUGIN = TinyPlugin()
