@@ -18,11 +18,12 @@ import time
 from pathlib import Path
 
 from export.core import publish
+from families import registry
 from families.manifest import MANIFEST_FILE, Manifest, sha256_file
 
 log = logging.getLogger("export.defaults")
 
-FAMILIES = ("traffic", "weld", "water", "imagecodec")
+FAMILIES = ("traffic", "weld", "water", "imagecodec")  # the registered families that ship a default model
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = ROOT / "models"
 
@@ -65,9 +66,9 @@ def build_family(family: str, repository: Path, workdir: Path) -> list[Path]:
         return [install_committed(m.parent, repository) for m in committed
                 if not (repository / Manifest.read(m.parent).name / m.parent.name).exists()]
     training = importlib.import_module(f"training.{family}.default")
-    exporter = importlib.import_module(f"export.families.{family}")
     checkpoint = training.build_default(workdir / family)
-    return [publish(exporter.plan_from_checkpoint(checkpoint), repository, family)]
+    plan = registry.family(family).load("export").plan_from_checkpoint(checkpoint, {})
+    return [publish(plan, repository, family)]
 
 
 def family_available(family: str) -> bool:

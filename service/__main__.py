@@ -1,14 +1,14 @@
 """`python -m service`: run the service with uvicorn (HOST/PORT env, defaults 127.0.0.1:8000).
 
-Connection limits come from `service.settings.Settings` (SERVICE_MAX_CONNECTIONS, ..._PER_CLIENT,
-SERVICE_MAX_HEADER_BYTES, SERVICE_HEADER_TIMEOUT_S) and are enforced by `service.http_protocol`.
+Every default comes from `service.settings.Settings`; the command-line flags override them. Connection limits
+(SERVICE_MAX_CONNECTIONS, ..._PER_CLIENT, SERVICE_MAX_HEADER_BYTES, SERVICE_HEADER_TIMEOUT_S) are enforced by
+`service.http_protocol`.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 
 import uvicorn
 
@@ -23,14 +23,14 @@ def connection_limits(settings: Settings) -> ConnectionLimits:
 
 
 def main() -> None:
+    settings = Settings()
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
-    parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "info"))
-    parser.add_argument("--graceful-timeout", type=float, default=float(os.environ.get("GRACEFUL_TIMEOUT_S", "60")),
+    parser.add_argument("--host", default=settings.host)
+    parser.add_argument("--port", type=int, default=settings.port)
+    parser.add_argument("--log-level", default=settings.log_level)
+    parser.add_argument("--graceful-timeout", type=float, default=settings.graceful_timeout_s,
                         help="seconds to finish accepted requests after SIGTERM")
     args = parser.parse_args()
-    settings = Settings()
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(
         "service.app:create_app",
@@ -43,7 +43,7 @@ def main() -> None:
         # limit_concurrency, which would also refuse health probes).
         http=guarded_protocol(connection_limits(settings)),
         server_header=False,
-        access_log=os.environ.get("ACCESS_LOG", "0") == "1",
+        access_log=settings.access_log,
     )
 
 

@@ -29,6 +29,7 @@ from service.oip.stats import router as stats_router
 from service.openapi import install_openapi
 from service.repository import ModelHub
 from service.runtimes import resolve_device
+from service.runtimes.torchscript import apply_process_settings
 from service.settings import Settings
 from service.workpool import WorkPool
 
@@ -165,6 +166,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        apply_process_settings(settings.cpu_threads)
         gc_tuning.apply_thresholds(gc_tuning.parse_thresholds(settings.gc_thresholds))
         metrics.gc_pauses.install()
         if settings.gc_freeze:

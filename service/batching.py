@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Generic, TypeVar
 
 from service.errors import DeadlineExceeded, InferenceFailed, NotReady, Overloaded, ServiceError
@@ -161,6 +162,14 @@ class RequestContext:
         return cls(deadline=time.monotonic() + timeout_s)
 
 
+class ItemState(StrEnum):
+    """A queued request's life: QUEUED -> RUNNING (in a batch) | DROPPED (deadline, disconnect, cancel)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DROPPED = "dropped"
+
+
 @dataclass(eq=False)
 class _Item(Generic[P]):
     payload: P
@@ -169,7 +178,7 @@ class _Item(Generic[P]):
     deadline: float
     future: asyncio.Future
     enqueued_at: float = 0.0
-    state: str = "queued"  # queued -> running | dropped
+    state: ItemState = ItemState.QUEUED
 
 
 @dataclass
@@ -356,14 +365,14 @@ class DynamicBatcher(Generic[P, R]):
 
     def _expire(self, item: _Item[P]) -> None:
         # A computing item is delivered anyway: the work is done.
-        if item.state == "queued" and not item.future.done():
+        if item.state is ItemState.QUEUED and not item.future.done():
             self._drop(item, "deadline", "timeout")
             item.future.set_exception(DeadlineExceeded(
                 f"deadline passed after {time.monotonic() - item.enqueued_at:.3f}s in the queue of {self._name}; "
                 "the request was not computed"))
 
     def _disconnected(self, item: _Item[P]) -> None:
-        if item.state == "queued" and not item.future.done():
+        if item.state is ItemState.QUEUED and not item.future.done():
             self._drop(item, "disconnected", "cancelled")
             item.future.set_exception(ClientDisconnected("client disconnected before its batch started"))
 
@@ -377,9 +386,9 @@ class DynamicBatcher(Generic[P, R]):
         self.stats.fail.add(waited_s)
 
     def _drop(self, item: _Item[P], reason: str, outcome: str) -> None:
-        if item.state != "queued":
+        if item.state is not ItemState.QUEUED:
             return
-        item.state = "dropped"
+        item.state = ItemState.DROPPED
         self._queued -= 1
         self._m_depth.set(self._queued)
         self._reject(reason, outcome, time.monotonic() - item.enqueued_at)
@@ -407,7 +416,7 @@ class DynamicBatcher(Generic[P, R]):
     async def _gather(self, head: _Item[P]) -> None:
         """Wait until the head's batch is full, its delay is over, or (adaptive) no company is expected."""
         send_at = head.enqueued_at + self.max_queue_delay_s
-        while not self._closing and head.state == "queued" and self._ready_rows(head.key) < self.max_batch_size:
+        while not self._closing and head.state is ItemState.QUEUED and self._ready_rows(head.key) < self.max_batch_size:
             now = time.monotonic()
             remaining = send_at - now
             if remaining <= 0:
@@ -426,11 +435,11 @@ class DynamicBatcher(Generic[P, R]):
         self._wake.set()
 
     def _purge_head(self) -> None:
-        while self._queue and self._queue[0].state != "queued":
+        while self._queue and self._queue[0].state is not ItemState.QUEUED:
             self._queue.popleft()
 
     def _ready_rows(self, key: Hashable) -> int:
-        return sum(i.rows for i in self._queue if i.state == "queued" and i.key == key)
+        return sum(i.rows for i in self._queue if i.state is ItemState.QUEUED and i.key == key)
 
     def _take_batch(self, now: float) -> list[_Item[P]]:
         self._purge_head()
@@ -441,7 +450,7 @@ class DynamicBatcher(Generic[P, R]):
         rows = 0
         kept: deque[_Item[P]] = deque()
         for item in self._queue:
-            if item.state != "queued":
+            if item.state is not ItemState.QUEUED:
                 continue
             if now >= item.deadline:
                 self._drop(item, "deadline", "timeout")
@@ -454,7 +463,7 @@ class DynamicBatcher(Generic[P, R]):
                 kept.append(item)
         self._queue = kept
         for item in batch:
-            item.state = "running"
+            item.state = ItemState.RUNNING
             self._m_wait.observe(now - item.enqueued_at)
             self.stats.queue.add(now - item.enqueued_at)
         self._queued = len(kept)

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -112,6 +113,16 @@ class LoadedVersion:
         # its own session, so batch k+1 computes while batch k is split and answered.
         self.executor = ThreadPoolExecutor(max_workers=self.instance_count,
                                            thread_name_prefix=f"{self.name}-v{self.version}")
+
+    @property
+    def settings(self) -> Settings:
+        """The service's settings (a plug-in's `prepare` reads its family's knobs, e.g. quality fractions)."""
+        return self._settings
+
+    @property
+    def metrics(self) -> Metrics:
+        """The service's metrics (a plug-in's `prepare` builds its quality recorders on `metrics.quality`)."""
+        return self._metrics
 
     # ---- loading (worker thread) -------------------------------------------------------------------
     def asset_path(self, asset_name: str) -> Path:
@@ -251,9 +262,18 @@ def _tensor_batch_runner(runtime: Runtime, phases: ComputePhases) -> Callable[[l
     return run
 
 
+class VersionStatus(StrEnum):
+    """A model version's state, as the OIP repository index names it."""
+
+    LOADING = "LOADING"
+    READY = "READY"
+    UNLOADING = "UNLOADING"
+    UNAVAILABLE = "UNAVAILABLE"
+
+
 @dataclass
 class VersionState:
-    state: str  # READY, LOADING, UNAVAILABLE, UNLOADING
+    state: VersionStatus
     reason: str = ""
 
 
@@ -437,7 +457,7 @@ class ModelHub:
             self._retire(kept.pop(version))
 
     async def _build(self, name: str, version: int) -> LoadedVersion:
-        self._states[(name, version)] = VersionState("LOADING")
+        self._states[(name, version)] = VersionState(VersionStatus.LOADING)
         started = time.perf_counter()
         path = self.root / name / str(version)
         try:
@@ -452,7 +472,7 @@ class ModelHub:
             # The full message (paths included) goes to the log; clients get it without paths.
             log.error("model %s v%d failed to load from %s: %s: %s", name, version, path, type(exc).__name__, exc)
             reason = redact_paths(f"{type(exc).__name__}: {exc}")
-            self._states[(name, version)] = VersionState("UNAVAILABLE", reason)
+            self._states[(name, version)] = VersionState(VersionStatus.UNAVAILABLE, reason)
             self.metrics.model_ready.labels(name, str(version)).set(0)
             self.metrics.load_failures.labels(name, str(version)).inc()
             raise LoadFailed(f"model {name!r} version {version} failed to load: {reason}") from exc
@@ -460,18 +480,18 @@ class ModelHub:
             gc_tuning.freeze(f"loading {name} v{version}")  # keep its sessions out of later collections
         self.metrics.load_duration.labels(name, str(version)).observe(time.perf_counter() - started)
         self.metrics.model_ready.labels(name, str(version)).set(1)
-        self._states[(name, version)] = VersionState("READY")
+        self._states[(name, version)] = VersionState(VersionStatus.READY)
         log.info("loaded %s v%d on %s in %.1fs", name, version, self.device, time.perf_counter() - started)
         return loaded
 
     def _retire(self, loaded: LoadedVersion) -> None:
         key = (loaded.name, loaded.version)
-        self._states[key] = VersionState("UNLOADING")
+        self._states[key] = VersionState(VersionStatus.UNLOADING)
         self.metrics.model_ready.labels(loaded.name, str(loaded.version)).set(0)
 
         async def retire() -> None:
             await loaded.drain()
-            self._states[key] = VersionState("UNAVAILABLE", "unloaded")
+            self._states[key] = VersionState(VersionStatus.UNAVAILABLE, "unloaded")
 
         task = asyncio.get_running_loop().create_task(retire())
         self._retired.add(task)
@@ -564,7 +584,7 @@ class ModelHub:
             if on_disk is None:
                 raise NotFound(f"unknown model {name!r}; available: {sorted(self._serving)}")
             states = {v: self._states.get((name, v)) for v in on_disk}
-            if any(s is not None and s.state == "LOADING" for s in states.values()):
+            if any(s is not None and s.state is VersionStatus.LOADING for s in states.values()):
                 raise NotReady(f"model {name!r} is loading")
             reasons = "; ".join(f"v{v}: {s.reason}" for v, s in states.items() if s and s.reason)
             raise NotReady(f"model {name!r} is not loaded" + (f" ({reasons})" if reasons else ""))
@@ -598,7 +618,8 @@ class ModelHub:
         for name, versions in self.scan().items():
             for version in versions:
                 state = self._states.get((name, version))
-                row = {"name": name, "version": str(version), "state": state.state if state else "UNAVAILABLE",
+                status = state.state if state else VersionStatus.UNAVAILABLE
+                row = {"name": name, "version": str(version), "state": status.value,
                        "reason": (state.reason if state else "not loaded")}
                 rows.append(row)
         return rows

@@ -8,9 +8,18 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    """Service configuration, from `SERVICE_*` environment variables."""
+    """Every setting of the service, from `SERVICE_*` environment variables (the listener's from the conventional
+    `HOST`, `PORT`, `LOG_LEVEL`, `GRACEFUL_TIMEOUT_S`, `ACCESS_LOG`). Nothing in service/ reads `os.environ` itself."""
 
-    model_config = SettingsConfigDict(env_prefix="SERVICE_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="SERVICE_", extra="ignore", populate_by_name=True)
+
+    # `python -m service` (uvicorn): listen address, log level, graceful drain on SIGTERM, access log.
+    host: str = Field("127.0.0.1", validation_alias="HOST")
+    port: int = Field(8000, ge=0, le=65535, validation_alias="PORT")
+    log_level: str = Field("info", validation_alias="LOG_LEVEL")
+    graceful_timeout_s: float = Field(60.0, ge=0, description="seconds to finish accepted requests after SIGTERM",
+                                      validation_alias="GRACEFUL_TIMEOUT_S")
+    access_log: bool = Field(False, validation_alias="ACCESS_LOG")
 
     model_repository: Path = Path("model_repository")
     state_dir: Path = Path("state")
@@ -27,9 +36,6 @@ class Settings(BaseSettings):
     max_pending_work: int = Field(64, ge=1)
     # Put ONNX Runtime's TensorRT execution provider first on GPU (when the build has it).
     ort_tensorrt: bool = False
-    # Extra seconds a draining version waits for in-flight work after a swap or unload.
-    drain_timeout_s: float = 30.0
-    gpu_metrics_interval_s: float = 5.0
     # HTTP connection guards (service/http_protocol.py, applied by `python -m service`).
     max_connections: int = Field(2048, ge=1, description="open connections of all clients; 503 beyond, "
                                                          "health probes and /metrics exempt")

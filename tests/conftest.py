@@ -1,4 +1,5 @@
-"""Shared fixtures: servers (`serve`, `live_server`: real processes on 127.0.0.1; `asgi_service`: the app in\nthis process), and tiny model repositories (each family's are in tests/fixtures/)."""
+"""Shared fixtures: servers (`serve`, `live_server`: real processes on 127.0.0.1; `asgi_service`: the app in
+this process), and tiny model repositories (each family's are in tests/fixtures/)."""
 
 from __future__ import annotations
 

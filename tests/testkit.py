@@ -138,10 +138,11 @@ def stop_process(process: subprocess.Popen, timeout: float) -> int:
 
 
 def train_tiny(out_dir: Path, hidden: int = 32, depth: int = 2, repeats: int = 1, steps: int = 20) -> Path:
-    from training.tiny.model import TinyConfig
+    from training.tiny.config import TinyConfig, TinyModelConfig
     from training.tiny.train import train
 
-    return train(out_dir, TinyConfig(hidden=hidden, depth=depth, repeats=repeats), steps=steps)
+    config = TinyConfig(model=TinyModelConfig(hidden=hidden, depth=depth, repeats=repeats), steps=steps)
+    return train(config, out_dir, log=None).best_checkpoint
 
 
 def export_tiny(checkpoint: Path, repository: Path, name: str = "tiny", version: int | None = None,
@@ -150,9 +151,7 @@ def export_tiny(checkpoint: Path, repository: Path, name: str = "tiny", version:
     from export.families.tiny import plan_from_checkpoint
 
     batching, options = split_batching_options(options)
-    return publish(with_batching(plan_from_checkpoint(checkpoint, **options), batching), repository, name, version)
-
-
+    return publish(with_batching(plan_from_checkpoint(checkpoint, options), batching), repository, name, version)
 
 
 def metric_value(text: str, sample_name: str, labels: dict[str, str]) -> float:

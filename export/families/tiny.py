@@ -2,28 +2,37 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict
 
-from export.core import ExportPlan, GraphExport
+from export.core import ExportPlan, GraphExport, parse_options
 from families.manifest import Batching
-from training.tiny.model import TinyConfig, TinyRegressor
+from families.tiny.contract import Preprocessing
+from training.tiny.train import load_checkpoint
 
 
-def plan_from_checkpoint(checkpoint: Path, format: str = "onnx") -> ExportPlan:
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    config = TinyConfig(**state["config"])
-    model = TinyRegressor(config).eval()
-    model.load_state_dict(state["state_dict"])
+class ExportOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["onnx", "torchscript"] = "onnx"
+
+
+def plan_from_checkpoint(checkpoint: Path, options: Mapping[str, str] | None = None) -> ExportPlan:
+    opts = parse_options(ExportOptions, options)
+    loaded = load_checkpoint(checkpoint)
     generator = torch.Generator().manual_seed(0)
-    samples = [{"x": torch.randn(batch, config.in_features, generator=generator)} for batch in (2, 5)]
+    samples = [{"x": torch.randn(batch, loaded.config.in_features, generator=generator)} for batch in (2, 5)]
     return ExportPlan(
         family="tiny",
         task="regression",
-        graphs=[GraphExport(name="model", module=model, samples=samples, output_names=["y", "norm"],
-                            format=format)],  # type: ignore[arg-type]
+        graphs=[GraphExport(name="model", module=loaded.model, samples=samples, output_names=["y", "norm"],
+                            format=opts.format)],
         batching=Batching(max_batch_size=8, max_queue_delay_ms=5, max_queue_size=64),
-        provenance={"training_config": state["config"], "metrics": state.get("metrics", {}),
+        preprocessing=Preprocessing(),
+        provenance={"training_config": loaded.config.to_dict(), "metrics": loaded.extras["metrics"],
                     "data": "synthetic linear regression", "checkpoint": str(checkpoint)},
     )

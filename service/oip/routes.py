@@ -15,7 +15,7 @@ from service.auth import require_admin, require_index_access
 from service.dataplane import hub_of, request_context, workpool_of
 from service.errors import BadRequest, InvalidInput, PayloadTooLarge, ServiceError, UnsupportedMediaType
 from service.oip.tensors import HEADER_LENGTH, decode_inputs, encode_response, parse_json, requested_outputs, split_body
-from service.repository import LoadedVersion, LoadFailed
+from service.repository import LoadedVersion, LoadFailed, VersionStatus
 
 SERVER_NAME = "research-serving"
 # Media types of an inference body: JSON, or Triton's binary extension (JSON header + raw tensor bytes).
@@ -241,7 +241,7 @@ async def repository_index(request: Request) -> list[dict[str, str]]:
     body = await _optional_json(request)
     rows = hub_of(request).index()
     if body.get("ready") is True:
-        rows = [r for r in rows if r["state"] == "READY"]
+        rows = [r for r in rows if r["state"] == VersionStatus.READY]
     return rows
 
 
@@ -256,10 +256,10 @@ async def load_model(model: str, request: Request) -> dict[str, Any]:
         raise
     except Exception as exc:  # noqa: BLE001 - a broken artifact is reported; the old version keeps serving
         raise LoadFailed(f"model {model!r} failed to load: {type(exc).__name__}: {exc}") from exc
-    return {"name": loaded.name, "version": str(loaded.version), "state": "READY"}
+    return {"name": loaded.name, "version": str(loaded.version), "state": VersionStatus.READY.value}
 
 
 @repository_router.post("/models/{model}/unload", dependencies=ADMIN)
 async def unload_model(model: str, request: Request) -> dict[str, Any]:
     await hub_of(request).unload(model)
-    return {"name": model, "state": "UNAVAILABLE"}
+    return {"name": model, "state": VersionStatus.UNAVAILABLE.value}

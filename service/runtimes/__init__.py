@@ -21,5 +21,5 @@ def open_runtime(version_dir: Path, graph: GraphSpec, device: str, cpu_threads: 
     if graph.format == "torchscript":
         from service.runtimes.torchscript import TorchScriptRuntime
 
-        return TorchScriptRuntime(path, graph, device, cpu_threads)
+        return TorchScriptRuntime(path, graph, device)  # threads: apply_process_settings
     raise ValueError(f"unsupported runtime format {graph.format!r}")

@@ -9,18 +9,22 @@ from families.manifest import GraphSpec
 from service.runtimes.base import Runtime, input_fault
 
 
+def apply_process_settings(cpu_threads: int) -> None:
+    """Torch's process-wide settings, applied once at start-up (app lifespan), not per loaded model: intra-op
+    threads (0 = torch's default) and full-fp32 CUDA matmuls/convs, as on CPU: TF32 error would break
+    cross-device entropy decoding."""
+    if cpu_threads > 0:
+        torch.set_num_threads(cpu_threads)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
 class TorchScriptRuntime(Runtime):
     """`torch.jit.load` on the chosen device. Inputs are passed positionally in manifest order; the module
     returns a tensor, a tuple of tensors or a dict keyed by output name."""
 
-    def __init__(self, path: Path, graph: GraphSpec, device: str, cpu_threads: int = 0) -> None:
+    def __init__(self, path: Path, graph: GraphSpec, device: str) -> None:
         super().__init__(graph, device)
-        if cpu_threads > 0 and device == "cpu":
-            torch.set_num_threads(cpu_threads)
-        if device.startswith("cuda"):
-            # Full fp32 matmuls/convs, as on CPU: TF32 error would break cross-device entropy decoding.
-            torch.backends.cuda.matmul.allow_tf32 = False
-            torch.backends.cudnn.allow_tf32 = False
         self.module = torch.jit.load(str(path), map_location=device).eval()
         self._input_names = [i.name for i in graph.inputs]
         self._output_names = [o.name for o in graph.outputs]

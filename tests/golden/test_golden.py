@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from testkit import LiveServer, running_server
+from testkit import LiveServer
 
 from golden import cases
 
@@ -21,10 +20,8 @@ def golden() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    tmp = tmp_path_factory.mktemp("golden")
-    with running_server(cases.REPOSITORY, tmp / "server.log", env={"SERVICE_STATE_DIR": str(tmp / "state")}) as live:
-        yield live
+def server(serve) -> LiveServer:
+    return serve(cases.REPOSITORY)
 
 
 def _close(actual: Any, expected: Any, where: str, exact: bool) -> None:

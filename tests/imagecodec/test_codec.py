@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from families.imagecodec import codec
 from families.imagecodec.bitstream import Bitstream, BitstreamError
 from families.imagecodec.schedule import NUM_STEPS, STEP_FACTOR, step_map
-from families.imagecodec import codec
 from training.imagecodec.config import tiny_config
 from training.imagecodec.layers import bidirectional_wkv
 from training.imagecodec.model import ImageCodec

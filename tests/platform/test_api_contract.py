@@ -38,14 +38,8 @@ ERROR_SCHEMAS = {"TaskError", "OipError"}
 
 
 @pytest.fixture(scope="module")
-def server(all_families_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    live = LiveServer(all_families_repository, tmp_path_factory.mktemp("api-contract") / "server.log",
-                      {"SERVICE_ADMIN_TOKEN": ADMIN_TOKEN})
-    try:
-        live.wait_ready(240)
-        yield live
-    finally:
-        live.terminate()
+def server(all_families_repository: Path, serve) -> LiveServer:
+    return serve(all_families_repository, env={"SERVICE_ADMIN_TOKEN": ADMIN_TOKEN}, timeout=240)
 
 
 @pytest.fixture(scope="module")

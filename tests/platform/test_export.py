@@ -54,7 +54,7 @@ def test_cli_exports_a_checked_onnx_version_with_manifest(tiny_checkpoint: Path,
 def test_torchscript_export_matches_eager(tiny_checkpoint: Path, tmp_path: Path) -> None:
     from export.families.tiny import plan_from_checkpoint
 
-    version_dir = publish(plan_from_checkpoint(tiny_checkpoint, format="torchscript"), tmp_path, "ts")
+    version_dir = publish(plan_from_checkpoint(tiny_checkpoint, {"format": "torchscript"}), tmp_path, "ts")
     manifest = Manifest.read(version_dir)
     assert manifest.primary.format == "torchscript" and (version_dir / "model.pt").is_file()
     runtime = open_runtime(version_dir, manifest.primary, "cpu")
@@ -103,3 +103,25 @@ def test_assets_are_written_with_checksums(tiny_checkpoint: Path, tmp_path: Path
     version_dir = publish(plan, tmp_path, "tiny")
     asset = Manifest.read(version_dir).assets["tables/labels.json"]
     assert asset.sha256 == sha256_file(version_dir / "tables/labels.json")
+
+
+def test_unknown_or_malformed_options_are_refused_by_name(tiny_checkpoint: Path) -> None:
+    from export.families.tiny import plan_from_checkpoint
+
+    with pytest.raises(ExportError, match="colour"):
+        plan_from_checkpoint(tiny_checkpoint, {"colour": "blue"})
+    with pytest.raises(ExportError, match="format"):
+        plan_from_checkpoint(tiny_checkpoint, {"format": "tflite"})
+
+
+def test_a_checkpoint_of_another_family_is_refused(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from training.checkpoints import CheckpointError, read_checkpoint, save_checkpoint
+    from training.tiny.train import load_checkpoint
+
+    other = save_checkpoint("weld", {"state_dict": {}}, tmp_path / "weld.pt")
+    with pytest.raises(CheckpointError, match="not a tiny checkpoint .it is a weld checkpoint"):
+        load_checkpoint(other)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        read_checkpoint(tmp_path / "junk.pt", "tiny")
+    assert load_checkpoint(tiny_checkpoint).family == "tiny"

@@ -184,18 +184,10 @@ def test_settings_parsers_name_the_setting() -> None:
 
 
 @pytest.fixture(scope="module")
-def instance_server(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path):
-    from testkit import LiveServer
-
+def instance_server(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path, serve):
     repository = tmp_path_factory.mktemp("fastpath-repo")
     export_tiny(tiny_checkpoint, repository, "tiny", max_batch_size="8", max_queue_delay_ms="200")
-    server = LiveServer(repository, tmp_path_factory.mktemp("fastpath-logs") / "server.log",
-                        env={"SERVICE_INSTANCES": "tiny=2"})
-    try:
-        server.wait_ready()
-        yield server
-    finally:
-        server.terminate()
+    return serve(repository, env={"SERVICE_INSTANCES": "tiny=2"})
 
 
 def test_live_service_with_two_instances_answers_at_once_and_exports_gc_pauses(instance_server) -> None:

@@ -15,7 +15,6 @@ import contextlib
 import json
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -23,7 +22,7 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 from fastapi import FastAPI, Request
-from testkit import LiveServer, hostile_request, metric_value, running_server
+from testkit import LiveServer, hostile_request, metric_value
 
 from service.app import create_app, install_error_handlers
 from service.settings import Settings
@@ -37,11 +36,9 @@ REPORT: list[tuple[str, int, float, float, float]] = []
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, tiny_repository: Path) -> Iterator[LiveServer]:
-    with running_server(tiny_repository, tmp_path_factory.mktemp("platform-hostile") / "server.log",
-                      {"SERVICE_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
-                       "SERVICE_MAX_CONNECTIONS": str(MAX_CONNECTIONS)}) as live:
-        yield live
+def server(serve, tiny_repository: Path) -> LiveServer:
+    return serve(tiny_repository, env={"SERVICE_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
+                                       "SERVICE_MAX_CONNECTIONS": str(MAX_CONNECTIONS)})
 
 
 def infer_body(rows: int = 1, **extra: object) -> dict:

@@ -100,13 +100,9 @@ def repository(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) 
 
 
 @pytest.fixture(scope="module")
-def server(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+def server(repository: Path, serve) -> Iterator[LiveServer]:
     # `broken` is on disk but not loaded at start (strict readiness stays meaningful for the others).
-    live = LiveServer(repository, tmp_path_factory.mktemp("repository-server") / "server.log",
-                      {"SERVICE_ADMIN_TOKEN": TOKEN, "SERVICE_MODELS": "tiny,lookup,smooth,smooth_ts"})
-    live.wait_ready()
-    yield live
-    live.terminate()
+    yield serve(repository, env={"SERVICE_ADMIN_TOKEN": TOKEN, "SERVICE_MODELS": "tiny,lookup,smooth,smooth_ts"})
     for row in REPORT:
         name, status, seconds, lag_s, rss_mb = row
         print(f"hostile case {name:40s} status {status}  {seconds:.3f} s  loop lag {lag_s * 1000:.0f} ms  "

@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from testkit import LiveServer, export_tiny, metric_value
+from testkit import export_tiny, metric_value
 
 from families.manifest import Manifest
 from service.runtimes import open_runtime
@@ -238,12 +238,9 @@ def test_shutdown_answers_every_accepted_request(slow_repository: Path, live_ser
 
 
 @pytest.fixture(scope="module")
-def guarded_server(tiny_repository: Path, tmp_path_factory: pytest.TempPathFactory):
-    server = LiveServer(tiny_repository, tmp_path_factory.mktemp("guarded") / "server.log",
-                        {"SERVICE_MAX_REQUEST_BYTES": "65536", "SERVICE_ADMIN_TOKEN": TOKEN})
-    server.wait_ready()
-    yield server
-    server.terminate()
+def guarded(tiny_repository: Path, asgi_service):
+    """The app in-process (validation and error paths need no socket), with a body limit and an admin token."""
+    return asgi_service(tiny_repository, max_request_bytes=65536, admin_token=TOKEN)
 
 
 @pytest.mark.parametrize(
@@ -266,62 +263,55 @@ def guarded_server(tiny_repository: Path, tmp_path_factory: pytest.TempPathFacto
         (b'[1, 2]', 422, "JSON object"),
     ],
 )
-def test_bad_inference_requests_get_a_4xx_naming_the_problem(guarded_server, body: bytes, status: int,
+def test_bad_inference_requests_get_a_4xx_naming_the_problem(guarded, body: bytes, status: int,
                                                              needle: str) -> None:
-    response = httpx.post(f"{guarded_server.url}/v2/models/tiny/infer", content=body,
-                          headers={"content-type": "application/json"})
+    response = guarded.post("/v2/models/tiny/infer", content=body, headers={"content-type": "application/json"})
     assert response.status_code == status, response.text
     assert needle in response.json()["error"]
 
 
-def test_bad_binary_framing_and_unknown_models(guarded_server) -> None:
-    url = guarded_server.url
+def test_bad_binary_framing_and_unknown_models(guarded) -> None:
     header = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16],
                                      "parameters": {"binary_data_size": 64}}]}).encode()
-    truncated = httpx.post(f"{url}/v2/models/tiny/infer", content=header + b"\0" * 10,
+    truncated = guarded.post("/v2/models/tiny/infer", content=header + b"\0" * 10,
                            headers={"Inference-Header-Content-Length": str(len(header))})
     assert truncated.status_code == 400 and "truncated" in truncated.json()["error"]
-    unknown = httpx.post(f"{url}/v2/models/nope/infer", json={})
+    unknown = guarded.post("/v2/models/nope/infer", json={})
     assert unknown.status_code == 404 and "nope" in unknown.json()["error"]
-    wrong_version = httpx.get(f"{url}/v2/models/tiny/versions/7")
+    wrong_version = guarded.get("/v2/models/tiny/versions/7")
     assert wrong_version.status_code == 404 and "version 7" in wrong_version.json()["error"]
-    bad_version = httpx.get(f"{url}/v2/models/tiny/versions/abc")
+    bad_version = guarded.get("/v2/models/tiny/versions/abc")
     assert bad_version.status_code == 400
-    no_route = httpx.get(f"{url}/no/such/route")
+    no_route = guarded.get("/no/such/route")
     assert no_route.status_code == 404 and no_route.json()["error"]["code"] == "not_found"
 
 
-def test_payload_over_the_limit_is_413(guarded_server) -> None:
+def test_payload_over_the_limit_is_413(guarded) -> None:
     big = np.zeros((2000, 16), dtype=np.float32)
-    response = httpx.post(f"{guarded_server.url}/v2/models/tiny/infer", json=infer_body(big))
+    response = guarded.post("/v2/models/tiny/infer", json=infer_body(big))
     assert response.status_code == 413 and "exceeds" in response.json()["error"]
 
-    async def chunked() -> httpx.Response:
-        async def stream():
-            for _ in range(100):
-                yield b" " * 1024
+    async def stream():  # no content-length: the limit is enforced while the body streams in
+        for _ in range(100):
+            yield b" " * 1024
 
-        async with httpx.AsyncClient() as client:
-            return await client.post(f"{guarded_server.url}/v2/models/tiny/infer", content=stream())
-
-    assert asyncio.run(chunked()).status_code == 413
-    assert httpx.get(f"{guarded_server.url}/v2/health/ready").status_code == 200
+    assert guarded.post("/v2/models/tiny/infer", content=stream()).status_code == 413
+    assert guarded.get("/v2/health/ready").status_code == 200
 
 
-def test_admin_routes_need_the_bearer_token(guarded_server, tiny_repository: Path, live_server) -> None:
-    url = guarded_server.url
-    load = f"{url}/v2/repository/models/nope/load"
-    assert httpx.post(load).status_code == 401
-    assert httpx.post(load, headers={"Authorization": "Bearer wrong"}).status_code == 403
-    assert httpx.post(load, headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 404  # past the guard
+def test_admin_routes_need_the_bearer_token(guarded, tiny_repository: Path, asgi_service) -> None:
+    load = "/v2/repository/models/nope/load"
+    assert guarded.post(load).status_code == 401
+    assert guarded.post(load, headers={"Authorization": "Bearer wrong"}).status_code == 403
+    assert guarded.post(load, headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 404  # past the guard
     # The index is readable without the token, as in Triton (SERVICE_RESTRICT_REPOSITORY_INDEX restricts it).
-    index = httpx.post(f"{url}/v2/repository/index")
+    index = guarded.post("/v2/repository/index")
     assert index.status_code == 200
     assert {(r["name"], r["version"], r["state"]) for r in index.json()} >= {("tiny", "1", "READY")}
     # Without a configured token load/unload do not exist.
-    open_server = live_server(tiny_repository)
-    assert httpx.post(f"{open_server.url}/v2/repository/models/tiny/unload",
-                      headers={"Authorization": "Bearer anything"}).status_code == 404
+    open_service = asgi_service(tiny_repository)
+    assert open_service.post("/v2/repository/models/tiny/unload",
+                             headers={"Authorization": "Bearer anything"}).status_code == 404
 
 
 def test_reload_swaps_versions_without_downtime_and_unload(tmp_path: Path, live_server, tiny_checkpoint: Path,

@@ -1,29 +1,15 @@
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 from torch import nn
 
-
-@dataclass
-class TinyConfig:
-    in_features: int = 16
-    hidden: int = 32
-    out_features: int = 4
-    depth: int = 2  # hidden layers
-    # Times the last hidden layer is re-applied (shared weights): a compute-cost knob that keeps the file
-    # small, used to make a deliberately slow model for load tests.
-    repeats: int = 1
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from training.tiny.config import TinyModelConfig
 
 
 class TinyRegressor(nn.Module):
     """MLP with two outputs: a regression `y` (B, out) and its L2 norm `norm` (B, 1)."""
 
-    def __init__(self, config: TinyConfig) -> None:
+    def __init__(self, config: TinyModelConfig) -> None:
         super().__init__()
         self.config = config
         layers: list[nn.Module] = [nn.Linear(config.in_features, config.hidden), nn.GELU()]

@@ -1,4 +1,4 @@
-"""Request/response models of `POST /traffic/forecast` (examples appear in the OpenAPI schema)."""
+"""Request/response models and limits of the traffic routes (examples appear in the OpenAPI schema)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from families.traffic.preprocessing import MAX_TIMESTAMP, MIN_TIMESTAMP
 
-MAX_WINDOWS = 64
-MAX_SENSORS = 20_000
+MAX_WINDOWS = 64  # windows in one request (forecasts or observations)
+MAX_SENSORS = 20_000  # sensor ids in one window
+MAX_SPEED = 250.0  # mph; anything above is a unit or data error, not a reading
+MAX_JSON_VALUES = 4_000_000  # absolute cap per request (~300 MB of parsed JSON), whatever the model's size
+MAX_OBSERVATION_STEPS = 288  # one day of 5-minute readings per observation window
 
 _EXAMPLE_STAMPS = [f"2012-06-04T07:{m:02d}:00" for m in range(0, 60, 5)]
 _EXAMPLE_REQUEST = {
@@ -108,3 +111,47 @@ class SensorsResponse(BaseModel):
     step_seconds: int
     input_steps: int
     horizon: int
+
+
+_OBSERVATION_EXAMPLE = {"windows": [{"sensor_ids": ["773869", "767541"], "last_timestamp": "2012-06-04T08:05:00",
+                                     "values": [[45.2, 44.8], [58.1, None]]}]}
+
+
+class ObservationWindow(BaseModel):
+    """Actual readings as they arrive: `/traffic/forecast`'s window format, except that a window may hold
+    any subset of the sensors and any number of steps (1..MAX_OBSERVATION_STEPS)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sensor_ids: list[str] = Field(..., min_length=1, max_length=MAX_SENSORS,
+                                  description="any subset of the served model's sensors, in any order")
+    values: list[list[float | None]] = Field(
+        ..., description="per sensor (same order as sensor_ids), the actual readings in mph, oldest first; "
+        "null or 0 = missing")
+    timestamps: list[datetime] | None = Field(
+        None, max_length=MAX_OBSERVATION_STEPS, description="time of each reading (strictly increasing, one "
+        f"model step apart; sensors' local wall-clock time, as for forecasts), within {MIN_TIMESTAMP.isoformat()}"
+        f" .. {MAX_TIMESTAMP.isoformat()}")
+    last_timestamp: datetime | None = Field(None, description="alternative to `timestamps`: the newest reading's time")
+
+    @model_validator(mode="after")
+    def _one_time_reference(self) -> ObservationWindow:
+        if (self.timestamps is None) == (self.last_timestamp is None):
+            raise ValueError("give exactly one of `timestamps` (one per reading) or `last_timestamp`")
+        return self
+
+
+class ObservationRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [_OBSERVATION_EXAMPLE]})
+
+    windows: list[ObservationWindow] = Field(..., min_length=1, max_length=MAX_WINDOWS)
+
+
+class ObservationResponse(BaseModel):
+    model: str
+    version: int
+    matched: int = Field(description="readings scored against at least one kept forecast")
+    duplicate: int = Field(description="readings whose forecasts were already scored")
+    late: int = Field(description="readings whose forecasts were evicted (age or size bound) before they came")
+    unmatched: int = Field(description="readings no kept forecast targets")
+    missing: int = Field(description="0 / null readings")

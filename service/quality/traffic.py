@@ -20,26 +20,20 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from families.traffic.contract import STAT_MISSING, STAT_SPEED, Preprocessing
 from families.traffic.preprocessing import NULL_VALUE
-from service.quality.drift import DriftRecorder, bernoulli_std
+from service.quality.drift import DriftRecorder
 
 if TYPE_CHECKING:
-    from fastapi import Request
-
-    from service.families.traffic.routes import TrafficSpec
     from service.metrics import QualityMetrics
     from service.repository import LoadedVersion
-    from service.settings import Settings
 
-STATE_KEY = "traffic_quality"
 PREDICTORS = ("model", "last_value")
 OUTCOMES = ("matched", "duplicate", "late", "unmatched", "missing")
-STAT_MISSING = "missing_fraction"
-STAT_SPEED = "mean_speed"
 
 
 @dataclass
@@ -187,34 +181,13 @@ def last_non_missing(speeds: np.ndarray) -> np.ndarray:
     return values
 
 
-def training_statistics(missing_fraction: float, scaler_mean: float, scaler_std: float) -> dict[str, Any]:
-    """The manifest's `training_statistics` from what training records: the missing share of the speed
-    table and the scaler, whose mean/std count missing zeros as readings (so the non-missing moments are
-    the scaler's divided by the present share)."""
-    present = 1.0 - missing_fraction
-    mean = scaler_mean / present if present > 0 else 0.0
-    second = (scaler_std ** 2 + scaler_mean ** 2) / present if present > 0 else 0.0
-    return {STAT_MISSING: {"mean": missing_fraction, "std": bernoulli_std(missing_fraction)},
-            STAT_SPEED: {"mean": mean, "std": float(np.sqrt(max(second - mean * mean, 0.0)))}}
-
-
-def forecast_store(version: LoadedVersion, settings: Settings, metrics: QualityMetrics, horizon: int,
-                   sensors: int, step_seconds: int) -> ForecastStore:
-    """The version's store, made on first use (on the event loop: no await between the check and the set)."""
-    store = version.state.get(STATE_KEY)
-    if store is None:
-        model, number = version.name, str(version.version)
-        drift = DriftRecorder.from_preprocessing(metrics, model, number, version.manifest.preprocessing)
-        store = ForecastStore(metrics, model, number, horizon=horizon, sensors=sensors, step_seconds=step_seconds,
-                              max_forecasts=settings.quality_forecasts,
-                              max_bytes=settings.quality_forecasts_mb * 1024 * 1024,
-                              ttl_s=settings.quality_forecast_ttl_s, drift=drift)
-        version.state[STATE_KEY] = store
-    return store
-
-
-def store_for(request: Request, served: LoadedVersion, spec: TrafficSpec) -> ForecastStore:
-    """`forecast_store` with the app's settings and metrics (a route handler's shortcut)."""
-    app = request.app.state
-    return forecast_store(served, app.settings, app.metrics.quality, spec.horizon, len(spec.sensor_ids),
-                          spec.step_seconds)
+def forecast_store(version: LoadedVersion, pre: Preprocessing) -> ForecastStore:
+    """The store of a loaded version (its plug-in's `prepare`), bounded by the service's settings, with the
+    drift recorder of the manifest's training statistics."""
+    settings, metrics = version.settings, version.metrics.quality
+    model, number = version.name, str(version.version)
+    training = {name: stat.model_dump() for name, stat in (pre.training_statistics or {}).items()}
+    return ForecastStore(metrics, model, number, horizon=pre.horizon, sensors=len(pre.sensor_ids),
+                         step_seconds=pre.step_seconds, max_forecasts=settings.quality_forecasts,
+                         max_bytes=settings.quality_forecasts_mb * 1024 * 1024,
+                         ttl_s=settings.quality_forecast_ttl_s, drift=DriftRecorder(metrics, model, number, training))

@@ -1,0 +1,50 @@
+"""The tiny model's configuration: architecture and the few training knobs, with named presets."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+
+@dataclass
+class TinyModelConfig:
+    in_features: int = 16
+    hidden: int = 32
+    out_features: int = 4
+    depth: int = 2  # hidden layers
+    # Times the last hidden layer is re-applied (shared weights): a compute-cost knob that keeps the file
+    # small, used to make a deliberately slow model for load tests.
+    repeats: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TinyModelConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class TinyConfig:
+    model: TinyModelConfig = field(default_factory=TinyModelConfig)
+    steps: int = 200
+    batch_size: int = 64
+    lr: float = 1e-2
+    seed: int = 0
+
+
+PRESETS = {
+    "default": TinyConfig(),
+    # ~50 ms per batch of 8 on one CPU thread, untrained: the platform's load and timeout tests.
+    "slow": TinyConfig(model=TinyModelConfig(hidden=1024, repeats=200), steps=0),
+}
+
+
+def load_config(name: str = "default") -> TinyConfig:
+    try:
+        preset = PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown tiny preset {name!r}; known: {', '.join(PRESETS)}") from None
+    return TinyConfig(model=TinyModelConfig(**preset.model.to_dict()), steps=preset.steps,
+                      batch_size=preset.batch_size, lr=preset.lr, seed=preset.seed)
