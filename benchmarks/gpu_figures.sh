@@ -7,7 +7,7 @@
 # codec   q1..q4 (continued from CODEC_INIT/q*/checkpoint.pt if given);
 # traffic Phase 1, Phase 3 quick and deep on synthetic N=207, bf16 autocast (PHASE1_FP32=1: Phase 1 in FP32),
 #         test tables at the end; TRAFFIC_DATA names a
-#         prepared data folder (training.traffic.train.prepare_data) for machines without PyTables;
+#         prepared data folder (training.traffic.data.prepare_data) for machines without PyTables;
 # water   the small config, then its evaluation against the gap-filling baselines.
 # Logs and JSON go to OUT/logs; checkpoints to OUT/<run>.
 set -uo pipefail

@@ -16,13 +16,16 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from training.traffic.config import load_config  # noqa: E402
+from training.traffic.data import prepare_data  # noqa: E402
 from training.traffic.evaluate import format_table  # noqa: E402
-from training.traffic.train import baseline_tables, load_config, prepare_data, train  # noqa: E402
+from training.traffic.train import baseline_tables, fit  # noqa: E402
 
 PRESETS = {"phase1": "fallback", "quick": "quick", "deep": "deep"}
 
@@ -44,30 +47,30 @@ def main() -> None:
     parser.add_argument("--cross-stage-scope", choices=["full", "node"], help="override the presets' scope")
     args = parser.parse_args()
 
-    base = load_config("quick")
+    base = load_config("quick").data
     if args.data_dir is not None:
-        base["data"].update(source="files", dir=str(args.data_dir))
+        base = replace(base, source="files", dir=str(args.data_dir))
     else:
-        base["data"].update(nodes=args.nodes, days=args.days)
+        base = replace(base, nodes=args.nodes, days=args.days)
     args.out.mkdir(parents=True, exist_ok=True)
-    data = prepare_data(base["data"], args.out)
+    data = prepare_data(base, args.out)
     print(json.dumps(data.description()))
     tables = baseline_tables(data, "test")
     info: dict[str, dict] = {name: {"parameters": 0, "seconds_per_epoch": None} for name in tables}
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         config = load_config(PRESETS[name])
-        config["data"] = base["data"]
-        config["train"].update(epochs=args.epochs, patience=args.patience, device=args.device, threads=args.threads,
-                               time_budget_s=args.time_budget_s, max_batches_per_epoch=args.max_batches_per_epoch,
-                               amp=args.amp)
+        config.data = base
+        config.train = replace(config.train, epochs=args.epochs, patience=args.patience, device=args.device,
+                               threads=args.threads, time_budget_s=args.time_budget_s,
+                               max_batches_per_epoch=args.max_batches_per_epoch, amp=args.amp)
         if args.cross_stage_scope:
-            config["model"]["cross_stage_scope"] = args.cross_stage_scope
+            config.model.cross_stage_scope = args.cross_stage_scope
         started = time.perf_counter()
-        summary = train(config, args.out / name, data=data, log=True)
+        summary = fit(config, args.out / name, data).summary
         tables[name] = summary["test"]["model"]
         info[name] = {"parameters": summary["num_parameters"], "seconds_per_epoch": summary["seconds_per_epoch"],
                       "epochs": summary["epochs"], "best_epoch": summary["best_epoch"],
-                      "wall_seconds": time.perf_counter() - started, "config": config}
+                      "wall_seconds": time.perf_counter() - started, "config": config.to_dict()}
         # Partial results as soon as each model is done (long runs may be cut off).
         print(format_table({name: tables[name]}), flush=True)
         partial = {"data": data.description(), "device": args.device, "metrics": tables, "models": info}

@@ -22,8 +22,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from training.traffic.model import TrafficForecaster, TrafficModelConfig, count_parameters  # noqa: E402
-from training.traffic.train import load_config, training_step  # noqa: E402
+from training.traffic.config import load_config  # noqa: E402
+from training.traffic.model import TrafficForecaster, count_parameters  # noqa: E402
+from training.traffic.train import training_step  # noqa: E402
 
 BATCHES_PER_EPOCH = 220  # 7040 training windows of the 35-day synthetic set / batch 32
 
@@ -52,8 +53,8 @@ def main() -> None:
     for preset in [p for p in args.presets.split(",") if p]:
         for amp in ([False, True] if device.type == "cuda" else [False]):
             config = load_config(preset)
-            cfg = TrafficModelConfig(num_nodes=args.nodes, **config["model"])
-            clip = float(config["train"].get("grad_clip") or 0.0)
+            cfg = config.for_data(args.nodes, use_time_of_day=True, use_day_of_week=False)
+            clip = config.train.grad_clip or 0.0
             model = TrafficForecaster(cfg).to(device).train()
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 

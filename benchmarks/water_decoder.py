@@ -20,12 +20,13 @@ import time
 import numpy as np
 import torch
 
-from training.water.config import MODALITIES, fast_config, full_config, small_config
+from families.water.preprocessing import MODALITIES
+from training.water.config import TrainingConfig, fast_model, full_model, small_model
 from training.water.masking import scenario_masks
 from training.water.model import WaterMAE, masked_mse, select, take
-from training.water.train import synthetic_splits, train
+from training.water.train import fit, synthetic_splits
 
-CONFIGS = {"fast": fast_config, "small": small_config, "full": full_config}
+CONFIGS = {"fast": fast_model, "small": small_model, "full": full_model}
 VARIANTS = {
     "crossmae": {},
     "crossmae+self_attn": {"decoder_self_attn": True},
@@ -118,8 +119,9 @@ def main() -> None:
         for name in names:
             cfg = CONFIGS[args.config](**VARIANTS[name])
             train_data, val_data = synthetic_splits(cfg, 2048, 128, seed=0)
-            result = train(cfg, train_data, val_data, steps=args.train_steps, batch_size=args.train_batch,
-                           lr=2e-3, seed=0, eval_every=args.train_steps, log=False, device=args.device)
+            training = TrainingConfig(steps=args.train_steps, batch_size=args.train_batch, lr=2e-3, seed=0,
+                                      eval_every=args.train_steps, device=args.device)
+            result = fit(cfg, train_data, val_data, training)
             val = result.history[-1]["val"]
             per = " ".join(f"{m}={val[m]:.4f}" for m in MODALITIES)
             print(f"{name:<26} total={val['total']:.4f} ({result.seconds / result.steps * 1000:.1f} ms/step) {per}",

@@ -38,19 +38,26 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         f"({worst_rss[0] or 'unnamed'})")
 
 
-@pytest.fixture
-def live_server(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
-    """Factory: `live_server(repository, env={...}, wait=True)` starts a real service process."""
+def _server_factory(folder: Path) -> tuple[Callable[..., LiveServer], list[LiveServer]]:
+    """`start(repository, env={...}, wait=True)`: a service process logging (and keeping state) under `folder`."""
     servers: list[LiveServer] = []
 
     def start(repository: Path, env: dict[str, str] | None = None, wait: bool = True,
               timeout: float = 180.0) -> LiveServer:
-        server = LiveServer(repository, tmp_path / f"server-{len(servers)}.log", env)
+        server = LiveServer(repository, folder / f"server-{len(servers)}.log", env)
         servers.append(server)
         if wait:
             server.wait_ready(timeout)
         return server
 
+    return start, servers
+
+
+@pytest.fixture
+def live_server(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
+    """Factory: `live_server(repository, env={...}, wait=True)` starts a real service process of the test's own
+    (restarts, signals, a poisoned state); stopped (SIGTERM) after the test."""
+    start, servers = _server_factory(tmp_path)
     yield start
     for server in servers:
         server.terminate()
@@ -59,18 +66,8 @@ def live_server(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
 @pytest.fixture(scope="module")
 def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., LiveServer]]:
     """Module-scoped factory: `serve(repository, env={...})` is a ready `python -m service` process on
-    127.0.0.1, shared by the module's tests and stopped (SIGTERM) after them. Use `live_server` when a test
-    needs a process of its own (restarts, signals, a poisoned state)."""
-    servers: list[LiveServer] = []
-    folder = tmp_path_factory.mktemp("served")
-
-    def start(repository: Path, env: dict[str, str] | None = None, timeout: float = 180.0) -> LiveServer:
-        server = LiveServer(repository, folder / f"server-{len(servers)}.log",
-                            {"SERVICE_STATE_DIR": str(folder / f"state-{len(servers)}"), **(env or {})})
-        servers.append(server)
-        server.wait_ready(timeout)
-        return server
-
+    127.0.0.1, shared by the module's tests and stopped (SIGTERM) after them."""
+    start, servers = _server_factory(tmp_path_factory.mktemp("served"))
     yield start
     for server in servers:
         server.terminate()

@@ -12,20 +12,38 @@ runs through the same graph; parity is checked on several patterns and batch siz
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict
 
-from export.core import ExportPlan, GraphExport
+from export.core import ExportPlan, GraphExport, parse_options
 from families.manifest import Batching
-from families.water.preprocessing import STATIC_NAMES, UNITS
-from service.families.water.quality import training_statistics
-from training.water.config import IMAGE_MODALITIES, MODALITIES, VECTOR_MODALITIES, WaterConfig
+from families.water.contract import (
+    MODEL_GRAPH,
+    STATIC_INPUT,
+    Grid,
+    Normalisation,
+    Preprocessing,
+    mask_input,
+    missing_share_statistics,
+    output_name,
+)
+from families.water.preprocessing import IMAGE_MODALITIES, MODALITIES, STATIC_NAMES, UNITS, VECTOR_MODALITIES
+from training.water.config import WaterModelConfig
 from training.water.model import DenseReconstructor
 from training.water.train import load_checkpoint
 
 
-def _masks(cfg: WaterConfig, batch: int, pattern: str, generator: torch.Generator) -> dict[str, torch.Tensor]:
+class ExportOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["onnx", "torchscript"] = "onnx"
+
+
+def _masks(cfg: WaterModelConfig, batch: int, pattern: str, generator: torch.Generator) -> dict[str, torch.Tensor]:
     hp, wp = cfg.grid_patches
     shapes = {m: (batch, cfg.frames, hp, wp) if m in IMAGE_MODALITIES else (batch, cfg.series_len) for m in MODALITIES}
     if pattern == "random":
@@ -43,54 +61,54 @@ def _masks(cfg: WaterConfig, batch: int, pattern: str, generator: torch.Generato
     return masks
 
 
-def _sample(cfg: WaterConfig, batch: int, pattern: str, generator: torch.Generator) -> dict[str, torch.Tensor]:
+def _sample(cfg: WaterModelConfig, batch: int, pattern: str, generator: torch.Generator) -> dict[str, torch.Tensor]:
     sample = {}
     for m in MODALITIES:
         shape = (batch, cfg.frames, cfg.height, cfg.width) if m in IMAGE_MODALITIES else (batch, cfg.series_len)
         sample[m] = torch.randn(shape, generator=generator)
-    sample["static"] = torch.randn(batch, cfg.n_static, generator=generator)
-    sample.update({f"{m}_mask": v for m, v in _masks(cfg, batch, pattern, generator).items()})
+    sample[STATIC_INPUT] = torch.randn(batch, cfg.n_static, generator=generator)
+    sample.update({mask_input(m): v for m, v in _masks(cfg, batch, pattern, generator).items()})
     return sample
 
 
-def preprocessing(cfg: WaterConfig, stats: dict, missing: dict[str, float] | None = None) -> dict:
-    """What the service needs to validate requests and (de)normalise: shared via the manifest; with the
-    training split's missing share per modality, the drift reference too (service/quality/drift.py)."""
-    pre = {
-        "grid": {"height": cfg.height, "width": cfg.width, "patch": cfg.patch, "frames": cfg.frames,
-                 "series_len": cfg.series_len, "n_static": cfg.n_static},
-        "image_modalities": list(IMAGE_MODALITIES),
-        "vector_modalities": list(VECTOR_MODALITIES),
-        "static_names": list(STATIC_NAMES),
-        "units": UNITS,
-        "stats": stats,
-        "prior_fill": cfg.prior_fill,
-    }
-    if missing:  # older checkpoints lack it: no drift series for them
-        pre["training_statistics"] = training_statistics(missing)
-    return pre
+def _preprocessing(cfg: WaterModelConfig, stats: Normalisation, missing: dict[str, float] | None) -> Preprocessing:
+    """What the service needs to validate requests and (de)normalise; with the training split's missing share
+    per modality, the drift reference too (service/quality/water.py). Older checkpoints lack it: no drift
+    series for them."""
+    return Preprocessing(
+        grid=Grid(height=cfg.height, width=cfg.width, patch=cfg.patch, frames=cfg.frames, series_len=cfg.series_len,
+                  n_static=cfg.n_static),
+        image_modalities=list(IMAGE_MODALITIES),
+        vector_modalities=list(VECTOR_MODALITIES),
+        static_names=list(STATIC_NAMES),
+        units=UNITS,
+        stats=stats,
+        prior_fill=cfg.prior_fill,
+        training_statistics=missing_share_statistics(missing) if missing else None,
+    )
 
 
-def plan_from_checkpoint(checkpoint: Path, format: str = "onnx") -> ExportPlan:
-    model, stats, _, ckpt = load_checkpoint(Path(checkpoint))
-    cfg = model.cfg
+def plan_from_checkpoint(checkpoint: Path, options: Mapping[str, str] | None = None) -> ExportPlan:
+    opts = parse_options(ExportOptions, options)
+    loaded = load_checkpoint(Path(checkpoint))
+    cfg = loaded.config
     generator = torch.Generator().manual_seed(0)
     samples = [_sample(cfg, b, p, generator) for b, p in ((2, "random"), (1, "none"), (3, "gaps"), (5, "random"))]
-    outputs = [f"{m}_out" for m in MODALITIES]
-    graph = GraphExport(name="model", module=DenseReconstructor(model).eval(), samples=samples,
-                        output_names=outputs, format=format)  # type: ignore[arg-type]
-    metrics = ckpt.get("metrics", {})
+    graph = GraphExport(name=MODEL_GRAPH, module=DenseReconstructor(loaded.model).eval(), samples=samples,
+                        output_names=[output_name(m) for m in MODALITIES], format=opts.format)
+    metrics = loaded.extras["metrics"]
     return ExportPlan(
         family="water",
         task="reconstruct",
         graphs=[graph],
+        primary_graph=MODEL_GRAPH,
         batching=Batching(max_batch_size=8, max_queue_delay_ms=5, max_queue_size=128),
-        preprocessing=preprocessing(cfg, stats.to_dict(), ckpt.get("missing_fraction")),
+        preprocessing=_preprocessing(cfg, Normalisation.of(loaded.extras["stats"]), loaded.extras["missing_fraction"]),
         provenance={
             "training_config": cfg.to_dict(),
             "metrics": {k: v for k, v in metrics.items() if k != "history"},
-            "evaluation": ckpt.get("evaluation"),
-            "data": ckpt.get("data", ""),
+            "evaluation": loaded.extras["evaluation"],
+            "data": loaded.extras["data"],
             "checkpoint": str(checkpoint),
         },
     )

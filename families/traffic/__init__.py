@@ -1,1 +1,2 @@
-"""Traffic forecasting, the shared part: features, scaler, time grid (training and service agree on it)."""
+"""Traffic forecasting, the shared part: features, scaler, time grid and the manifest contract (training,
+export and the service agree on them)."""

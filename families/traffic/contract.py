@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import math
 from functools import cached_property
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, field_validator, model_serializer
 
+from families.statistics import TrainingStatistic
 from families.traffic.preprocessing import (
     FEATURE_DAY_OF_WEEK,
     FEATURE_SPEED,
     FEATURE_TIME_OF_DAY,
     NULL_VALUE,
-    STEP_SECONDS,
     Scaler,
+    feature_names,
 )
 
 TASK = "traffic-forecast"
@@ -28,17 +29,6 @@ OUTPUT = "y"  # (batch, horizon, num_sensors, 1) float32 mph
 # Names of the drift statistics in `training_statistics` (service/quality/traffic.py observes the same ones).
 STAT_MISSING = "missing_fraction"
 STAT_SPEED = "mean_speed"
-
-Feature = Literal["speed", "time_of_day", "day_of_week"]
-
-
-class Statistic(BaseModel):
-    """A statistic of the training data: drift is measured in training standard deviations."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    mean: float
-    std: float
 
 
 class Preprocessing(BaseModel):
@@ -50,8 +40,8 @@ class Preprocessing(BaseModel):
 
     sensor_ids: list[str] = Field(min_length=1)
     scaler: Scaler
-    features: list[Feature]
-    step_seconds: int = Field(STEP_SECONDS, gt=0)
+    features: list[str]  # channel order of x: speed first, then the time features present
+    step_seconds: int = Field(gt=0)
     input_steps: int = Field(gt=0)
     horizon: int = Field(gt=0)
     null_value: float = NULL_VALUE
@@ -59,13 +49,15 @@ class Preprocessing(BaseModel):
     input_layout: str = "x: (batch, input_steps, num_sensors, len(features)) float32; speed z-scored"
     output_layout: str = "y: (batch, horizon, num_sensors, 1) float32 mph"
     # Drift reference (STAT_MISSING, STAT_SPEED); absent from exports of checkpoints that lack the data summary.
-    training_statistics: dict[str, Statistic] | None = None
+    training_statistics: dict[str, TrainingStatistic] | None = None
 
     @field_validator("features")
     @classmethod
-    def _speed_first(cls, value: list[str]) -> list[str]:
-        if not value or value[0] != FEATURE_SPEED or len(set(value)) != len(value):
-            raise ValueError(f"unsupported traffic features {value}: speed first, each channel once")
+    def _known_channels(cls, value: list[str]) -> list[str]:
+        # The channels build_features makes, in its order (training wrote the list with feature_names).
+        if value != feature_names(FEATURE_TIME_OF_DAY in value, FEATURE_DAY_OF_WEEK in value):
+            raise ValueError(f"unsupported traffic features {value}: {FEATURE_SPEED!r}, then optionally "
+                             f"{FEATURE_TIME_OF_DAY!r}, then optionally {FEATURE_DAY_OF_WEEK!r}")
         return value
 
     @model_serializer(mode="wrap")
@@ -90,13 +82,12 @@ class Preprocessing(BaseModel):
         return {s: i for i, s in enumerate(self.sensor_ids)}
 
 
-def training_statistics(missing_fraction: float, scaler_mean: float, scaler_std: float) -> dict[str, Statistic]:
+def training_statistics(missing_fraction: float, scaler_mean: float, scaler_std: float) -> dict[str, TrainingStatistic]:
     """`training_statistics` from what training records: the missing share of the speed table and the scaler,
     whose mean/std count missing zeros as readings (so the non-missing moments are the scaler's divided by the
     present share)."""
     present = 1.0 - missing_fraction
     mean = scaler_mean / present if present > 0 else 0.0
     second = (scaler_std ** 2 + scaler_mean ** 2) / present if present > 0 else 0.0
-    missing_std = math.sqrt(max(missing_fraction * present, 0.0))  # of a 0/1 indicator (Bernoulli)
-    return {STAT_MISSING: Statistic(mean=missing_fraction, std=missing_std),
-            STAT_SPEED: Statistic(mean=mean, std=math.sqrt(max(second - mean * mean, 0.0)))}
+    return {STAT_MISSING: TrainingStatistic.share(missing_fraction),
+            STAT_SPEED: TrainingStatistic(mean=mean, std=math.sqrt(max(second - mean * mean, 0.0)))}

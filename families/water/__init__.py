@@ -1,1 +1,2 @@
-"""Water reconstruction, the shared part: modalities, normalisation, masks and the gap prior."""
+"""Water reconstruction, the web-free part: modalities, normalisation, masks, the gap prior and the artifact
+contract (contract.py), shared by training, export and the service."""

@@ -8,7 +8,6 @@ is hidden from the model when any of its values is missing; only the missing val
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -27,7 +26,7 @@ MIN_STD = 1e-6
 
 @dataclass
 class NormStats:
-    """Per-modality mean/std (scalars) and per-attribute static mean/std."""
+    """Per-modality mean/std (scalars) and per-attribute static mean/std (as JSON: contract.Normalisation)."""
 
     mean: dict[str, float]
     std: dict[str, float]
@@ -42,23 +41,6 @@ class NormStats:
 
     def normalise_static(self, values: np.ndarray) -> np.ndarray:
         return ((values - self.static_mean) / self.static_std).astype(np.float32)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "mean": {k: float(v) for k, v in self.mean.items()},
-            "std": {k: float(v) for k, v in self.std.items()},
-            "static_mean": [float(v) for v in self.static_mean],
-            "static_std": [float(v) for v in self.static_std],
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> NormStats:
-        return cls(
-            mean={k: float(v) for k, v in data["mean"].items()},
-            std={k: float(v) for k, v in data["std"].items()},
-            static_mean=np.asarray(data["static_mean"], dtype=np.float64),
-            static_std=np.asarray(data["static_std"], dtype=np.float64),
-        )
 
     @classmethod
     def fit(cls, fields: dict[str, np.ndarray], static: np.ndarray) -> NormStats:

@@ -26,11 +26,6 @@ STATISTICS_KEY = "training_statistics"
 MIN_STD = 0.01  # a statistic constant in training (e.g. no missing values at all) still gives a finite drift
 
 
-def bernoulli_std(p: float) -> float:
-    """Standard deviation of a 0/1 indicator with mean `p` (a missing-value share)."""
-    return math.sqrt(max(p * (1.0 - p), 0.0))
-
-
 @dataclass
 class _Series:
     sum: Counter

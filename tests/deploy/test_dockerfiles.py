@@ -32,7 +32,7 @@ def _arg_defaults(path: Path) -> dict[str, str]:
 
 
 # What the service images must contain, and what must stay out of their build context.
-IMAGE_SOURCES = ("pyproject.toml", "README.md", "service", "export", "training", "models",
+IMAGE_SOURCES = ("pyproject.toml", "README.md", "families", "service", "export", "training", "models",
                  "docker/install_deps.py", "docker/healthcheck.py")
 
 

@@ -25,8 +25,9 @@ from deploy_prometheus import Prometheus, finite
 from deploy_support import alert_rules, panel_queries, prometheus_binary, split_comparison, substitute
 
 from families.manifest import Manifest
+from families.water.contract import Preprocessing
 from families.weld.preprocessing import PreprocessParams
-from service.families.water.family import WaterSpec, reconstruct_example
+from service.families.water.schemas import reconstruct_example
 from training.weld.data import read_manifest
 
 pytestmark = pytest.mark.prometheus
@@ -78,8 +79,8 @@ def drive_quality(client: httpx.Client, repository: Path, weld_data: Path, round
 def drive_water_and_codec(client: httpx.Client, repository: Path, round_: int) -> None:
     from PIL import Image
 
-    spec = WaterSpec.from_preprocessing(Manifest.read(repository / "water" / "1").preprocessing)
-    water = client.post("/water/reconstruct", json=reconstruct_example(spec))
+    pre = Manifest.read(repository / "water" / "1").preprocessing_as(Preprocessing)
+    water = client.post("/water/reconstruct", json=reconstruct_example(pre))
     assert water.status_code == 200, water.text
     pixels = np.random.default_rng(round_).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     png = io.BytesIO()

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from training.traffic.config import load_config
 from training.traffic.model import TrafficForecaster, TrafficModelConfig, count_parameters
-from training.traffic.train import load_config
 
 N, B = 6, 2
 SMALL = {"d_model": 16, "num_heads": 2, "dropout": 0.0}
@@ -82,8 +82,7 @@ def test_parameter_counts_of_the_switches() -> None:
                                                      ("deep", 5e6, 9e6)])
 def test_presets_match_the_log_sizes_at_metr_la_scale(preset: str, low: float, high: float) -> None:
     """Phase 1 / fallback ~1.23M, Phase 3 quick ~2.3M parameters at N=207 (the log's figures)."""
-    config = load_config(preset)
-    cfg = TrafficModelConfig(num_nodes=207, **config["model"])
+    cfg = load_config(preset).for_data(207, use_time_of_day=True, use_day_of_week=False)
     assert low < count_parameters(TrafficForecaster(cfg)) < high
     if preset == "fallback":  # fallback == Phase 1: 2 stages, [1], no cross-stage attention
         assert cfg.num_stages == 2 and cfg.patch_sizes == [1] and not cfg.cross_stage_attention

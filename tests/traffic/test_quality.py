@@ -1,14 +1,13 @@
 """Live traffic forecast quality (issue 16): forecasts kept, observations scored per horizon step against the
 model and the last-value baseline, late / duplicate / unmatched counted; drift inputs; hostile observations.
 
-The store itself is tested directly (exact numbers); the endpoint on one module-scoped live server.
+The store itself is tested directly (exact numbers); the endpoint on one module-scoped live server (`serve`).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,11 +16,12 @@ import httpx
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
-from testkit import LiveServer, hostile_request, running_server
+from testkit import LiveServer, hostile_request
 
 from families.manifest import Manifest
-from service.families.traffic.quality import ForecastStore, last_non_missing, training_statistics
+from families.traffic.contract import training_statistics
 from service.metrics import QualityMetrics
+from service.quality.traffic import ForecastStore, last_non_missing
 
 STEP_NS = 300 * 10**9
 REPORT: list[tuple[str, int, float, float, float]] = []
@@ -89,17 +89,16 @@ def test_last_value_and_training_statistics() -> None:
     assert np.isnan(last_non_missing(speeds)[0, 2])
     values = np.array([0.0, 0.0, 40.0, 60.0])  # scaler counts the zeros: mean 25
     stats = training_statistics(0.5, float(values.mean()), float(values.std()))
-    assert stats["mean_speed"]["mean"] == pytest.approx(50.0)
-    assert stats["mean_speed"]["std"] == pytest.approx(10.0)
-    assert stats["missing_fraction"] == {"mean": 0.5, "std": 0.5}
+    assert stats["mean_speed"].mean == pytest.approx(50.0)
+    assert stats["mean_speed"].std == pytest.approx(10.0)
+    assert stats["missing_fraction"].model_dump() == {"mean": 0.5, "std": 0.5}
 
 
 # ---- the endpoint on a live server ------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, traffic_repository: Path) -> Iterator[LiveServer]:
-    with running_server(traffic_repository, tmp_path_factory.mktemp("traffic-quality") / "server.log") as live:
-        yield live
+def server(serve, traffic_repository: Path) -> LiveServer:
+    return serve(traffic_repository)
 
 
 @pytest.fixture(scope="module")

@@ -1,21 +1,24 @@
-"""Export + POST /traffic/forecast on a real service process (tests/conftest.py `live_server`)."""
+"""Export + POST /traffic/forecast, through the app in this process (tests/conftest.py `asgi_service`)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from testkit import InProcessService
 
 from families.manifest import Manifest
 from families.traffic.preprocessing import Scaler, build_features
 from training.traffic.train import load_checkpoint
+
+if TYPE_CHECKING:
+    from training.checkpoints import TrainResult
 
 STEP = np.timedelta64(300, "s")
 
@@ -52,9 +55,9 @@ def _expected(manifest: Manifest, version_dir: Path, window: dict[str, Any]) -> 
     return y[:, [index[s] for s in window["sensor_ids"]]].T
 
 
-def test_manifest_carries_what_serving_needs(traffic_repository: Path, traffic_run: dict[str, Any]) -> None:
+def test_manifest_carries_what_serving_needs(traffic_repository: Path, traffic_run: TrainResult) -> None:
     manifest = _manifest(traffic_repository)
-    checkpoint = torch.load(traffic_run["best_checkpoint"], weights_only=False)
+    checkpoint = torch.load(traffic_run.best_checkpoint, weights_only=False)
     pre = manifest.preprocessing
     assert manifest.family == "traffic"
     assert pre["sensor_ids"] == checkpoint["sensor_ids"] and len(pre["sensor_ids"]) == 12
@@ -72,17 +75,20 @@ def test_manifest_carries_what_serving_needs(traffic_repository: Path, traffic_r
     assert manifest.provenance["metrics"]["test"]["model"]["average"]["mae"] > 0
 
 
-def test_forecast_equals_the_exported_model(live_server, traffic_repository: Path,
-                                            traffic_run: dict[str, Any]) -> None:
-    server = live_server(traffic_repository)
+@pytest.fixture(scope="module")
+def service(asgi_service, traffic_repository: Path) -> InProcessService:
+    return asgi_service(traffic_repository)
+
+
+def test_forecast_equals_the_exported_model(service: InProcessService, traffic_repository: Path,
+                                            traffic_run: TrainResult) -> None:
     manifest = _manifest(traffic_repository)
     version_dir = traffic_repository / "traffic" / "1"
     first = _window(manifest, 0)
     second = _window(manifest, 1, last="2012-03-10T17:30:00")
     second_by_last = {k: v for k, v in second.items() if k != "timestamps"}
     second_by_last["last_timestamp"] = second["timestamps"][-1]
-    response = httpx.post(f"{server.url}/traffic/forecast", json={"windows": [first | {"id": "a"}, second_by_last]},
-                          timeout=60)
+    response = service.post("/traffic/forecast", json={"windows": [first | {"id": "a"}, second_by_last]})
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["model"] == "traffic" and body["version"] == 1 and body["unit"] == "mph"
@@ -96,15 +102,15 @@ def test_forecast_equals_the_exported_model(live_server, traffic_repository: Pat
     # a UTC offset is kept (wall-clock time of day, not converted): same forecast, timestamps with the offset
     aware = {k: v for k, v in first.items() if k != "timestamps"}
     aware["last_timestamp"] = first["timestamps"][-1] + "-08:00"
-    r = httpx.post(f"{server.url}/traffic/forecast", json={"windows": [aware]}, timeout=60)
+    r = service.post("/traffic/forecast", json={"windows": [aware]})
     assert r.status_code == 200, r.text
     np.testing.assert_allclose(r.json()["forecasts"][0]["values"], body["forecasts"][0]["values"], rtol=1e-6)
     assert r.json()["forecasts"][0]["timestamps"][0].endswith("-08:00")
-    sensors = httpx.get(f"{server.url}/traffic/sensors", timeout=60).json()
+    sensors = service.get("/traffic/sensors").json()
     assert sensors["sensor_ids"] == manifest.preprocessing["sensor_ids"] and sensors["horizon"] == 12
 
     # ... and the eager (checkpoint) model agrees with the exported one
-    model, _ = load_checkpoint(Path(traffic_run["best_checkpoint"]))
+    model = load_checkpoint(traffic_run.best_checkpoint).model
     pre = manifest.preprocessing
     index = {s: i for i, s in enumerate(pre["sensor_ids"])}
     speeds = np.zeros((12, 12))
@@ -119,7 +125,7 @@ def test_forecast_equals_the_exported_model(live_server, traffic_repository: Pat
     # the same model through the Open Inference Protocol
     x = build_features(speeds[None], np.array(first["timestamps"], dtype="datetime64[ns]")[None],
                        Scaler(**pre["scaler"]), True, False)
-    oip = httpx.post(f"{server.url}/v2/models/traffic/infer", timeout=60, json={"inputs": [
+    oip = service.post("/v2/models/traffic/infer", json={"inputs": [
         {"name": "x", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]})
     assert oip.status_code == 200, oip.text
     y = np.array(oip.json()["outputs"][0]["data"], dtype=np.float32).reshape(1, 12, 12, 1)
@@ -128,8 +134,7 @@ def test_forecast_equals_the_exported_model(live_server, traffic_repository: Pat
     # every bad input -> 422 whose message names the problem, never a 500
     def bad(window: dict[str, Any], expected: str, raw: str | None = None) -> None:
         content = raw if raw is not None else json.dumps({"windows": [window]})
-        r = httpx.post(f"{server.url}/traffic/forecast", content=content, timeout=60,
-                       headers={"content-type": "application/json"})
+        r = service.post("/traffic/forecast", content=content, headers={"content-type": "application/json"})
         assert r.status_code == 422, (expected, r.status_code, r.text)
         assert expected in r.json()["error"]["message"], (expected, r.json())
 
@@ -154,6 +159,14 @@ def test_forecast_equals_the_exported_model(live_server, traffic_repository: Pat
     negative = [list(row) for row in first["values"]]
     negative[0][0] = -5
     bad(dict(first, values=negative), "outside [0, 250] mph")
+
+
+def test_request_timeout_covers_preprocessing(service: InProcessService, traffic_repository: Path) -> None:
+    """X-Request-Timeout-Ms counts from arrival: a deadline already spent is never computed (504)."""
+    r = service.post("/traffic/forecast", json={"windows": [_window(_manifest(traffic_repository), 0)]},
+                     headers={"x-request-timeout-ms": "0.001"})
+    assert r.status_code == 504, r.text
+    assert "deadline" in r.json()["error"]["message"]
 
 
 @pytest.mark.parametrize("windows", [0, 65])

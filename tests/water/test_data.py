@@ -8,6 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
+from families.water.contract import Normalisation
 from families.water.preprocessing import MODALITIES, NormStats, expand_patch_mask, patch_mask
 from training.water import data as water_data
 
@@ -85,7 +86,7 @@ def test_loader_names_bad_files(tmp_path: Path, synthetic: water_data.WaterData)
 
 def test_norm_stats_roundtrip_and_masks(synthetic: water_data.WaterData) -> None:
     stats = NormStats.fit(synthetic.fields, synthetic.static)
-    again = NormStats.from_dict(stats.to_dict())
+    again = Normalisation.model_validate_json(Normalisation.of(stats).model_dump_json()).norm_stats()
     x = synthetic.fields["temp"][:2]
     np.testing.assert_allclose(again.denormalise("temp", again.normalise("temp", x)), x, rtol=1e-5, atol=1e-4)
     missing = np.zeros((5, 30, 20), bool)

@@ -6,13 +6,18 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 import torch
 
+from export.core import ExportError, publish
+from export.families.water import plan_from_checkpoint
 from families.manifest import Manifest
+from families.water.contract import Preprocessing
+from families.water.preprocessing import IMAGE_MODALITIES, MODALITIES
 from service.runtimes import open_runtime
-from training.water.config import IMAGE_MODALITIES, MODALITIES
+from training.water.default import SHIPPED
 from training.water.model import patchify, select, take, to_tokens
-from training.water.train import TrainResult
+from training.water.train import FitResult
 
 
 def test_manifest_signature_and_parity(water_repository: Path) -> None:
@@ -29,10 +34,11 @@ def test_manifest_signature_and_parity(water_repository: Path) -> None:
     pre = manifest.preprocessing
     assert pre["grid"] == {"height": 20, "width": 20, "patch": 10, "frames": 5, "series_len": 20, "n_static": 11}
     assert set(pre["stats"]["mean"]) == set(MODALITIES)
+    assert manifest.preprocessing_as(Preprocessing).model_dump(mode="json") == pre  # the layout round-trips
 
 
 def test_onnx_matches_visible_only_model_for_new_patterns(water_repository: Path,
-                                                           water_trained: tuple[TrainResult, Path]) -> None:
+                                                           water_trained: tuple[FitResult, Path]) -> None:
     """Patterns not seen at export time, different visible counts per row: the ONNX graph equals the
     training-time model that encodes only the gathered visible tokens."""
     model = water_trained[0].model
@@ -67,10 +73,24 @@ def test_onnx_matches_visible_only_model_for_new_patterns(water_repository: Path
             assert torch.equal(take(out_tok, vis[m][0])[vis_keep], take(tokens[m], vis[m][0])[vis_keep])
 
 
-def test_torchscript_export(tmp_path: Path, water_trained: tuple[TrainResult, Path]) -> None:
-    from export.core import publish
-    from export.families.water import plan_from_checkpoint
-
-    version_dir = publish(plan_from_checkpoint(water_trained[1], format="torchscript"), tmp_path, name="water_ts")
+def test_torchscript_export(tmp_path: Path, water_trained: tuple[FitResult, Path]) -> None:
+    version_dir = publish(plan_from_checkpoint(water_trained[1], {"format": "torchscript"}), tmp_path,
+                          name="water_ts")
     manifest = Manifest.read(version_dir)
     assert manifest.primary.format == "torchscript" and manifest.primary.parity.passed
+
+
+def test_unknown_options_are_refused(water_trained: tuple[FitResult, Path]) -> None:
+    with pytest.raises(ExportError, match="colour"):
+        plan_from_checkpoint(water_trained[1], {"colour": "blue"})
+    with pytest.raises(ExportError, match="format"):
+        plan_from_checkpoint(water_trained[1], {"format": "tflite"})
+
+
+def test_shipped_checkpoint_plans_the_manifest_layout_of_older_exports() -> None:
+    """The committed default predates drift statistics: its section has no `training_statistics` key (not
+    a null), like the manifests exported from it so far; it parses back with the contract."""
+    section = plan_from_checkpoint(SHIPPED).preprocessing.model_dump(mode="json")
+    assert list(section) == ["grid", "image_modalities", "vector_modalities", "static_names", "units", "stats",
+                             "prior_fill"]
+    assert Preprocessing.model_validate(section).grid.height == 40

@@ -7,40 +7,44 @@ pings every 10 ms) and a peak-RSS-growth bound. One module-scoped server keeps t
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-from testkit import LiveServer, hostile_request, running_server
+from testkit import LiveServer, hostile_request
 
 from families.manifest import Manifest
+from families.water.contract import Grid, Preprocessing
 from families.water.preprocessing import MODALITIES
-from service.families.water.family import MAX_JSON_VALUES, ReconstructResponse, WaterSpec
+from service.families.water.schemas import (
+    MAX_JSON_VALUES,
+    MAX_SAMPLES_PER_REQUEST,
+    ReconstructResponse,
+    max_json_values,
+)
 from training.water.data import generate
 
 REPORT: list[tuple[str, int, float, float, float]] = []
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, water_repository: Path) -> Iterator[LiveServer]:
-    with running_server(water_repository, tmp_path_factory.mktemp("water-hostile") / "server.log") as live:
-        yield live
+def server(serve, water_repository: Path) -> LiveServer:
+    return serve(water_repository)
 
 
 @pytest.fixture(scope="module")
-def spec(water_repository: Path) -> WaterSpec:
-    return WaterSpec.from_preprocessing(Manifest.read(water_repository / "water" / "1").preprocessing)
+def grid(water_repository: Path) -> Grid:
+    return Manifest.read(water_repository / "water" / "1").preprocessing_as(Preprocessing).grid
 
 
 @pytest.fixture(scope="module")
-def sample(spec: WaterSpec) -> dict[str, Any]:
+def sample(grid: Grid) -> dict[str, Any]:
     """One sample of the served grid size with a block of missing days in precip."""
-    data = generate(1, spec.height, spec.width, seed=5)
+    data = generate(1, grid.height, grid.width, seed=5)
     out = {m: data.fields[m][0].astype(float).tolist() for m in MODALITIES}
-    out["precip"][1] = [[None] * spec.width] * spec.height
+    out["precip"][1] = [[None] * grid.width] * grid.height
     return {**out, "static": data.static[0].astype(float).tolist()}
 
 
@@ -65,31 +69,31 @@ def test_valid_request_still_reconstructs(server: LiveServer, sample: dict[str, 
 
 def test_largest_valid_request_stays_off_the_loop(server: LiveServer, sample: dict[str, Any]) -> None:
     """64 samples (the schema's maximum): parsing, the prior and the response body run on the work pool."""
-    r = hostile_request(server, _post({"samples": [sample] * 64}), max_seconds=30, max_rss_mb=250,
+    r = hostile_request(server, _post({"samples": [sample] * MAX_SAMPLES_PER_REQUEST}), max_seconds=30, max_rss_mb=250,
                         report=REPORT, name="64 samples (largest valid)")
     assert r.status_code == 200, r.text
-    assert len(r.json()["samples"]) == 64
+    assert len(r.json()["samples"]) == MAX_SAMPLES_PER_REQUEST == 64
 
 
-def test_megabytes_of_zeros_refused_before_parsing(server: LiveServer, spec: WaterSpec) -> None:
+def test_megabytes_of_zeros_refused_before_parsing(server: LiveServer, grid: Grid) -> None:
     """A JSON bomb: 8 MB of zeros in one grid parsed to ~300 MB of Python floats (64 MB: ~2.4 GB, 4 s)."""
     content = b'{"samples": [{"static": [1], "precip": [[[' + b"0," * 4_000_000 + b"0]]]}]}"
     r = hostile_request(server, _post(content), max_seconds=3, max_lag_s=0.1, max_rss_mb=60, report=REPORT,
                         name="8 MB of zeros")
     assert r.status_code == 413, r.text
     limit = r.json()["error"]["details"]["limit"]
-    assert limit == spec.max_json_values() < MAX_JSON_VALUES and str(limit) in _error(r)
+    assert limit == max_json_values(grid) < MAX_JSON_VALUES and str(limit) in _error(r)
 
 
 def test_oversized_grid_under_the_cap_is_a_bounded_422(server: LiveServer, sample: dict[str, Any],
-                                                       spec: WaterSpec) -> None:
+                                                       grid: Grid) -> None:
     """Under the value cap the parse cost is what a valid request may cost; the shape check names the grid."""
-    frames = spec.frames * 8
-    big = {**sample, "soil": [[[0.5] * spec.width] * spec.height] * frames}
+    frames = grid.frames * 8
+    big = {**sample, "soil": [[[0.5] * grid.width] * grid.height] * frames}
     r = hostile_request(server, _post({"samples": [big]}), max_seconds=3, max_lag_s=0.1, max_rss_mb=120,
                         report=REPORT, name=f"soil with {frames} frames")
     assert r.status_code == 422, r.text
-    assert f"soil grid size is [{frames}, {spec.height}, {spec.width}]" in _error(r)
+    assert f"soil grid size is [{frames}, {grid.height}, {grid.width}]" in _error(r)
 
 
 def test_too_many_samples_is_422(server: LiveServer) -> None:
@@ -123,11 +127,3 @@ def test_malformed_json_is_400(server: LiveServer, name: str, content: bytes) ->
     r = hostile_request(server, _post(content), max_seconds=2, max_lag_s=0.1, max_rss_mb=60, report=REPORT,
                         name=name)
     assert r.status_code == 400, r.text
-
-
-def test_request_timeout_covers_preprocessing(server: LiveServer, sample: dict[str, Any]) -> None:
-    """X-Request-Timeout-Ms counts from arrival: a deadline already spent is never computed (504)."""
-    with httpx.Client(base_url=server.url, timeout=30) as client:
-        r = _post({"samples": [sample]}, **{"x-request-timeout-ms": "0.001"})(client)
-    assert r.status_code == 504, r.text
-    assert "deadline" in _error(r)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training.water.config import IMAGE_MODALITIES, MODALITIES, VECTOR_MODALITIES, fast_config, full_config
+from families.water.preprocessing import IMAGE_MODALITIES, MODALITIES, VECTOR_MODALITIES
+from training.water.config import fast_model, full_model
 from training.water.model import (
     DenseReconstructor,
     WaterMAE,
@@ -52,7 +53,7 @@ def test_masked_dense_graph_equals_visible_only_encoding(switches: dict) -> None
     """The exported form (all tokens + attention masks) computes exactly what encoding only the visible
     tokens (gathered, variable counts padded) computes, and copies visible tokens unchanged."""
     torch.manual_seed(0)
-    cfg = fast_config(**switches)
+    cfg = fast_model(**switches)
     model = WaterMAE(cfg).eval()
     _randomise_heads(model)
     fields, static, masks = _batch(cfg, 4, 0.6)
@@ -74,7 +75,7 @@ def test_masked_dense_graph_equals_visible_only_encoding(switches: dict) -> None
 
 
 def test_hidden_input_values_are_ignored() -> None:
-    cfg = fast_config(prior_fill=False)
+    cfg = fast_model(prior_fill=False)
     model = DenseReconstructor(WaterMAE(cfg).eval())
     fields, static, masks = _batch(cfg, 2, 0.75)
     noisy = {m: torch.where(model._value_mask(m, masks[m]), fields[m] * 100 + 7, fields[m]) for m in MODALITIES}
@@ -88,7 +89,7 @@ def test_hidden_input_values_are_ignored() -> None:
 def test_prior_fill_starts_at_the_prior_and_corrects_it() -> None:
     """With prior_fill the hidden input values are the prior: an untrained model returns it unchanged (zero
     heads), and once the heads are non-zero the output is the prior plus a correction that depends on it."""
-    cfg = fast_config(prior_fill=True)
+    cfg = fast_model(prior_fill=True)
     mae = WaterMAE(cfg).eval()
     model = DenseReconstructor(mae)
     fields, static, masks = _batch(cfg, 2, 0.75)
@@ -108,7 +109,7 @@ def test_prior_fill_starts_at_the_prior_and_corrects_it() -> None:
 
 
 def test_fully_hidden_modality_gives_finite_output() -> None:
-    cfg = fast_config()
+    cfg = fast_model()
     model = DenseReconstructor(WaterMAE(cfg).eval())
     fields, static, masks = _batch(cfg, 2, 0.5)
     masks["soil"][:] = True
@@ -119,7 +120,7 @@ def test_fully_hidden_modality_gives_finite_output() -> None:
 
 
 def test_vector_encoders_add_one_static_token() -> None:
-    cfg = fast_config()
+    cfg = fast_model()
     model = WaterMAE(cfg)
     b, n_vis = 3, 7
     idx = torch.arange(n_vis)[None].expand(b, -1)
@@ -132,19 +133,19 @@ def test_vector_encoders_add_one_static_token() -> None:
 
 
 def test_full_config_parameter_counts() -> None:
-    model = WaterMAE(full_config())
+    model = WaterMAE(full_model())
     total = count_parameters(model)
     assert 24.8e6 < total < 26.0e6, total  # spec: ~25.6M
     assert 0.9e6 < count_parameters(model.decoders["precip"]) < 1.05e6  # spec: image decoder ~1.0M
     assert 0.88e6 < count_parameters(model.decoders["evap"]) < 0.96e6  # spec: vector decoder ~0.92M
-    wfm = WaterMAE(full_config(use_weighted_fm=True))
+    wfm = WaterMAE(full_model(use_weighted_fm=True))
     assert wfm.wfm is not None
     assert wfm.wfm["precip"].linear.weight.numel() == 24 and wfm.wfm["riverflow"].linear.weight.numel() == 16
     assert 8_000 < count_parameters(wfm) - total < 12_000  # spec: ~10K
 
 
 def test_fm_layer_selection_and_input_layer() -> None:
-    model = WaterMAE(fast_config(use_weighted_fm=True, use_fm_layers=[1], use_input=True))
+    model = WaterMAE(fast_model(use_weighted_fm=True, use_fm_layers=[1], use_input=True))
     assert model.fm_layers("precip") == [0, 2]
     assert model.wfm is not None and model.wfm["precip"].linear.weight.shape == (2, 2)
 
@@ -163,7 +164,7 @@ def test_partial_reconstruction_scores_a_fraction_of_hidden_tokens() -> None:
 
 def test_losses_are_per_modality_and_train() -> None:
     torch.manual_seed(0)
-    cfg = fast_config(kept_mask_ratio=0.5)
+    cfg = fast_model(kept_mask_ratio=0.5)
     model = WaterMAE(cfg)
     fields, static, masks = _batch(cfg, 4, 0.75)
     tokens = to_tokens(cfg, fields)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from scipy.io import netcdf_file
 
+from families.water.preprocessing import MODALITIES, STATIC_NAMES
 from training.water import data as water_data
-from training.water.data import MODALITIES, STATIC_NAMES
 
 T, H, W, TV = 2, 4, 3, 5
 SCALE, OFFSET, FILL = 0.01, 10.0, -32767

@@ -4,8 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from families.water.preprocessing import NormStats, gap_prior
-from service.families.water.family import WaterSample, WaterSpec, model_inputs, parse_sample
+from families.water.contract import Grid, Normalisation, Preprocessing
+from families.water.observed import graph_inputs
+from families.water.preprocessing import (
+    IMAGE_MODALITIES,
+    MODALITIES,
+    STATIC_NAMES,
+    UNITS,
+    VECTOR_MODALITIES,
+    NormStats,
+    gap_prior,
+)
+from service.families.water.routes import observe
+from service.families.water.schemas import WaterSample
 
 
 def test_linear_in_time_where_both_sides_are_visible() -> None:
@@ -50,16 +61,17 @@ def test_series_and_visible_values_unchanged() -> None:
 
 
 def test_service_sends_the_prior_at_hidden_values() -> None:
-    stats = NormStats(mean={m: 0.0 for m in ("precip", "soil", "temp", "evap", "riverflow")},
-                      std={m: 1.0 for m in ("precip", "soil", "temp", "evap", "riverflow")},
+    stats = NormStats(mean={m: 0.0 for m in MODALITIES}, std={m: 1.0 for m in MODALITIES},
                       static_mean=np.zeros(11), static_std=np.ones(11))
-    spec = WaterSpec(frames=2, height=4, width=4, patch=2, series_len=4, n_static=11, stats=stats, prior_fill=True)
+    pre = Preprocessing(grid=Grid(frames=2, height=4, width=4, patch=2, series_len=4, n_static=11),
+                        image_modalities=list(IMAGE_MODALITIES), vector_modalities=list(VECTOR_MODALITIES),
+                        static_names=list(STATIC_NAMES), units=UNITS, stats=Normalisation.of(stats), prior_fill=True)
     grid = [[[float(c) for c in range(4)] for _ in range(4)] for _ in range(2)]
     soil = [[row[:] for row in frame] for frame in grid]
     soil[0][0][0] = None  # hides the top-left patch of day 0, which has a visible day only after it: spatial fill
     sample = WaterSample(precip=grid, soil=soil, temp=grid, evap=[1.0, None, 3.0, 4.0], riverflow=[1.0] * 4,
                          static=[0.0] * 11)
-    inputs, tokens = model_inputs([parse_sample(sample, 0, spec)], spec)
+    inputs, tokens = graph_inputs([observe(sample, 0, pre.grid)], pre, stats)
     assert tokens["soil"][0, 0, 0, 0] and not tokens["soil"][0, 1].any()
     # Inverse-distance weights of the nearest visible pixels below (column value) and to the right (2).
     np.testing.assert_allclose(inputs["soil"][0, 0, :2, :2], [[1, 5 / 3], [2 / 3, 1.5]], atol=1e-6)

@@ -1,14 +1,12 @@
-"""POST /water/reconstruct and /v2 against a real service process serving the exported fast model."""
+"""POST /water/reconstruct and /v2 against the service (in-process) serving the exported fast model."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
-from testkit import LiveServer, running_server
+from testkit import InProcessService
 
 from families.water.preprocessing import MODALITIES
 from training.water.data import generate
@@ -22,11 +20,8 @@ def samples() -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, water_repository: Path) -> Iterator[LiveServer]:
-    """One real service process for the module (the same LiveServer that the live_server fixture starts;
-    module scope keeps the suite inside its time budget)."""
-    with running_server(water_repository, tmp_path_factory.mktemp("water-server") / "server.log") as live:
-        yield live
+def service(asgi_service, water_repository: Path) -> InProcessService:
+    return asgi_service(water_repository)
 
 
 def _with_gaps(sample: dict) -> tuple[dict, dict[str, np.ndarray]]:
@@ -44,9 +39,9 @@ def _with_gaps(sample: dict) -> tuple[dict, dict[str, np.ndarray]]:
     return {**{m: out[m].tolist() for m in MODALITIES}, "static": sample["static"]}, missing
 
 
-def test_visible_values_unchanged_and_only_missing_filled(server, samples: list[dict]) -> None:
+def test_visible_values_unchanged_and_only_missing_filled(service, samples: list[dict]) -> None:
     request, missing = _with_gaps(samples[0])
-    response = httpx.post(f"{server.url}/water/reconstruct", json={"samples": [request]}, timeout=60)
+    response = service.post("/water/reconstruct", json={"samples": [request]})
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["model"] == "water" and body["version"] == 1 and body["units"]["precip"] == "mm/day"
@@ -67,10 +62,9 @@ def test_visible_values_unchanged_and_only_missing_filled(server, samples: list[
     assert precip.min() > -5 and precip.max() < 100
 
 
-def test_nothing_missing_comes_back_as_sent_and_batches(server, samples: list[dict]) -> None:
+def test_nothing_missing_comes_back_as_sent_and_batches(service, samples: list[dict]) -> None:
     gappy, _ = _with_gaps(samples[1])
-    response = httpx.post(f"{server.url}/water/reconstruct", json={"samples": [samples[0], gappy, samples[2]]},
-                          timeout=60)
+    response = service.post("/water/reconstruct", json={"samples": [samples[0], gappy, samples[2]]})
     assert response.status_code == 200, response.text
     results = response.json()["samples"]
     assert len(results) == 3
@@ -80,13 +74,13 @@ def test_nothing_missing_comes_back_as_sent_and_batches(server, samples: list[di
             assert not np.array(results[i]["mask"][m]).any()
 
 
-def test_explicit_mask_and_missing_modality(server, samples: list[dict]) -> None:
+def test_explicit_mask_and_missing_modality(service, samples: list[dict]) -> None:
     sample = dict(samples[0])
     sample.pop("soil")  # the whole grid is missing
     mask = np.zeros((20,), bool)
     mask[-4:] = True
     sample["masks"] = {"riverflow": mask.tolist()}
-    response = httpx.post(f"{server.url}/water/reconstruct", json={"samples": [sample]}, timeout=60)
+    response = service.post("/water/reconstruct", json={"samples": [sample]})
     assert response.status_code == 200, response.text
     result = response.json()["samples"][0]
     assert np.array(result["mask"]["soil"]).all() and np.array(result["hidden"]["soil"]).all()
@@ -96,9 +90,9 @@ def test_explicit_mask_and_missing_modality(server, samples: list[dict]) -> None
     assert np.array_equal(np.array(result["mask"]["riverflow"]), mask)
 
 
-def test_everything_missing_is_422(server, samples: list[dict]) -> None:
+def test_everything_missing_is_422(service, samples: list[dict]) -> None:
     empty = {"static": samples[0]["static"], "evap": [None] * 20}
-    response = httpx.post(f"{server.url}/water/reconstruct", json={"samples": [samples[0], empty]}, timeout=30)
+    response = service.post("/water/reconstruct", json={"samples": [samples[0], empty]})
     assert response.status_code == 422
     assert "samples[1]" in response.json()["error"]["message"] and "missing" in response.json()["error"]["message"]
 
@@ -111,15 +105,15 @@ def test_everything_missing_is_422(server, samples: list[dict]) -> None:
     ("soil", [[[0.0] * 20] * 20, [[0.0] * 19] * 20] + [[[0.0] * 20] * 20] * 3, "soil must be a rectangular grid"),
     ("static", [1.0] * 10, "static has 10 values, expected 11"),
 ])
-def test_wrong_shapes_are_422_naming_them(server, samples: list[dict], field: str, value, needle: str) -> None:
+def test_wrong_shapes_are_422_naming_them(service, samples: list[dict], field: str, value, needle: str) -> None:
     sample = {**samples[0], field: value}
-    response = httpx.post(f"{server.url}/water/reconstruct", json={"samples": [sample]}, timeout=30)
+    response = service.post("/water/reconstruct", json={"samples": [sample]})
     assert response.status_code == 422, response.text
     assert needle in response.json()["error"]["message"]
 
 
-def test_v2_infer_reaches_the_same_graph(server) -> None:
-    meta = httpx.get(f"{server.url}/v2/models/water", timeout=10).json()
+def test_v2_infer_reaches_the_same_graph(service) -> None:
+    meta = service.get("/v2/models/water").json()
     names = {t["name"] for t in meta["inputs"]}
     assert {"precip", "static", "precip_mask", "riverflow_mask"} <= names
     inputs = []
@@ -130,8 +124,15 @@ def test_v2_infer_reaches_the_same_graph(server) -> None:
         if spec["name"] == "soil_mask":
             data = [True] * size
         inputs.append({"name": spec["name"], "shape": shape, "datatype": spec["datatype"], "data": data})
-    response = httpx.post(f"{server.url}/v2/models/water/infer", json={"inputs": inputs}, timeout=30)
+    response = service.post("/v2/models/water/infer", json={"inputs": inputs})
     assert response.status_code == 200, response.text
     outputs = {o["name"]: o for o in response.json()["outputs"]}
     assert outputs["soil_out"]["shape"] == [2, 5, 20, 20]
     assert np.array(outputs["precip_out"]["data"]).max() == 0.0  # visible input copied through
+
+
+def test_request_timeout_covers_preprocessing(service, samples: list[dict]) -> None:
+    """X-Request-Timeout-Ms counts from arrival: a deadline already spent is never computed (504)."""
+    r = service.post("/water/reconstruct", json={"samples": [samples[0]]}, headers={"x-request-timeout-ms": "0.001"})
+    assert r.status_code == 504, r.text
+    assert "deadline" in r.json()["error"]["message"]

@@ -10,36 +10,58 @@ import numpy as np
 import pytest
 import torch
 
+from families.water.contract import Normalisation
 from families.water.preprocessing import MODALITIES
+from training.checkpoints import CheckpointError
 from training.water.baselines import BASELINES
-from training.water.data import generate
+from training.water.config import TrainingConfig, WaterConfig, fast_model, load_config
+from training.water.data import generate, save_samples
+from training.water.default import SHIPPED
 from training.water.evaluate import evaluate
-from training.water.train import TrainResult, load_checkpoint
+from training.water.train import FitResult, load_checkpoint, read_payload, train
 
 
 @pytest.fixture(scope="module")
-def evaluation(water_trained: tuple[TrainResult, Path]) -> dict:
+def evaluation(water_trained: tuple[FitResult, Path]) -> dict:
     result, _ = water_trained
     cfg = result.model.cfg
     held_out = generate(256, cfg.height, cfg.width, cfg.frames, cfg.series_len, seed=999)  # unseen catchments
     return evaluate(result.model, result.stats, result.climatology, held_out, seed=7)
 
 
-def test_checkpoint_holds_model_stats_and_metrics(water_trained: tuple[TrainResult, Path]) -> None:
+def test_checkpoint_holds_model_stats_and_metrics(water_trained: tuple[FitResult, Path]) -> None:
     result, path = water_trained
-    model, stats, clim, ckpt = load_checkpoint(path)
+    checkpoint = load_checkpoint(path)
+    stats, clim = checkpoint.extras["stats"], checkpoint.extras["climatology"]
+    assert checkpoint.family == "water" and read_payload(path)["family"] == "water"
+    assert checkpoint.config == result.model.cfg and not checkpoint.model.training
     assert set(stats.mean) == set(MODALITIES) and stats.static_std.shape == (11,)
-    assert stats.to_dict() == result.stats.to_dict()
+    assert Normalisation.of(stats) == Normalisation.of(result.stats)
     assert set(clim) == set(MODALITIES)
-    for key, value in model.state_dict().items():
+    for key, value in checkpoint.model.state_dict().items():
         assert torch.equal(value, result.model.state_dict()[key])
     metrics = json.loads((path.parent / "metrics.json").read_text())
     last = metrics["history"][-1]
     assert set(last["train"]) == set(MODALITIES) and set(last["val"]) == {*MODALITIES, "total"}
-    assert metrics["best_val"] == pytest.approx(ckpt["metrics"]["best_val"])
+    assert metrics["best_val"] == pytest.approx(checkpoint.extras["metrics"]["best_val"])
 
 
-def test_training_reduced_every_modality_loss(water_trained: tuple[TrainResult, Path]) -> None:
+def test_untagged_and_shipped_checkpoints_load_and_others_are_refused(water_trained: tuple[FitResult, Path],
+                                                                      tmp_path: Path) -> None:
+    """Checkpoints from before the family tag load (recognised by their keys), so does the shipped default;
+    another family's checkpoint is refused before anything else is read."""
+    payload = read_payload(water_trained[1])
+    untagged = {k: v for k, v in payload.items() if k != "family"}
+    torch.save(untagged, tmp_path / "old.pt")
+    assert load_checkpoint(tmp_path / "old.pt").config == water_trained[0].model.cfg
+    shipped = load_checkpoint(SHIPPED)
+    assert shipped.config.height == 40 and shipped.extras["missing_fraction"] is None
+    torch.save({**payload, "family": "traffic"}, tmp_path / "traffic.pt")
+    with pytest.raises(CheckpointError, match="not a water checkpoint"):
+        load_checkpoint(tmp_path / "traffic.pt")
+
+
+def test_training_reduced_every_modality_loss(water_trained: tuple[FitResult, Path]) -> None:
     """Below an untrained model on every modality, and below the gap-filling prior alone in total (with
     prior_fill an untrained model returns exactly the prior)."""
     result, _ = water_trained
@@ -88,3 +110,27 @@ def test_train_and_evaluate_clis(tmp_path: Path) -> None:
                    "--out", str(tmp_path / "eval.json")])
     report = json.loads((tmp_path / "eval.json").read_text())
     assert set(report["days"]) == {"model", "gap_prior", *BASELINES}
+
+
+def test_train_on_a_dataset_folder_takes_its_shapes(tmp_path: Path) -> None:
+    """The contract entry point: `train(config, out_dir, data)` on a folder in the real format; the grid and
+    series sizes come from the files, the rest from the config."""
+    save_samples(generate(10, 20, 30, frames=3, series_len=8, seed=3), tmp_path / "samples")
+    config = WaterConfig(model=fast_model(), training=TrainingConfig(steps=2, batch_size=4, eval_every=2,
+                                                                     val_fraction=0.2))
+    lines: list[str] = []
+    result = train(config, tmp_path / "run", tmp_path / "samples", log=lines.append)
+    checkpoint = load_checkpoint(result.best_checkpoint)
+    shape = checkpoint.config
+    assert (shape.frames, shape.height, shape.width, shape.series_len) == (3, 20, 30, 8)
+    assert result.summary["steps"] == 2 and "8 train / 2 val" in checkpoint.extras["data"]
+    assert lines[0].startswith("parameters:") and "best validation loss" in lines[-1]
+
+
+def test_load_config_presets_and_files(tmp_path: Path) -> None:
+    assert load_config("fast").model == fast_model() and load_config("small").training == TrainingConfig()
+    (tmp_path / "run.json").write_text(json.dumps({"model": {"height": 20, "width": 20}, "training": {"steps": 7}}))
+    config = load_config(tmp_path / "run.json")
+    assert (config.model.height, config.training.steps, config.training.lr) == (20, 7, TrainingConfig().lr)
+    with pytest.raises(ValueError, match="unknown water config"):
+        load_config("medium")

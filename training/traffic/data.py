@@ -12,14 +12,20 @@ with per-step window counts instead of materialising the (n, 12, N) array.
 
 from __future__ import annotations
 
+import json
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from families.traffic.preprocessing import Scaler, build_features, feature_names
+from training.traffic import synthetic
+
+if TYPE_CHECKING:
+    from training.traffic.config import DataConfig
 
 X_OFFSETS = np.arange(-11, 1)
 Y_OFFSETS = np.arange(1, 13)
@@ -199,3 +205,18 @@ def find_files(data_dir: Path) -> tuple[Path, Path]:
     if len(h5) != 1 or len(pkl) != 1:
         raise FileNotFoundError(f"{data_dir}: need exactly one *.h5 and one adj_mx*.pkl, found {h5 + pkl}")
     return h5[0], pkl[0]
+
+
+def prepare_data(config: DataConfig, workdir: Path) -> TrafficData:
+    """Real files from `config.dir`, or synthetic files generated once under workdir/data and read the same way."""
+    if config.source == "files":
+        speed_file, adj_file = find_files(Path(str(config.dir)))
+    else:
+        target = Path(workdir) / "data"
+        speed_file, adj_file = target / synthetic.SPEED_FILE, target / synthetic.ADJ_FILE
+        stamp = target / "spec.json"
+        spec = {"nodes": config.nodes, "days": config.days, "seed": config.seed}
+        if not (speed_file.exists() and adj_file.exists() and stamp.exists() and json.loads(stamp.read_text()) == spec):
+            synthetic.generate_files(target, num_nodes=config.nodes, num_days=config.days, seed=config.seed)
+            stamp.write_text(json.dumps(spec))
+    return load_dataset(speed_file, adj_file, config.use_time_of_day, config.use_day_of_week)

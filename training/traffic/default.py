@@ -14,15 +14,13 @@ import sys
 import time
 from pathlib import Path
 
-from training.traffic.train import load_config, train
+from training.traffic.config import load_config
+from training.traffic.train import train
 
 
 def build_default(workdir: Path) -> Path:
     """Train the default model into `workdir` and return its best checkpoint."""
-    workdir = Path(workdir)
-    config = load_config("default")
-    summary = train(config, workdir, log=False)
-    return Path(summary["best_checkpoint"])
+    return train(load_config("default"), workdir, log=None).best_checkpoint
 
 
 def main() -> None:

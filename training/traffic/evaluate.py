@@ -12,13 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from training.traffic.data import SPLITS
+from training.traffic.data import SPLITS, prepare_data
 from training.traffic.metrics import HORIZONS
-from training.traffic.train import baseline_tables, evaluate_table, load_checkpoint, prepare_data
+from training.traffic.train import baseline_tables, evaluate_table, load_checkpoint
 
 
 def format_table(tables: dict[str, dict[str, dict[str, float]]]) -> str:
@@ -42,22 +43,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
     args = parser.parse_args(argv)
 
-    model, checkpoint = load_checkpoint(args.checkpoint)
-    data_cfg = dict(checkpoint["config"]["data"])
+    checkpoint = load_checkpoint(args.checkpoint)
+    data_cfg = checkpoint.config.data
     if args.data_dir is not None:
-        data_cfg.update(source="files", dir=str(args.data_dir))
+        data_cfg = replace(data_cfg, source="files", dir=str(args.data_dir))
     with tempfile.TemporaryDirectory() as scratch:
         data = prepare_data(data_cfg, Path(scratch))
-    if data.sensor_ids != checkpoint["sensor_ids"]:
+    if data.sensor_ids != checkpoint.extras["sensor_ids"]:
         raise SystemExit("the data's sensor ids differ from the checkpoint's; the model is tied to its sensor set")
-    if not np.isclose(data.scaler.mean, checkpoint["scaler"]["mean"]):
+    if not np.isclose(data.scaler.mean, checkpoint.extras["scaler"]["mean"]):
         print("note: this data's training-split scaler differs from the checkpoint's; the checkpoint's is used")
-    tables = {"model": evaluate_table(model, data, args.split, args.batch_size)}
+    tables = {"model": evaluate_table(checkpoint.model, data, args.split, args.batch_size)}
     if not args.no_baselines:
         tables.update(baseline_tables(data, args.split))
     result = {
         "checkpoint": str(args.checkpoint), "split": args.split, "data": data.description(),
-        "num_parameters": checkpoint.get("num_parameters"), "metrics": tables,
+        "num_parameters": checkpoint.extras.get("num_parameters"), "metrics": tables,
         "horizon_indices": HORIZONS, "mape_unit": "fraction",
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

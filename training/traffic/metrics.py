@@ -11,8 +11,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from families.traffic.preprocessing import NULL_VALUE
+
 HORIZONS = {"horizon_3": 2, "horizon_6": 5, "horizon_12": 11}
-NULL_VALUE = 0.0
 
 
 def _mask(labels: np.ndarray, null_value: float) -> np.ndarray:

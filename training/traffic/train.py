@@ -20,80 +20,52 @@ import json
 import math
 import random
 import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 from families.traffic.preprocessing import STEP_SECONDS
-from training.checkpoints import save_atomic
+from training.checkpoints import FAMILY_KEY, Checkpoint, TrainResult, read_checkpoint, save_checkpoint
 from training.threads import torch_threads
-from training.traffic import synthetic
 from training.traffic.baselines import baseline_predictions
-from training.traffic.data import TrafficData, find_files, load_dataset
+from training.traffic.config import TrafficConfig, TrainConfig, load_config
+from training.traffic.data import TrafficData, prepare_data
 from training.traffic.metrics import horizon_table, masked_mae_torch
 from training.traffic.model import TrafficForecaster, TrafficModelConfig, count_parameters
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-CHECKPOINT_FORMAT = "traffic-checkpoint/1"
-TRAIN_DEFAULTS: dict[str, Any] = {
-    "batch_size": 32, "lr": 1e-3, "weight_decay": 0.0, "epochs": 50, "patience": 10, "grad_clip": 5.0,
-    "seed": 0, "max_batches_per_epoch": None, "max_eval_batches": None, "time_budget_s": None, "threads": None,
-    "eval_batch_size": 64, "device": "cpu", "test_max_batches": None, "amp": False,
-}
-DATA_DEFAULTS: dict[str, Any] = {
-    "source": "synthetic", "dir": None, "nodes": 207, "days": 35, "seed": 0,
-    "use_time_of_day": True, "use_day_of_week": False,
-}
+FAMILY = "traffic"
+LEGACY_FORMAT = "traffic-checkpoint/1"  # what checkpoints said they were before they carried their family
+BEST, LATEST = "best.pt", "latest.pt"
+Log = Callable[[str], None] | None
 
 
-def load_config(name_or_path: str) -> dict[str, Any]:
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = CONFIG_DIR / f"{name_or_path}.yaml"
-    if not path.exists():
-        known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-        raise FileNotFoundError(f"config {name_or_path!r} not found (presets: {known})")
-    raw = yaml.safe_load(path.read_text()) or {}
-    unknown = set(raw) - {"model", "data", "train"}
-    if unknown:
-        raise ValueError(f"{path}: unknown sections {sorted(unknown)}")
-    return {
-        "name": path.stem,
-        "model": dict(raw.get("model", {})),
-        "data": {**DATA_DEFAULTS, **raw.get("data", {})},
-        "train": {**TRAIN_DEFAULTS, **raw.get("train", {})},
-    }
+@dataclass
+class Progress:
+    """Where a run stands; saved at the top level of every checkpoint, so that `resume` continues exactly."""
+
+    epoch: int = 0
+    best_val_mae: float = math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)  # one record per epoch (metrics.jsonl)
+
+    def update(self, epoch: int, val_mae: float) -> bool:
+        """Count the epoch; True when its validation MAE is the best so far."""
+        self.epoch = epoch
+        improved = val_mae < self.best_val_mae
+        if improved:
+            self.best_val_mae, self.best_epoch, self.bad_epochs = val_mae, epoch, 0
+        else:
+            self.bad_epochs += 1
+        return improved
 
 
-def prepare_data(data_cfg: dict[str, Any], workdir: Path) -> TrafficData:
-    """Real files from `dir`, or synthetic files generated once under workdir/data and read the same way."""
-    if data_cfg["source"] == "files":
-        speed_file, adj_file = find_files(Path(data_cfg["dir"]))
-    elif data_cfg["source"] == "synthetic":
-        target = workdir / "data"
-        speed_file, adj_file = target / synthetic.SPEED_FILE, target / synthetic.ADJ_FILE
-        stamp = target / "spec.json"
-        spec = {k: data_cfg[k] for k in ("nodes", "days", "seed")}
-        if not (speed_file.exists() and adj_file.exists() and stamp.exists() and json.loads(stamp.read_text()) == spec):
-            synthetic.generate_files(target, num_nodes=spec["nodes"], num_days=spec["days"], seed=spec["seed"])
-            stamp.write_text(json.dumps(spec))
-    else:
-        raise ValueError(f"data.source must be 'synthetic' or 'files', got {data_cfg['source']!r}")
-    return load_dataset(speed_file, adj_file, data_cfg["use_time_of_day"], data_cfg["use_day_of_week"])
-
-
-def build_model(config: dict[str, Any], data: TrafficData) -> TrafficForecaster:
-    model_cfg = TrafficModelConfig.from_dict(
-        {
-            **config["model"],
-            "num_nodes": data.num_nodes,
-            "use_time_of_day": data.use_time_of_day,
-            "use_day_of_week": data.use_day_of_week,
-        }
-    )
+def build_model(config: TrafficConfig, data: TrafficData) -> TrafficForecaster:
+    model_cfg = config.for_data(data.num_nodes, data.use_time_of_day, data.use_day_of_week)
     return TrafficForecaster(model_cfg, data.adjacency, data.scaler.mean, data.scaler.std)
 
 
@@ -102,6 +74,8 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
 
+
+# ---- evaluation -----------------------------------------------------------------------------------------
 
 @torch.no_grad()
 def predict(model: TrafficForecaster, data: TrafficData, split: str, batch_size: int = 64,
@@ -121,6 +95,7 @@ def predict(model: TrafficForecaster, data: TrafficData, split: str, batch_size:
 
 def evaluate_table(model: TrafficForecaster, data: TrafficData, split: str = "test", batch_size: int = 64,
                    max_batches: int | None = None) -> dict[str, dict[str, float]]:
+    """The evaluation step: masked MAE / RMSE / MAPE per horizon of a split (or its first batches)."""
     return horizon_table(*predict(model, data, split, batch_size, max_batches))
 
 
@@ -130,10 +105,12 @@ def baseline_tables(data: TrafficData, split: str = "test",
     return {name: horizon_table(p[:limit], y[:limit]) for name, (p, y) in baseline_predictions(data, split).items()}
 
 
-def _checkpoint(model: TrafficForecaster, config: dict, data: TrafficData, state: dict) -> dict[str, Any]:
+# ---- checkpoints ----------------------------------------------------------------------------------------
+
+def _payload(model: TrafficForecaster, optimizer: torch.optim.Optimizer, config: TrafficConfig, data: TrafficData,
+             progress: Progress) -> dict[str, Any]:
     return {
-        "format": CHECKPOINT_FORMAT,
-        "config": config,
+        "config": config.to_dict(),
         "model_config": model.cfg.to_dict(),
         "state_dict": model.state_dict(),
         "sensor_ids": list(data.sensor_ids),
@@ -142,21 +119,54 @@ def _checkpoint(model: TrafficForecaster, config: dict, data: TrafficData, state
         "step_seconds": STEP_SECONDS,
         "data": data.description(),
         "num_parameters": count_parameters(model),
-        **state,
+        **copy.deepcopy(asdict(progress)),
+        "optimizer": optimizer.state_dict(),
+        "torch_rng": torch.get_rng_state(),
     }
 
 
-def load_checkpoint(path: Path) -> tuple[TrafficForecaster, dict[str, Any]]:
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    if checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a traffic checkpoint (format {checkpoint.get('format')!r})")
-    cfg = TrafficModelConfig.from_dict(checkpoint["model_config"])
-    scaler = checkpoint["scaler"]
-    model = TrafficForecaster(cfg, None, scaler["mean"], scaler["std"])
-    model.load_state_dict(checkpoint["state_dict"])
-    model.eval()
-    return model, checkpoint
+def checkpoint_step(model: TrafficForecaster, optimizer: torch.optim.Optimizer, config: TrafficConfig,
+                    data: TrafficData, progress: Progress, out_dir: Path, improved: bool) -> None:
+    """latest.pt after every epoch, best.pt when the epoch improved on the validation MAE."""
+    payload = _payload(model, optimizer, config, data, progress)
+    save_checkpoint(FAMILY, payload, out_dir / LATEST)
+    if improved:
+        save_checkpoint(FAMILY, payload, out_dir / BEST)
 
+
+def _read(path: Path) -> dict[str, Any]:
+    return read_checkpoint(path, FAMILY, legacy=lambda p: p.get("format") == LEGACY_FORMAT)
+
+
+def _model_of(payload: dict[str, Any]) -> TrafficForecaster:
+    scaler = payload["scaler"]
+    model = TrafficForecaster(TrafficModelConfig.from_dict(payload["model_config"]), None, scaler["mean"],
+                              scaler["std"])
+    model.load_state_dict(payload["state_dict"])
+    return model.eval()
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    """The eval-mode model on the CPU, its training config, and in `extras` the rest of the file but the
+    weights and the optimizer: sensor ids, scaler, features, step, data summary, metrics, progress."""
+    payload = _read(path)
+    extras = {k: v for k, v in payload.items() if k not in ("state_dict", "optimizer", "torch_rng", FAMILY_KEY)}
+    return Checkpoint(family=FAMILY, path=Path(path), model=_model_of(payload),
+                      config=TrafficConfig.from_dict(payload["config"]), extras=extras)
+
+
+def _resume(model: TrafficForecaster, optimizer: torch.optim.Optimizer, path: Path, log: Log) -> Progress:
+    payload = _read(path)
+    model.load_state_dict(payload["state_dict"])
+    optimizer.load_state_dict(payload["optimizer"])
+    torch.set_rng_state(payload["torch_rng"])
+    progress = Progress(**{f.name: payload[f.name] for f in fields(Progress)})
+    if log:
+        log(f"resumed from {path} at epoch {progress.epoch}")
+    return progress
+
+
+# ---- training -------------------------------------------------------------------------------------------
 
 def training_step(model: TrafficForecaster, optimizer: torch.optim.Optimizer, x: torch.Tensor, target: torch.Tensor,
                   amp: bool = False, grad_clip: float = 0.0) -> torch.Tensor:
@@ -175,113 +185,112 @@ def training_step(model: TrafficForecaster, optimizer: torch.optim.Optimizer, x:
     return outputs[-1].detach()
 
 
-def train(config: dict[str, Any], out_dir: Path, data: TrafficData | None = None, resume: bool = False,
-          log: bool = True) -> dict[str, Any]:
-    """Train per `config`; returns a summary (paths, best validation MAE, test tables, seconds per epoch)."""
-    with torch_threads(config["train"].get("threads")):
-        return _train(config, Path(out_dir), data, resume, log)
+def train_epoch(model: TrafficForecaster, optimizer: torch.optim.Optimizer, data: TrafficData, tcfg: TrainConfig,
+                epoch: int, started: float) -> tuple[list[float], int, bool]:
+    """The training steps of one epoch: (per-batch MAE, batches planned, whether the time budget ran out)."""
+    model.train()
+    device = next(model.parameters()).device
+    amp = tcfg.amp and device.type == "cuda"  # training only; evaluation stays FP32
+    order = np.random.default_rng(tcfg.seed * 1000 + epoch).permutation(len(data.anchors["train"]))
+    batches = range(0, len(order), tcfg.batch_size)
+    if tcfg.max_batches_per_epoch:
+        batches = batches[: tcfg.max_batches_per_epoch]
+    losses: list[float] = []
+    for start in batches:
+        if tcfg.time_budget_s and losses and time.perf_counter() - started > tcfg.time_budget_s:
+            return losses, len(batches), True  # bounded wall time (default model): validate and save what we have
+        x, y = data.windows("train", order[start : start + tcfg.batch_size])
+        target = torch.from_numpy(y).to(device)
+        final = training_step(model, optimizer, torch.from_numpy(x).to(device), target, amp, tcfg.grad_clip or 0.0)
+        losses.append(masked_mae_torch(final, target).item())
+    return losses, len(batches), False
 
 
-def _train(config: dict[str, Any], out_dir: Path, data: TrafficData | None, resume: bool, log: bool) -> dict[str, Any]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tcfg = config["train"]
-    seed_everything(int(tcfg["seed"]))
-    data = data if data is not None else prepare_data(config["data"], out_dir)
-    device = torch.device(tcfg.get("device") or "cpu")
-    amp = bool(tcfg.get("amp")) and device.type == "cuda"  # training only; evaluation stays FP32
-    model = build_model(config, data).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
-    (out_dir / "config.json").write_text(json.dumps(config, indent=2))
+def run_epoch(model: TrafficForecaster, optimizer: torch.optim.Optimizer, config: TrafficConfig, data: TrafficData,
+              progress: Progress, out_dir: Path, started: float, log: Log) -> bool:
+    """Train, validate, log and checkpoint one epoch; True when the run must stop for its time budget."""
+    tcfg = config.train
+    epoch = progress.epoch + 1
+    epoch_start = time.perf_counter()
+    losses, planned, out_of_time = train_epoch(model, optimizer, data, tcfg, epoch, started)
+    train_seconds = time.perf_counter() - epoch_start
+    val = evaluate_table(model, data, "val", tcfg.eval_batch_size, tcfg.max_eval_batches)["average"]
+    improved = progress.update(epoch, val["mae"])
+    record = {
+        "epoch": epoch, "train_mae": float(np.mean(losses)), "val_mae": val["mae"], "val_rmse": val["rmse"],
+        "val_mape": val["mape"], "lr": optimizer.param_groups[0]["lr"], "train_seconds": train_seconds,
+        "epoch_seconds": time.perf_counter() - epoch_start, "batches": len(losses), "complete": len(losses) == planned,
+    }
+    progress.history.append(record)
+    with (out_dir / "metrics.jsonl").open("a") as handle:
+        handle.write(json.dumps(record) + "\n")
+    if log:
+        log(json.dumps(record))
+    checkpoint_step(model, optimizer, config, data, progress, out_dir, improved)
+    return out_of_time or bool(tcfg.time_budget_s and time.perf_counter() - started > tcfg.time_budget_s)
 
-    state = {"epoch": 0, "best_val_mae": math.inf, "best_epoch": 0, "bad_epochs": 0, "history": []}
-    latest, best = out_dir / "latest.pt", out_dir / "best.pt"
-    if resume and latest.exists():
-        checkpoint = torch.load(latest, map_location="cpu", weights_only=False)
-        model.load_state_dict(checkpoint["state_dict"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        torch.set_rng_state(checkpoint["torch_rng"])
-        state = {k: checkpoint[k] for k in state}
-        if log:
-            print(f"resumed from {latest} at epoch {state['epoch']}")
 
-    train_anchors = len(data.anchors["train"])
-    batch_size = int(tcfg["batch_size"])
-    started = time.perf_counter()
-    log_path = out_dir / "metrics.jsonl"
-    while state["epoch"] < int(tcfg["epochs"]) and state["bad_epochs"] < int(tcfg["patience"]):
-        epoch = state["epoch"] + 1
-        epoch_start = time.perf_counter()
-        model.train()
-        order = np.random.default_rng(int(tcfg["seed"]) * 1000 + epoch).permutation(train_anchors)
-        batches = range(0, train_anchors, batch_size)
-        if tcfg.get("max_batches_per_epoch"):
-            batches = batches[: int(tcfg["max_batches_per_epoch"])]
-        losses = []
-        budget = float(tcfg["time_budget_s"]) if tcfg.get("time_budget_s") else None
-        out_of_time = False
-        for start in batches:
-            if budget is not None and losses and time.perf_counter() - started > budget:
-                out_of_time = True  # bounded wall time (default model): validate and save what we have
-                break
-            x, y = data.windows("train", order[start : start + batch_size])
-            target = torch.from_numpy(y).to(device)
-            final = training_step(model, optimizer, torch.from_numpy(x).to(device), target, amp,
-                                  float(tcfg.get("grad_clip") or 0.0))
-            losses.append(masked_mae_torch(final, target).item())
-        train_seconds = time.perf_counter() - epoch_start
-        val = evaluate_table(model, data, "val", int(tcfg["eval_batch_size"]), tcfg.get("max_eval_batches"))
-        val_mae = val["average"]["mae"]
-        improved = val_mae < state["best_val_mae"]
-        state.update(epoch=epoch)
-        if improved:
-            state.update(best_val_mae=val_mae, best_epoch=epoch, bad_epochs=0)
-        else:
-            state["bad_epochs"] += 1
-        record = {
-            "epoch": epoch, "train_mae": float(np.mean(losses)), "val_mae": val_mae,
-            "val_rmse": val["average"]["rmse"], "val_mape": val["average"]["mape"],
-            "lr": optimizer.param_groups[0]["lr"], "train_seconds": train_seconds,
-            "epoch_seconds": time.perf_counter() - epoch_start, "batches": len(losses),
-            "complete": len(losses) == len(batches),
-        }
-        state["history"].append(record)
-        with log_path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
-        if log:
-            print(json.dumps(record))
-        extra = {**copy.deepcopy(state), "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
-        checkpoint = _checkpoint(model, config, data, extra)
-        save_atomic(checkpoint, latest)
-        if improved:
-            save_atomic(checkpoint, best)
-        if out_of_time or (budget is not None and time.perf_counter() - started > budget):
-            break
-
-    best_model, best_checkpoint = load_checkpoint(best)
-    best_model.to(device)
+def evaluate_best(config: TrafficConfig, data: TrafficData, progress: Progress, out_dir: Path,
+              started: float) -> dict[str, Any]:
+    """best.pt on the test split beside the baselines: the run's summary, also stored in best.pt and
+    metrics.json."""
+    tcfg = config.train
+    best = _read(out_dir / BEST)
+    model = _model_of(best).to(torch.device(tcfg.device or "cpu"))
     # The whole test split unless `test_max_batches` bounds it (the time-boxed default model only).
-    test_batches = tcfg.get("test_max_batches")
-    test = evaluate_table(best_model, data, "test", int(tcfg["eval_batch_size"]), test_batches)
-    test_windows = len(data.anchors["test"]) if not test_batches else min(
-        len(data.anchors["test"]), int(test_batches) * int(tcfg["eval_batch_size"]))
-    tables = {"model": test, **baseline_tables(data, "test", test_windows)}
+    test = evaluate_table(model, data, "test", tcfg.eval_batch_size, tcfg.test_max_batches)
+    windows = len(data.anchors["test"])
+    if tcfg.test_max_batches:
+        windows = min(windows, tcfg.test_max_batches * tcfg.eval_batch_size)
+    tables = {"model": test, **baseline_tables(data, "test", windows)}
     # seconds per full epoch (a budget-truncated last epoch is left out), and per training batch
-    seconds = [r["train_seconds"] for r in state["history"] if r.get("complete", True)]
-    per_batch = [r["train_seconds"] / max(r["batches"], 1) for r in state["history"]]
+    seconds = [r["train_seconds"] for r in progress.history if r.get("complete", True)]
+    per_batch = [r["train_seconds"] / max(r["batches"], 1) for r in progress.history]
     summary = {
-        "config": config["name"], "best_checkpoint": str(best), "latest_checkpoint": str(latest),
-        "best_epoch": state["best_epoch"], "epochs": state["epoch"], "best_val_mae": state["best_val_mae"],
-        "num_parameters": count_parameters(best_model),
+        "config": config.name, "best_checkpoint": str(out_dir / BEST), "latest_checkpoint": str(out_dir / LATEST),
+        "best_epoch": progress.best_epoch, "epochs": progress.epoch, "best_val_mae": progress.best_val_mae,
+        "num_parameters": count_parameters(model),
         "seconds_per_epoch": float(np.mean(seconds)) if seconds else None,
         "seconds_per_batch": float(np.mean(per_batch)) if per_batch else None,
-        "wall_seconds": time.perf_counter() - started, "data": data.description(), "test_windows": test_windows,
+        "wall_seconds": time.perf_counter() - started, "data": data.description(), "test_windows": windows,
         "test": tables,
     }
-    best_checkpoint["metrics"] = {"test": tables, "test_windows": test_windows}
-    save_atomic(best_checkpoint, best)
+    best["metrics"] = {"test": tables, "test_windows": windows}
+    save_checkpoint(FAMILY, best, out_dir / BEST)
     (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
     return summary
 
+
+def fit(config: TrafficConfig, out_dir: Path, data: TrafficData, *, log: Log = print) -> TrainResult:
+    """Train on prepared data (`train` reads or generates it; the benchmarks share one dataset)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tcfg = config.train
+    with torch_threads(tcfg.threads):
+        seed_everything(tcfg.seed)
+        model = build_model(config, data).to(torch.device(tcfg.device or "cpu"))
+        config = replace(config, model=model.cfg)  # what config.json and the checkpoints record
+        optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+        (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+        latest = out_dir / LATEST
+        progress = _resume(model, optimizer, latest, log) if tcfg.resume and latest.exists() else Progress()
+        started = time.perf_counter()
+        while progress.epoch < tcfg.epochs and progress.bad_epochs < tcfg.patience:
+            if run_epoch(model, optimizer, config, data, progress, out_dir, started, log):
+                break
+        summary = evaluate_best(config, data, progress, out_dir, started)
+    return TrainResult(best_checkpoint=out_dir / BEST, out_dir=out_dir, summary=summary)
+
+
+def train(config: TrafficConfig, out_dir: Path, data: Path | None = None, *, log: Log = print) -> TrainResult:
+    """Train per `config` on the METR-LA-format folder `data` (None: what the config's data section says, by
+    default the synthetic generator's files under <out_dir>/data)."""
+    if data is not None:
+        config = replace(config, data=replace(config.data, source="files", dir=str(data)))
+    return fit(config, out_dir, prepare_data(config.data, Path(out_dir)), log=log)
+
+
+# ---- CLI ------------------------------------------------------------------------------------------------
 
 def _on_off(value: str) -> bool:
     if value.lower() in ("on", "true", "1", "yes"):
@@ -339,20 +348,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
+def config_from_args(args: argparse.Namespace) -> TrafficConfig:
     config = load_config(args.config)
     if args.data_dir is not None:
-        config["data"].update(source="files", dir=str(args.data_dir))
+        config.data = replace(config.data, source="files", dir=str(args.data_dir))
     for flag, (section, key, _) in OVERRIDES.items():
         value = getattr(args, flag)
         if value is not None:
-            config[section][key] = value
+            setattr(getattr(config, section), key, value)
+    config.train.resume = args.resume
     return config
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    summary = train(config_from_args(args), args.out, resume=args.resume)
+    summary = train(config_from_args(args), args.out).summary
     print(json.dumps({k: summary[k] for k in ("best_checkpoint", "best_epoch", "num_parameters",
                                               "seconds_per_epoch", "test")}, indent=2))
 

@@ -53,8 +53,76 @@ def _smooth_bumps(rng: np.random.Generator, n: int, yy: np.ndarray, xx: np.ndarr
     return out
 
 
+def _storms(rng: np.random.Generator, n: int, days: int, yy: np.ndarray, xx: np.ndarray, aridity: np.ndarray,
+            elevation: np.ndarray) -> np.ndarray:
+    """Rain [n, days, H, W]: a few smooth storms moving across the grid, enhanced over high terrain."""
+    rain = np.zeros((n, days, *yy.shape))
+    t_axis = np.arange(days)[None, :, None, None]
+    for _ in range(6):
+        start = rng.integers(-3, days, (n, 1, 1, 1))
+        life = rng.integers(3, 9, (n, 1, 1, 1))
+        cy, cx = rng.uniform(-0.2, 1.2, (2, n, 1, 1, 1))
+        vy, vx = rng.uniform(-0.15, 0.15, (2, n, 1, 1, 1))
+        w = rng.uniform(0.12, 0.3, (n, 1, 1, 1))
+        intensity = rng.gamma(2.0, 4.0, (n, 1, 1, 1)) / np.sqrt(aridity[:, None, None, None])
+        age = t_axis - start
+        active = (age >= 0) & (age < life)
+        envelope = np.sin(np.pi * (age + 0.5) / life).clip(0) * active
+        py, px = cy + vy * age, cx + vx * age
+        dist2 = (yy[None, None] - py) ** 2 + (xx[None, None] - px) ** 2
+        rain += intensity * envelope * np.exp(-dist2 / (2 * w**2))
+    rain *= 1 + 0.4 * (elevation[:, None] - 100) / 1000
+    return np.where(rain < 0.3, 0.0, rain)
+
+
+def _soil_moisture(rng: np.random.Generator, rain: np.ndarray, yy: np.ndarray, xx: np.ndarray, forest: np.ndarray,
+                   decay: np.ndarray, soil_depth: np.ndarray) -> np.ndarray:
+    """Soil moisture [n, days, H, W]: integrates rain and decays toward a dry equilibrium."""
+    n, days = rain.shape[:2]
+    s_eq = 0.08 + 0.1 * forest[:, None, None]
+    soil = np.zeros_like(rain)
+    state = s_eq + 0.15 * _smooth_bumps(rng, n, yy, xx, 2, (0.2, 0.5))
+    for t in range(days):
+        state = decay[:, None, None] * state + (1 - decay[:, None, None]) * s_eq
+        state = state + 0.012 * rain[:, t] / soil_depth[:, None, None] * (1 - state / 0.55)
+        soil[:, t] = state = np.clip(state, 0.02, 0.55)
+    return soil
+
+
+def _temperature(rng: np.random.Generator, rain: np.ndarray, doy0: np.ndarray, latitude: np.ndarray,
+                 elevation: np.ndarray) -> np.ndarray:
+    """Temperature [n, days, H, W]: seasonal cycle, lapse rate with terrain, latitude, cooling under rain, anomaly."""
+    n, days = rain.shape[:2]
+    doy = doy0[:, None] + np.arange(days)[None]
+    seasonal = 10 * np.sin(2 * np.pi * (doy - 110) / 365)  # [n, days]
+    anomaly = np.cumsum(rng.normal(0, 1.0, (n, days)), axis=1) * 0.5
+    return (28 - 0.4 * latitude[:, None, None, None] + seasonal[:, :, None, None] + anomaly[:, :, None, None]
+            - 6.5 * elevation[:, None] / 1000 - 0.08 * rain)
+
+
+def _river_flow(r_mean: np.ndarray, s_mean: np.ndarray, runoff_coef: np.ndarray, lag: np.ndarray,
+                bfi: np.ndarray) -> np.ndarray:
+    """River flow [n, days]: effective rain routed through a gamma-like unit hydrograph, plus baseflow."""
+    days = r_mean.shape[1]
+    effective = runoff_coef[:, None] * r_mean * (s_mean / 0.3)
+    k = np.arange(10)[None]
+    kernel = (k + 1) ** 2 * np.exp(-(k + 1) / lag[:, None] * 1.5)
+    kernel /= kernel.sum(axis=1, keepdims=True)
+    quick = np.zeros_like(effective)
+    for j in range(10):
+        quick[:, j:] += kernel[:, j : j + 1] * effective[:, : days - j]
+    base = np.zeros_like(effective)
+    store = bfi * 2.0
+    for t in range(days):
+        store = 0.97 * store + 0.03 * bfi * r_mean[:, t] * 2
+        base[:, t] = store
+    return (1 - bfi[:, None]) * quick + base
+
+
 def _generate_chunk(rng: np.random.Generator, n: int, height: int, width: int, frames: int,
                     series_len: int) -> dict[str, np.ndarray]:
+    # The random draws happen in one fixed order (parameters, terrain, storms, soil, temperature, noise):
+    # a seed gives the same data as before the generator was split into parts.
     days = SPINUP_DAYS + series_len
     yy, xx = np.meshgrid(np.linspace(0, 1, height), np.linspace(0, 1, width), indexing="ij")
 
@@ -73,58 +141,14 @@ def _generate_chunk(rng: np.random.Generator, n: int, height: int, width: int, f
     elevation = 100 + rng.uniform(100, 500, (n, 1, 1)) + 1500 * _smooth_bumps(rng, n, yy, xx, 3, (0.15, 0.4))
     gy, gx = np.gradient(elevation, axis=(1, 2))
     slope = np.sqrt(gx**2 + gy**2).mean(axis=(1, 2)) / 100.0
-
-    # Rain: a few smooth storms moving across the grid, enhanced over high terrain.
-    rain = np.zeros((n, days, height, width))
-    t_axis = np.arange(days)[None, :, None, None]
-    for _ in range(6):
-        start = rng.integers(-3, days, (n, 1, 1, 1))
-        life = rng.integers(3, 9, (n, 1, 1, 1))
-        cy, cx = rng.uniform(-0.2, 1.2, (2, n, 1, 1, 1))
-        vy, vx = rng.uniform(-0.15, 0.15, (2, n, 1, 1, 1))
-        w = rng.uniform(0.12, 0.3, (n, 1, 1, 1))
-        intensity = rng.gamma(2.0, 4.0, (n, 1, 1, 1)) / np.sqrt(aridity[:, None, None, None])
-        age = t_axis - start
-        active = (age >= 0) & (age < life)
-        envelope = np.sin(np.pi * (age + 0.5) / life).clip(0) * active
-        py, px = cy + vy * age, cx + vx * age
-        dist2 = (yy[None, None] - py) ** 2 + (xx[None, None] - px) ** 2
-        rain += intensity * envelope * np.exp(-dist2 / (2 * w**2))
-    rain *= 1 + 0.4 * (elevation[:, None] - 100) / 1000
-    rain = np.where(rain < 0.3, 0.0, rain)
-
-    # Soil moisture integrates rain and decays toward a dry equilibrium.
-    s_eq = 0.08 + 0.1 * forest[:, None, None]
-    soil = np.zeros_like(rain)
-    state = s_eq + 0.15 * _smooth_bumps(rng, n, yy, xx, 2, (0.2, 0.5))
-    for t in range(days):
-        state = decay[:, None, None] * state + (1 - decay[:, None, None]) * s_eq
-        state = state + 0.012 * rain[:, t] / soil_depth[:, None, None] * (1 - state / 0.55)
-        soil[:, t] = state = np.clip(state, 0.02, 0.55)
-
-    # Temperature: seasonal cycle, lapse rate with terrain, latitude, cooling under rain, anomaly.
-    doy = doy0[:, None] + np.arange(days)[None]
-    seasonal = 10 * np.sin(2 * np.pi * (doy - 110) / 365)  # [n, days]
-    anomaly = np.cumsum(rng.normal(0, 1.0, (n, days)), axis=1) * 0.5
-    temp = (28 - 0.4 * latitude[:, None, None, None] + seasonal[:, :, None, None] + anomaly[:, :, None, None]
-            - 6.5 * elevation[:, None] / 1000 - 0.08 * rain)
+    rain = _storms(rng, n, days, yy, xx, aridity, elevation)
+    soil = _soil_moisture(rng, rain, yy, xx, forest, decay, soil_depth)
+    temp = _temperature(rng, rain, doy0, latitude, elevation)
 
     # Catchment series: evaporation from temperature and soil; river flow routed from effective rain.
     t_mean, s_mean, r_mean = temp.mean(axis=(2, 3)), soil.mean(axis=(2, 3)), rain.mean(axis=(2, 3))
     evap = (0.15 * np.clip(t_mean + 5, 0, None) * s_mean / (s_mean + 0.12) * (0.7 + 0.5 * forest[:, None]))
-    effective = runoff_coef[:, None] * r_mean * (s_mean / 0.3)
-    k = np.arange(10)[None]
-    kernel = (k + 1) ** 2 * np.exp(-(k + 1) / lag[:, None] * 1.5)
-    kernel /= kernel.sum(axis=1, keepdims=True)
-    quick = np.zeros_like(effective)
-    for j in range(10):
-        quick[:, j:] += kernel[:, j : j + 1] * effective[:, : days - j]
-    base = np.zeros_like(effective)
-    store = bfi * 2.0
-    for t in range(days):
-        store = 0.97 * store + 0.03 * bfi * r_mean[:, t] * 2
-        base[:, t] = store
-    flow = (1 - bfi[:, None]) * quick + base
+    flow = _river_flow(r_mean, s_mean, runoff_coef, lag, bfi)
 
     noise = lambda shape, scale: rng.normal(0, scale, shape)  # noqa: E731 - measurement noise
     grids = slice(days - frames, days)

@@ -17,17 +17,17 @@ import sys
 import time
 from pathlib import Path
 
-from training.checkpoints import save_atomic
+from training.checkpoints import save_checkpoint
 from training.threads import torch_threads
-from training.water.config import small_config
+from training.water.config import TrainingConfig, small_model
 from training.water.data import generate
 from training.water.evaluate import evaluate
-from training.water.train import checkpoint_dict, load_checkpoint, synthetic_splits, train
+from training.water.train import FAMILY, checkpoint_payload, fit, load_checkpoint, read_payload, synthetic_splits
 
-STEPS = 300
-TIME_LIMIT_S = 75.0  # safety cap on a busy machine; the step count is the normal stop
-N_TRAIN, N_VAL, N_EVAL = 1024, 64, 64
-SEED = 0
+# 300 steps; the time limit is a safety cap on a busy machine, the step count is the normal stop.
+TRAINING = TrainingConfig(steps=300, batch_size=32, lr=1e-3, seed=0, eval_every=100, time_limit_s=75.0,
+                          n_train=1024, n_val=64)
+N_EVAL = 64
 SHIPPED = Path(__file__).resolve().parents[2] / "models" / "water" / "water-small.pt"
 
 
@@ -37,25 +37,23 @@ def build_default(workdir: Path, use_shipped: bool = True) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     with torch_threads(1):  # many small matmuls: one thread is faster than two on a small shared CPU
         start = time.perf_counter()
-        cfg = small_config()
         if use_shipped and SHIPPED.exists():
-            model, stats, climatology, ckpt = load_checkpoint(SHIPPED)
+            payload = read_payload(SHIPPED)
+            shipped = load_checkpoint(SHIPPED)
+            model, stats, climatology = shipped.model, shipped.extras["stats"], shipped.extras["climatology"]
         else:
-            train_data, val_data = synthetic_splits(cfg, N_TRAIN, N_VAL, SEED)
-            description = (f"synthetic (training.water.data.generate seed {SEED}: {N_TRAIN} train / {N_VAL} val, "
+            cfg, seed, n_train, n_val = small_model(), TRAINING.seed, TRAINING.n_train, TRAINING.n_val
+            description = (f"synthetic (training.water.data.generate seed {seed}: {n_train} train / {n_val} val, "
                            f"grid {cfg.height}x{cfg.width}, T={cfg.frames}, T_v={cfg.series_len})")
-            result = train(cfg, train_data, val_data, steps=STEPS, batch_size=32, lr=1e-3, seed=SEED,
-                           time_limit=TIME_LIMIT_S, eval_every=100, data_description=description, log=False)
+            result = fit(cfg, *synthetic_splits(cfg, n_train, n_val, seed), TRAINING, data_description=description)
             model, stats, climatology = result.model, result.stats, result.climatology
-            ckpt = checkpoint_dict(result, description)
+            payload = checkpoint_payload(result, description, TRAINING)
         held_out = generate(N_EVAL, model.cfg.height, model.cfg.width, model.cfg.frames, model.cfg.series_len,
-                            seed=SEED + 100)
-        evaluation = evaluate(model, stats, climatology, held_out, seed=SEED)
-        ckpt["evaluation"] = {s: {m: v["mse"] for m, v in per.items()} for s, per in evaluation.items()}
-        ckpt["metrics"]["build_seconds"] = round(time.perf_counter() - start, 1)
-        path = workdir / "best.pt"
-        save_atomic(ckpt, path)
-        return path
+                            seed=TRAINING.seed + 100)
+        evaluation = evaluate(model, stats, climatology, held_out, seed=TRAINING.seed)
+        payload["evaluation"] = {s: {m: v["mse"] for m, v in per.items()} for s, per in evaluation.items()}
+        payload["metrics"]["build_seconds"] = round(time.perf_counter() - start, 1)
+        return save_checkpoint(FAMILY, payload, workdir / "best.pt")
 
 
 if __name__ == "__main__":

@@ -28,8 +28,10 @@ from families.water.preprocessing import (
 )
 from training.water import data as water_data
 from training.water.baselines import BASELINES, fill
+from training.water.config import WaterModelConfig
 from training.water.masking import SCENARIOS, scenario_masks
 from training.water.model import DenseReconstructor, WaterMAE
+from training.water.train import load_checkpoint
 
 
 @torch.no_grad()
@@ -59,7 +61,7 @@ def reconstruct(model: WaterMAE, stats: NormStats, fields: dict[str, np.ndarray]
     return {m: np.concatenate(v) for m, v in outs.items()}
 
 
-def prior_only(cfg, stats: NormStats, fields: dict[str, np.ndarray],
+def prior_only(cfg: WaterModelConfig, stats: NormStats, fields: dict[str, np.ndarray],
                token_masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Physical-unit fill by `gap_prior` alone, computed as the model's input is (normalised, NaN -> mean)."""
     hp, wp = cfg.grid_patches
@@ -134,8 +136,6 @@ def format_table(results: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from training.water.train import load_checkpoint
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--data", type=Path, help="held-out sample folder or stacked NPZ (default: synthetic)")
@@ -145,8 +145,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
-    model, stats, clim, _ = load_checkpoint(args.checkpoint)
-    cfg = model.cfg
+    checkpoint = load_checkpoint(args.checkpoint)
+    model, stats, clim = checkpoint.model, checkpoint.extras["stats"], checkpoint.extras["climatology"]
+    cfg = checkpoint.config
     if args.data is not None:
         data = water_data.load(args.data)
     else:

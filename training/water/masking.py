@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.water.config import IMAGE_MODALITIES, MODALITIES, VECTOR_MODALITIES, WaterConfig
+from families.water.preprocessing import IMAGE_MODALITIES, MODALITIES, VECTOR_MODALITIES
+from training.water.config import WaterModelConfig
 
 SCENARIOS: tuple[str, ...] = ("random75", "days", "region")
 
@@ -29,13 +30,13 @@ def block_mask(rng: np.random.Generator, batch: int, length: int, block: int) ->
     return (steps >= start) & (steps < start + block)
 
 
-def days_image_mask(rng: np.random.Generator, batch: int, cfg: WaterConfig, days: int) -> np.ndarray:
+def days_image_mask(rng: np.random.Generator, batch: int, cfg: WaterModelConfig, days: int) -> np.ndarray:
     hp, wp = cfg.grid_patches
     frames = block_mask(rng, batch, cfg.frames, days)
     return np.broadcast_to(frames[:, :, None, None], (batch, cfg.frames, hp, wp)).reshape(batch, -1)
 
 
-def region_image_mask(rng: np.random.Generator, batch: int, cfg: WaterConfig) -> np.ndarray:
+def region_image_mask(rng: np.random.Generator, batch: int, cfg: WaterModelConfig) -> np.ndarray:
     hp, wp = cfg.grid_patches
     rows = block_mask(rng, batch, hp, max(1, hp // 2))
     cols = block_mask(rng, batch, wp, max(1, wp // 2))
@@ -43,7 +44,7 @@ def region_image_mask(rng: np.random.Generator, batch: int, cfg: WaterConfig) ->
     return np.broadcast_to(region[:, None], (batch, cfg.frames, hp, wp)).reshape(batch, -1)
 
 
-def scenario_masks(name: str, rng: np.random.Generator, batch: int, cfg: WaterConfig) -> dict[str, np.ndarray]:
+def scenario_masks(name: str, rng: np.random.Generator, batch: int, cfg: WaterModelConfig) -> dict[str, np.ndarray]:
     if name == "random75":
         return {m: random_mask(rng, batch, cfg.tokens(m), 0.75) for m in MODALITIES}
     if name == "days":
@@ -60,7 +61,7 @@ def scenario_masks(name: str, rng: np.random.Generator, batch: int, cfg: WaterCo
     raise ValueError(f"unknown mask scenario {name!r}; expected one of {SCENARIOS}")
 
 
-def training_masks(rng: np.random.Generator, batch: int, cfg: WaterConfig) -> dict[str, np.ndarray]:
+def training_masks(rng: np.random.Generator, batch: int, cfg: WaterModelConfig) -> dict[str, np.ndarray]:
     """Masks of cfg.mask_schedule: "random" = MAE random masks at cfg.mask_ratio (the spec); "mixed" = random
     masks, missing days and missing regions per sample, so the model also learns to bridge contiguous gaps."""
     random = {m: random_mask(rng, batch, cfg.tokens(m), cfg.mask_ratio) for m in MODALITIES}

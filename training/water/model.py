@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from training.water.config import IMAGE_MODALITIES, MODALITIES, WaterConfig
+from families.water.preprocessing import IMAGE_MODALITIES, MODALITIES
+from training.water.config import WaterModelConfig
 
 NEG = -1e9  # additive attention bias for ignored keys (finite, so an all-ignored row cannot make NaNs)
 
@@ -92,7 +93,7 @@ class CrossBlock(nn.Module):
 class PositionTable(nn.Module):
     """Learned positional embedding for every token position: factorised (t + row + col) for images."""
 
-    def __init__(self, cfg: WaterConfig, image: bool, dim: int) -> None:
+    def __init__(self, cfg: WaterModelConfig, image: bool, dim: int) -> None:
         super().__init__()
         self.image = image
         if image:
@@ -128,7 +129,7 @@ def take_table(table: Tensor, idx: Tensor | None, batch: int) -> Tensor:
 class Encoder(nn.Module):
     """Transformer over the visible tokens of one modality; vector encoders add a static-attribute token."""
 
-    def __init__(self, cfg: WaterConfig, modality: str) -> None:
+    def __init__(self, cfg: WaterModelConfig, modality: str) -> None:
         super().__init__()
         self.image = modality in IMAGE_MODALITIES
         token_dim = cfg.patch**2 if self.image else 1
@@ -178,7 +179,7 @@ class WeightedFeatureMaps(nn.Module):
 class CrossDecoder(nn.Module):
     """CrossMAE decoder of one modality: mask-token queries at the requested positions."""
 
-    def __init__(self, cfg: WaterConfig, modality: str) -> None:
+    def __init__(self, cfg: WaterModelConfig, modality: str) -> None:
         super().__init__()
         image = modality in IMAGE_MODALITIES
         dd = cfg.decoder_dim
@@ -224,7 +225,7 @@ def shifted(x: Tensor, dim: int, step: int) -> Tensor:
     return torch.cat([x.narrow(dim, -step, n + step), pad], dim=dim)
 
 
-def mask_context(cfg: WaterConfig, visible: Tensor, image: bool) -> Tensor:
+def mask_context(cfg: WaterModelConfig, visible: Tensor, image: bool) -> Tensor:
     """Per-token features of the visibility pattern around each token [B, N, F]: whether the same place is
     visible 1-2 steps before/after, whether the spatial neighbours of the same frame are, and the visible
     fraction of the frame / series. They tell a decoder how the gap-filling prior was made (interpolated
@@ -251,7 +252,7 @@ class PooledDecoder(nn.Module):
     """The old design (baseline): self-attention over all N positions of the modality (visible tokens
     projected from the encoder, mask tokens elsewhere) plus one pooled context token per modality."""
 
-    def __init__(self, cfg: WaterConfig, modality: str) -> None:
+    def __init__(self, cfg: WaterModelConfig, modality: str) -> None:
         super().__init__()
         image = modality in IMAGE_MODALITIES
         dd = cfg.decoder_dim
@@ -283,7 +284,7 @@ class PooledDecoder(nn.Module):
 
 
 class WaterMAE(nn.Module):
-    def __init__(self, cfg: WaterConfig) -> None:
+    def __init__(self, cfg: WaterModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.encoders = nn.ModuleDict({m: Encoder(cfg, m) for m in MODALITIES})
@@ -398,7 +399,7 @@ def unpatchify(tokens: Tensor, t: int, h: int, w: int, patch: int) -> Tensor:
     return x.reshape(b, t, h, w)
 
 
-def to_tokens(cfg: WaterConfig, fields: dict[str, Tensor]) -> dict[str, Tensor]:
+def to_tokens(cfg: WaterModelConfig, fields: dict[str, Tensor]) -> dict[str, Tensor]:
     return {m: patchify(fields[m], cfg.patch) if m in IMAGE_MODALITIES else fields[m][:, :, None] for m in MODALITIES}
 
 

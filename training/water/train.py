@@ -4,7 +4,10 @@
     python -m training.water.train --config small --data path/to/samples --val-fraction 0.1 --out runs/water
 
 Writes `best.pt` (lowest validation loss), `last.pt` and `metrics.json` (per-modality losses) to --out.
-A checkpoint holds the config, the weights, the normalisation statistics and the climatology table.
+A checkpoint holds the model config, the weights, the normalisation statistics and the climatology table.
+
+`train(config, out_dir, data)` is the family's entry point (a dataset folder or synthetic splits);
+`fit(model_config, train_data, val_data, training)` is the trainer on arrays under it.
 """
 
 from __future__ import annotations
@@ -14,27 +17,32 @@ import json
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from contextlib import closing
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from families.water.contract import Normalisation
 from families.water.preprocessing import IMAGE_MODALITIES, MODALITIES, NormStats, fill_hidden
-from training.checkpoints import save_atomic
+from training.checkpoints import Checkpoint, TrainResult, read_checkpoint, save_checkpoint
 from training.water import data as water_data
 from training.water.baselines import climatology_table
-from training.water.config import WaterConfig, fast_config, full_config, small_config
+from training.water.config import TrainingConfig, WaterConfig, WaterModelConfig, load_config
 from training.water.masking import scenario_masks, training_masks
 from training.water.model import WaterMAE, count_parameters, loss_terms, patchify, unpatchify
 
-CONFIGS = {"fast": fast_config, "small": small_config, "full": full_config}
+FAMILY = "water"
+Log = Callable[[str], None] | None
+Schedule = torch.optim.lr_scheduler.LRScheduler
 
 
 @dataclass
-class Prepared:
+class TokenisedData:
     """Normalised token tensors of a dataset, plus which tokens have missing data."""
 
     tokens: dict[str, torch.Tensor]
@@ -50,7 +58,7 @@ class Prepared:
                 self.static[idx].to(d))
 
 
-def prepare(data: water_data.WaterData, stats: NormStats, cfg: WaterConfig) -> Prepared:
+def prepare(data: water_data.WaterData, stats: NormStats, cfg: WaterModelConfig) -> TokenisedData:
     tokens, missing = {}, {}
     for m in MODALITIES:
         values = torch.from_numpy(stats.normalise(m, data.fields[m]))
@@ -61,17 +69,17 @@ def prepare(data: water_data.WaterData, stats: NormStats, cfg: WaterConfig) -> P
     static = torch.from_numpy(stats.normalise_static(data.static))
     if torch.isnan(static).any():
         raise ValueError("static attributes contain NaN; every sample needs all static attributes")
-    return Prepared(tokens, missing, static)
+    return TokenisedData(tokens, missing, static)
 
 
-def check_shapes(data: water_data.WaterData, cfg: WaterConfig) -> None:
+def check_shapes(data: water_data.WaterData, cfg: WaterModelConfig) -> None:
     for m in MODALITIES:
         want = (cfg.frames, cfg.height, cfg.width) if m in IMAGE_MODALITIES else (cfg.series_len,)
         if data.fields[m].shape[1:] != want:
             raise ValueError(f"{m}: data shape {data.fields[m].shape[1:]} != config {want}")
 
 
-def with_prior(cfg: WaterConfig, tokens: dict[str, torch.Tensor],
+def with_prior(cfg: WaterModelConfig, tokens: dict[str, torch.Tensor],
                hidden: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Tokens whose hidden positions hold the gap-filling prior (computed at value level, as in serving)."""
     out = {}
@@ -94,7 +102,7 @@ Batch = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor, di
               dict[str, torch.Tensor]]
 
 
-def make_batch(cfg: WaterConfig, prep: Prepared, index: np.ndarray, masks: dict[str, np.ndarray]) -> Batch:
+def make_batch(cfg: WaterModelConfig, prep: TokenisedData, index: np.ndarray, masks: dict[str, np.ndarray]) -> Batch:
     """(model input tokens, target tokens, static, hidden, scored); the inputs carry the prior if prior_fill."""
     tokens, missing, static = prep.batch(index)
     hidden = {m: torch.from_numpy(masks[m]).to(prep.device) | missing[m] for m in MODALITIES}
@@ -109,7 +117,8 @@ def batch_loss(model: WaterMAE, batch: Batch, generator: torch.Generator | None 
 
 
 @torch.no_grad()
-def validate(model: WaterMAE, prep: Prepared, cfg: WaterConfig, batch_size: int, seed: int = 1234) -> dict[str, float]:
+def validate(model: WaterMAE, prep: TokenisedData, cfg: WaterModelConfig, batch_size: int,
+             seed: int = 1234) -> dict[str, float]:
     """Per-modality masked MSE over random75 and days masks (fixed seed), in normalised units."""
     model.eval()
     rng = np.random.default_rng(seed)
@@ -129,7 +138,9 @@ def validate(model: WaterMAE, prep: Prepared, cfg: WaterConfig, batch_size: int,
 
 
 @dataclass
-class TrainResult:
+class FitResult:
+    """What `fit` trained: the model (best validation weights, CPU, eval mode) and what its checkpoint holds."""
+
     model: WaterMAE
     stats: NormStats
     climatology: dict[str, np.ndarray]
@@ -139,165 +150,246 @@ class TrainResult:
     steps: int = 0
     missing_fraction: dict[str, float] = field(default_factory=dict)  # of the training split (drift reference)
 
+    def metrics(self) -> dict[str, Any]:
+        return {"best_val": self.best_val, "steps": self.steps, "seconds": round(self.seconds, 2),
+                "parameters": count_parameters(self.model)}
 
-def checkpoint_dict(result: TrainResult, data_description: str, state: dict | None = None) -> dict[str, Any]:
+
+def checkpoint_payload(result: FitResult, data_description: str, training: TrainingConfig) -> dict[str, Any]:
+    """The checkpoint's content (`save_checkpoint` adds the family tag); the model's current weights."""
     return {
-        "family": "water",
         "config": result.model.cfg.to_dict(),
-        "model": state if state is not None else result.model.state_dict(),
-        "stats": result.stats.to_dict(),
+        "model": result.model.state_dict(),
+        "stats": Normalisation.of(result.stats).model_dump(),
         "climatology": {m: torch.from_numpy(np.asarray(v, np.float32)) for m, v in result.climatology.items()},
         "metrics": {"best_val": result.best_val, "history": result.history, "seconds": result.seconds,
                     "steps": result.steps, "parameters": count_parameters(result.model)},
         "data": data_description,
         "missing_fraction": result.missing_fraction,
+        "training": asdict(training),
     }
 
 
-def train(cfg: WaterConfig, train_data: water_data.WaterData, val_data: water_data.WaterData, *, steps: int,
-          batch_size: int = 32, lr: float = 2e-3, seed: int = 0, time_limit: float | None = None,
-          eval_every: int = 100, out_dir: Path | None = None, data_description: str = "",
-          log: bool = True, device: str = "cpu", workers: int = 1) -> TrainResult:
-    """Train with AdamW + warmup/cosine; keeps the weights with the lowest validation loss. `workers`
-    threads build batches ahead (the numpy gap-filling prior is the slow part on a GPU)."""
-    check_shapes(train_data, cfg)
-    check_shapes(val_data, cfg)
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    generator = torch.Generator().manual_seed(seed)
-    stats = NormStats.fit(train_data.fields, train_data.static)
-    result = TrainResult(WaterMAE(cfg), stats, climatology_table(train_data.fields),
-                         missing_fraction={m: float(np.isnan(train_data.fields[m]).mean()) for m in MODALITIES})
-    model = result.model
-    model.to(device)
-    train_prep, val_prep = prepare(train_data, stats, cfg), prepare(val_data, stats, cfg)
-    train_prep.device = val_prep.device = device
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05, betas=(0.9, 0.95))
+class BatchFeeder:
+    """Training batches: indices and masks drawn in order on the caller's thread (deterministic), the batches
+    (with the numpy gap-filling prior, the slow part on a GPU) built ahead on `training.workers` threads."""
+
+    def __init__(self, cfg: WaterModelConfig, prep: TokenisedData, rng: np.random.Generator,
+                 training: TrainingConfig) -> None:
+        self._cfg, self._prep, self._rng = cfg, prep, rng
+        self._size = min(training.batch_size, len(prep.static))
+        self._steps = training.steps
+        self._drawn = 0
+        self._pool = ThreadPoolExecutor(max_workers=max(1, training.workers))
+        self._pending: deque[Future[Batch]] = deque()
+        for _ in range(min(training.steps, max(1, training.workers))):
+            self._draw()
+
+    def _draw(self) -> None:
+        index = self._rng.choice(len(self._prep.static), size=self._size, replace=False)
+        masks = training_masks(self._rng, len(index), self._cfg)
+        self._pending.append(self._pool.submit(make_batch, self._cfg, self._prep, index, masks))
+        self._drawn += 1
+
+    def next(self) -> Batch:
+        batch = self._pending.popleft().result()
+        if self._drawn < self._steps:
+            self._draw()
+        return batch
+
+    def close(self) -> None:
+        self._pool.shutdown(cancel_futures=True)
+
+
+def make_optimizer(model: WaterMAE, training: TrainingConfig) -> tuple[torch.optim.Optimizer, Schedule]:
+    """AdamW with a linear warm-up over the first 5 % of the steps, then cosine decay to zero."""
+    steps = training.steps
+    optimizer = torch.optim.AdamW(model.parameters(), lr=training.lr, weight_decay=0.05, betas=(0.9, 0.95))
     warmup = max(1, steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
-    best_state = None
+    return optimizer, schedule
+
+
+def training_step(model: WaterMAE, optimizer: torch.optim.Optimizer, schedule: Schedule, batch: Batch,
+                  generator: torch.Generator) -> dict[str, float]:
+    """One optimiser step on `batch`; returns the per-modality losses."""
+    model.train()
+    losses = batch_loss(model, batch, generator)
+    total = sum(losses.values())
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    schedule.step()
+    return {m: float(losses[m].detach()) for m in MODALITIES}
+
+
+def evaluation_step(result: FitResult, val_prep: TokenisedData, step: int, seconds: float,
+                    running: list[dict[str, float]], log: Log) -> bool:
+    """Validate, append the history entry (training losses averaged since the last one); True when the
+    validation loss is the best so far."""
+    val = validate(result.model, val_prep, result.model.cfg, batch_size=64)
+    entry = {"step": step, "seconds": round(seconds, 2),
+             "train": {m: sum(r[m] for r in running) / len(running) for m in MODALITIES}, "val": val}
+    result.history.append(entry)
+    if log:
+        train_total = round(sum(entry["train"].values()), 4)
+        log(json.dumps({"step": step, "seconds": entry["seconds"], "train_total": train_total,
+                        "val": {k: round(v, 4) for k, v in val.items()}}))
+    improved = val["total"] < result.best_val
+    if improved:
+        result.best_val = val["total"]
+    return improved
+
+
+def checkpoint_step(result: FitResult, out_dir: Path, name: str, data_description: str,
+                    training: TrainingConfig) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return save_checkpoint(FAMILY, checkpoint_payload(result, data_description, training), out_dir / name)
+
+
+def fit(cfg: WaterModelConfig, train_data: water_data.WaterData, val_data: water_data.WaterData,
+        training: TrainingConfig, *, out_dir: Path | None = None, data_description: str = "",
+        log: Log = None) -> FitResult:
+    """Train on arrays; keeps the weights with the lowest validation loss. With `out_dir`: `last.pt` at each
+    evaluation, then `best.pt` and `metrics.json`."""
+    check_shapes(train_data, cfg)
+    check_shapes(val_data, cfg)
+    torch.manual_seed(training.seed)
+    rng = np.random.default_rng(training.seed)
+    generator = torch.Generator().manual_seed(training.seed)
+    stats = NormStats.fit(train_data.fields, train_data.static)
+    result = FitResult(WaterMAE(cfg), stats, climatology_table(train_data.fields),
+                       missing_fraction={m: float(np.isnan(train_data.fields[m]).mean()) for m in MODALITIES})
+    model = result.model.to(training.device)
+    train_prep, val_prep = prepare(train_data, stats, cfg), prepare(val_data, stats, cfg)
+    train_prep.device = val_prep.device = training.device
+    optimizer, schedule = make_optimizer(model, training)
+    best_state, running, step = None, [], 0
     start = time.perf_counter()
-    running = {m: 0.0 for m in MODALITIES}
-    n_running = 0
-    step = 0
-
-    def next_batch() -> Future[Batch]:
-        # Drawn in order on this thread (deterministic); the numpy prior is built on worker threads while
-        # the previous steps run.
-        index = rng.choice(len(train_data), size=min(batch_size, len(train_data)), replace=False)
-        return pool.submit(make_batch, cfg, train_prep, index, training_masks(rng, len(index), cfg))
-
-    pool = ThreadPoolExecutor(max_workers=max(1, workers))
-    pending = deque(next_batch() for _ in range(min(steps, max(1, workers))))
-    for step in range(1, steps + 1):
-        model.train()
-        batch = pending.popleft().result()
-        if step + len(pending) < steps:
-            pending.append(next_batch())
-        losses = batch_loss(model, batch, generator)
-        total = sum(losses.values())
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        for m in MODALITIES:
-            running[m] += float(losses[m].detach())
-        n_running += 1
-        out_of_time = time_limit is not None and time.perf_counter() - start > time_limit
-        if step % eval_every == 0 or step == steps or out_of_time:
-            val = validate(model, val_prep, cfg, batch_size=64)
-            entry = {"step": step, "seconds": round(time.perf_counter() - start, 2),
-                     "train": {m: running[m] / n_running for m in MODALITIES}, "val": val}
-            result.history.append(entry)
-            running, n_running = {m: 0.0 for m in MODALITIES}, 0
-            if val["total"] < result.best_val:
-                result.best_val = val["total"]
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            if log:
-                print(json.dumps({"step": step, "seconds": entry["seconds"],
-                                  "train_total": round(sum(entry["train"].values()), 4),
-                                  "val": {k: round(v, 4) for k, v in val.items()}}), flush=True)
-            if out_dir is not None:
-                out_dir.mkdir(parents=True, exist_ok=True)
-                save_atomic(checkpoint_dict(result, data_description), out_dir / "last.pt")
-        if out_of_time:
-            break
-    pool.shutdown(cancel_futures=True)
-    result.seconds = time.perf_counter() - start
-    result.steps = step
+    with closing(BatchFeeder(cfg, train_prep, rng, training)) as feeder:
+        for step in range(1, training.steps + 1):
+            running.append(training_step(model, optimizer, schedule, feeder.next(), generator))
+            out_of_time = training.time_limit_s is not None and time.perf_counter() - start > training.time_limit_s
+            if step % training.eval_every == 0 or step == training.steps or out_of_time:
+                if evaluation_step(result, val_prep, step, time.perf_counter() - start, running, log):
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                running = []
+                if out_dir is not None:
+                    checkpoint_step(result, out_dir, "last.pt", data_description, training)
+            if out_of_time:
+                break
+    result.seconds, result.steps = time.perf_counter() - start, step
     if best_state is not None:
         model.load_state_dict(best_state)
     model.cpu().eval()
     if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_atomic(checkpoint_dict(result, data_description), out_dir / "best.pt")
-        (out_dir / "metrics.json").write_text(json.dumps(
-            {"best_val": result.best_val, "steps": result.steps, "seconds": round(result.seconds, 2),
-             "parameters": count_parameters(model), "history": result.history}, indent=2))
+        checkpoint_step(result, out_dir, "best.pt", data_description, training)
+        (out_dir / "metrics.json").write_text(json.dumps({**result.metrics(), "history": result.history}, indent=2))
     return result
 
 
-def load_checkpoint(path: Path) -> tuple[WaterMAE, NormStats, dict[str, np.ndarray], dict[str, Any]]:
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if ckpt.get("family") != "water":
-        raise ValueError(f"{path} is not a water checkpoint")
-    model = WaterMAE(WaterConfig.from_dict(ckpt["config"]))
-    model.load_state_dict(ckpt["model"])
-    model.eval()
-    clim = {m: v.numpy() for m, v in ckpt["climatology"].items()}
-    return model, NormStats.from_dict(ckpt["stats"]), clim, ckpt
-
-
-def synthetic_splits(cfg: WaterConfig, n_train: int, n_val: int, seed: int) -> tuple[water_data.WaterData, ...]:
+def synthetic_splits(cfg: WaterModelConfig, n_train: int, n_val: int, seed: int) -> tuple[water_data.WaterData, ...]:
     train_data = water_data.generate(n_train, cfg.height, cfg.width, cfg.frames, cfg.series_len, seed=seed)
     val_data = water_data.generate(n_val, cfg.height, cfg.width, cfg.frames, cfg.series_len, seed=seed + 1)
     return train_data, val_data
 
 
+def dataset_splits(cfg: WaterModelConfig, folder: Path,
+                   val_fraction: float) -> tuple[WaterModelConfig, water_data.WaterData, water_data.WaterData]:
+    """A dataset folder (or stacked NPZ) split into training and its last `val_fraction` for validation; the
+    model config takes its grid and series sizes from the files."""
+    full = water_data.load(folder)
+    shape = full.fields["precip"].shape
+    cfg = replace(cfg, frames=shape[1], height=shape[2], width=shape[3], series_len=full.fields["evap"].shape[1])
+    train_data, val_data = full.split(max(1, int(round(len(full) * val_fraction))))
+    return cfg, train_data, val_data
+
+
+def train(config: WaterConfig, out_dir: Path, data: Path | None = None, *, log: Log = print) -> TrainResult:
+    """Train `config` on the dataset folder `data` (format: training/water/data.py), or on synthetic splits of
+    `config.training.n_train` / `n_val` samples; writes best.pt, last.pt and metrics.json to `out_dir`."""
+    training, out_dir = config.training, Path(out_dir)
+    if data is None:
+        cfg = config.model
+        train_data, val_data = synthetic_splits(cfg, training.n_train, training.n_val, training.seed)
+        description = (f"synthetic (training.water.data.generate, seed {training.seed}, "
+                       f"{training.n_train} train / {training.n_val} val)")
+    else:
+        cfg, train_data, val_data = dataset_splits(config.model, Path(data), training.val_fraction)
+        description = f"files: {data} ({len(train_data)} train / {len(val_data)} val)"
+    if log:
+        log(f"parameters: {count_parameters(WaterMAE(cfg)):,}")
+    result = fit(cfg, train_data, val_data, training, out_dir=out_dir, data_description=description, log=log)
+    if log:
+        log(f"best validation loss {result.best_val:.4f} after {result.steps} steps in {result.seconds:.1f}s; "
+            f"checkpoint {out_dir / 'best.pt'}")
+    return TrainResult(best_checkpoint=out_dir / "best.pt", out_dir=out_dir, summary=result.metrics())
+
+
+def read_payload(path: Path) -> dict[str, Any]:
+    """The raw checkpoint dict; files from before the family tag are recognised by the keys they always had."""
+    return read_checkpoint(path, FAMILY, legacy=lambda p: {"config", "model", "stats", "climatology"} <= p.keys())
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    """The model (eval mode, CPU), its config and, in `extras`: `stats` (NormStats), `climatology`, `metrics`,
+    `data`, `missing_fraction` (None in older checkpoints) and `evaluation` (default models only)."""
+    payload = read_payload(path)
+    config = WaterModelConfig.from_dict(payload["config"])
+    model = WaterMAE(config)
+    model.load_state_dict(payload["model"])
+    extras = {
+        "stats": Normalisation.model_validate(payload["stats"]).norm_stats(),
+        "climatology": {m: v.numpy() for m, v in payload["climatology"].items()},
+        "metrics": payload.get("metrics", {}),
+        "data": payload.get("data", ""),
+        "missing_fraction": payload.get("missing_fraction"),
+        "evaluation": payload.get("evaluation"),
+    }
+    return Checkpoint(family=FAMILY, path=Path(path), model=model.eval(), config=config, extras=extras)
+
+
+def run_config(args: argparse.Namespace) -> WaterConfig:
+    """The preset or file of --config with the model overrides of --set and the training flags given."""
+    config = load_config(args.config)
+    overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
+    config.model = replace(config.model, **overrides)
+    given = {name: getattr(args, name) for name in TRAINING_FLAGS if getattr(args, name) is not None}
+    config.training = replace(config.training, **given)
+    return config
+
+
+TRAINING_FLAGS = ("steps", "batch_size", "lr", "seed", "time_limit_s", "eval_every", "n_train", "n_val",
+                  "val_fraction", "device", "workers")
+
+
 def main(argv: list[str] | None = None) -> None:
+    defaults = TrainingConfig()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", choices=sorted(CONFIGS), default="small")
+    parser.add_argument("--config", default="small", help="preset (fast, small, full) or JSON file (default: small)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
-                        help="config override, e.g. --set use_weighted_fm=true --set height=290")
+                        help="model config override, e.g. --set use_weighted_fm=true --set height=290")
     parser.add_argument("--data", type=Path, help="sample folder or stacked NPZ (default: synthetic)")
-    parser.add_argument("--val-fraction", type=float, default=0.1)
-    parser.add_argument("--n-train", type=int, default=1536)
-    parser.add_argument("--n-val", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--time-limit", type=float, default=None, help="stop after this many seconds")
-    parser.add_argument("--eval-every", type=int, default=100)
+    parser.add_argument("--val-fraction", type=float, help=f"default: {defaults.val_fraction}")
+    parser.add_argument("--n-train", type=int, help=f"synthetic training samples (default: {defaults.n_train})")
+    parser.add_argument("--n-val", type=int, help=f"synthetic validation samples (default: {defaults.n_val})")
+    parser.add_argument("--steps", type=int, help=f"default: {defaults.steps}")
+    parser.add_argument("--batch-size", type=int, help=f"default: {defaults.batch_size}")
+    parser.add_argument("--lr", type=float, help=f"default: {defaults.lr}")
+    parser.add_argument("--seed", type=int, help=f"default: {defaults.seed}")
+    parser.add_argument("--time-limit", dest="time_limit_s", type=float, metavar="SECONDS",
+                        help="stop after this many seconds")
+    parser.add_argument("--eval-every", type=int, help=f"default: {defaults.eval_every}")
     parser.add_argument("--out", type=Path, default=Path("runs/water"))
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (1 is fastest on a small shared CPU)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    parser.add_argument("--workers", type=int, default=1, help="threads building batches ahead")
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cpu)")
+    parser.add_argument("--workers", type=int, help="threads building batches ahead (default: 1)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
-    if args.data is not None:
-        full = water_data.load(args.data)
-        shape = full.fields["precip"].shape
-        overrides = {"frames": shape[1], "height": shape[2], "width": shape[3],
-                     "series_len": full.fields["evap"].shape[1], **overrides}
-        n_val = max(1, int(round(len(full) * args.val_fraction)))
-        train_data, val_data = full.split(n_val)
-        description = f"files: {args.data} ({len(train_data)} train / {len(val_data)} val)"
-    cfg = CONFIGS[args.config](**overrides)
-    if args.data is None:
-        train_data, val_data = synthetic_splits(cfg, args.n_train, args.n_val, args.seed)
-        description = (f"synthetic (training.water.data.generate, seed {args.seed}, "
-                       f"{args.n_train} train / {args.n_val} val)")
-    print(f"parameters: {count_parameters(WaterMAE(cfg)):,}", flush=True)
-    result = train(cfg, train_data, val_data, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                   seed=args.seed, time_limit=args.time_limit, eval_every=args.eval_every, out_dir=args.out,
-                   data_description=description, device=args.device, workers=args.workers)
-    print(f"best validation loss {result.best_val:.4f} after {result.steps} steps in {result.seconds:.1f}s; "
-          f"checkpoint {args.out / 'best.pt'}")
+    train(run_config(args), args.out, args.data, log=lambda line: print(line, flush=True))
 
 
 if __name__ == "__main__":

@@ -117,10 +117,9 @@ _OBSERVATION_EXAMPLE = {"windows": [{"sensor_ids": ["773869", "767541"], "last_t
                                      "values": [[45.2, 44.8], [58.1, None]]}]}
 
 
+# Actual readings as they arrive: `/traffic/forecast`'s window format, except that a window may hold any subset
+# of the sensors and any number of steps (1..MAX_OBSERVATION_STEPS). No docstring: it would change the OpenAPI.
 class ObservationWindow(BaseModel):
-    """Actual readings as they arrive: `/traffic/forecast`'s window format, except that a window may hold
-    any subset of the sensors and any number of steps (1..MAX_OBSERVATION_STEPS)."""
-
     model_config = ConfigDict(extra="forbid")
 
     sensor_ids: list[str] = Field(..., min_length=1, max_length=MAX_SENSORS,

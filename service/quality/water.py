@@ -16,71 +16,69 @@ from __future__ import annotations
 import random
 import threading
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from families.water.preprocessing import IMAGE_MODALITIES, MODALITIES, expand_patch_mask, patch_mask
-from service.quality.drift import DriftRecorder, bernoulli_std
+from families.statistics import TrainingStatistic
+from families.water.contract import missing_statistic, output_name
+from families.water.observed import ObservedSample
+from families.water.preprocessing import IMAGE_MODALITIES, MODALITIES, NormStats, expand_patch_mask, patch_mask
+from service.quality.drift import DriftRecorder
 
 if TYPE_CHECKING:
-    from service.families.water.family import ParsedSample, WaterSpec
     from service.metrics import QualityMetrics
 
-STATE_KEY = "water_quality"
 HIDE_FRACTION = 0.05  # of the visible tokens of each modality
-MISSING_PREFIX = "missing_fraction_"
-
-
-def training_statistics(missing: dict[str, float]) -> dict[str, Any]:
-    """The manifest's `training_statistics`: the training split's missing share per modality."""
-    return {f"{MISSING_PREFIX}{m}": {"mean": float(p), "std": bernoulli_std(float(p))} for m, p in missing.items()}
 
 
 @dataclass
 class SelfCheck:
     """The copy with extra hidden values: its samples, and per modality the (B, ...) value mask to score."""
 
-    samples: list[ParsedSample]
+    samples: list[ObservedSample]
     scored: dict[str, np.ndarray]
 
 
 class WaterQuality:
-    def __init__(self, metrics: QualityMetrics, model: str, version: str, preprocessing: dict[str, Any],
-                 fraction: float, seed: int | None = None) -> None:
-        self.drift = DriftRecorder.from_preprocessing(metrics, model, version, preprocessing)
+    """One served version's drift counters and self-check sampler (thread-safe: work-pool threads share it)."""
+
+    def __init__(self, metrics: QualityMetrics, model: str, version: str,
+                 training: dict[str, TrainingStatistic] | None, fraction: float, seed: int | None = None) -> None:
+        shipped = {name: stat.model_dump() for name, stat in (training or {}).items()}
+        self.drift = DriftRecorder(metrics, model, version, shipped)
         self.fraction = fraction
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._m = metrics
         self._labels = (model, version)
 
-    def record_inputs(self, parsed: list[ParsedSample]) -> None:
+    def record_inputs(self, samples: list[ObservedSample]) -> None:
         """Missing share per modality of this request (drift)."""
         for m in MODALITIES:
-            missing = sum(int(np.count_nonzero(p.missing[m])) for p in parsed)
-            total = sum(p.missing[m].size for p in parsed)
-            self.drift.observe(f"{MISSING_PREFIX}{m}", float(missing), total)
+            missing = sum(int(np.count_nonzero(s.missing[m])) for s in samples)
+            total = sum(s.missing[m].size for s in samples)
+            self.drift.observe(missing_statistic(m), float(missing), total)
 
     def sampled(self) -> bool:
         with self._lock:
             return self.fraction > 0 and self._rng.random() < self.fraction
 
-    def plan(self, parsed: list[ParsedSample], spec: WaterSpec) -> SelfCheck | None:
+    def plan(self, samples: list[ObservedSample], patch: int) -> SelfCheck | None:
         """The samples with a few percent more hidden, or None when there is nothing visible to hide."""
         with self._lock:
             seed = self._rng.getrandbits(32)
         rng = np.random.default_rng(seed)
         scored: dict[str, np.ndarray] = {}
-        samples = [replace(p, missing=dict(p.missing)) for p in parsed]
+        copies = [replace(s, missing=dict(s.missing)) for s in samples]
         for m in MODALITIES:
-            extra = np.stack([_hide_tokens(p.missing[m], m in IMAGE_MODALITIES, spec.patch, rng) for p in parsed])
-            for row, sample in enumerate(samples):
-                sample.missing[m] = sample.missing[m] | extra[row]
+            extra = np.stack([_hide_tokens(s.missing[m], m in IMAGE_MODALITIES, patch, rng) for s in samples])
+            for row, copy in enumerate(copies):
+                copy.missing[m] = copy.missing[m] | extra[row]
             scored[m] = extra
-        return SelfCheck(samples, scored) if any(s.any() for s in scored.values()) else None
+        return SelfCheck(copies, scored) if any(s.any() for s in scored.values()) else None
 
-    def score(self, check: SelfCheck, outputs: dict[str, np.ndarray], spec: WaterSpec) -> dict[str, float]:
+    def score(self, check: SelfCheck, outputs: dict[str, np.ndarray], stats: NormStats) -> dict[str, float]:
         """Adds |reconstruction - hidden value| (normalised) per modality to the counters; returns the MAE."""
         mae: dict[str, float] = {}
         for m in MODALITIES:
@@ -88,8 +86,8 @@ class WaterQuality:
             points = int(np.count_nonzero(mask))
             if not points:
                 continue
-            truth = spec.stats.normalise(m, np.stack([p.values[m] for p in check.samples]))
-            error = float(np.abs(outputs[f"{m}_out"].astype(np.float64) - truth)[mask].sum())
+            truth = stats.normalise(m, np.stack([s.values[m] for s in check.samples]))
+            error = float(np.abs(outputs[output_name(m)].astype(np.float64) - truth)[mask].sum())
             labels = (*self._labels, m)
             self._m.selfcheck_abs_error.labels(*labels).inc(error)
             self._m.selfcheck_points.labels(*labels).inc(points)
