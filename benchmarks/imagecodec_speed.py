@@ -33,7 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.checkpoint:
-        model, _ = load_checkpoint(args.checkpoint)
+        model = load_checkpoint(args.checkpoint).model
     else:
         torch.manual_seed(0)
         config = small_config if args.size == "small" else hpcm_base_config

@@ -1,9 +1,10 @@
 """Export plan for the HPCM image codec: every network the codec procedure runs is its own graph
 (g_a, h_a, h_s, g_s, ctx_init, step_2 .. step_11), with dynamic height/width, plus the integer pmf
-tables as an asset. The procedure itself lives in service/families/imagecodec/codec.py.
+tables as an asset. The procedure itself lives in families/imagecodec/codec.py, the manifest section it
+writes in families/imagecodec/contract.py.
 
     python -m export imagecodec --checkpoint runs/ic/q3/checkpoint.pt [--name imagecodec-q3]
-        [--option format=onnx|torchscript]
+        [--option format=onnx|torchscript] [--option max_pixels=N] [--option max_aspect=N] [--option name=M]
 
 ONNX and TorchScript versions of one checkpoint share the model hash (a hash of the weights), so a
 stream written by one decodes on the other (see the codec module for why that is exact on the latent).
@@ -13,21 +14,23 @@ service loads the version whose hash a stream carries.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
-from export.core import AssetFile, ExportPlan, GraphExport
+from export.core import AssetFile, ExportPlan, GraphExport, parse_options
 from families.imagecodec.codec import GRAPH_INPUTS, GRAPH_OUTPUTS, MAX_ASPECT, PAD_MULTIPLE, encode
+from families.imagecodec.contract import PRIMARY_GRAPH, TABLES_ASSET, Preprocessing
 from families.manifest import Batching, VersionPolicy
 from training.imagecodec.model import count_parameters, state_hash
 from training.imagecodec.networks import TorchNetworks, build_tables, codec_model, graph_modules
 from training.imagecodec.train import load_checkpoint
 
 TASK = "image-compression"
-TABLES_ASSET = "pmf_tables.npz"
 SAMPLE_SIZES = ((64, 128), (128, 64))  # two image sizes -> parity checks the dynamic spatial axes
 
 
@@ -58,14 +61,22 @@ def _samples(model, name: str) -> dict[str, list[dict[str, torch.Tensor]]]:
     return samples
 
 
-def plan_from_checkpoint(checkpoint: Path, **options: Any) -> ExportPlan:
-    fmt = str(options.get("format", "onnx"))
-    name = str(options.get("name", "imagecodec"))
-    max_pixels = int(options.get("max_pixels", 2048 * 2048))  # padded area; ~40 s of CPU coding at the limit
-    max_aspect = int(options.get("max_aspect", MAX_ASPECT))  # padded long side / short side
-    model, ckpt = load_checkpoint(Path(checkpoint))
+class ExportOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["onnx", "torchscript"] = "onnx"
+    name: str = "imagecodec"  # the model name the parity samples' streams carry
+    max_pixels: int = Field(2048 * 2048, gt=0)  # padded area; ~40 s of CPU coding at the limit
+    max_aspect: int = Field(MAX_ASPECT, gt=0)  # padded long side / short side
+
+
+def plan_from_checkpoint(checkpoint: Path, options: Mapping[str, str] | None = None) -> ExportPlan:
+    opts = parse_options(ExportOptions, options)
+    fmt = opts.format
+    loaded = load_checkpoint(Path(checkpoint))
+    model, extras = loaded.model, loaded.extras
     tables = build_tables(model)
-    samples = _samples(model, name)
+    samples = _samples(model, opts.name)
     graphs = []
     for graph, module in graph_modules(model).items():
         axes = {}
@@ -77,17 +88,14 @@ def plan_from_checkpoint(checkpoint: Path, **options: Any) -> ExportPlan:
         ))
     cfg = model.cfg
     return ExportPlan(
-        family="imagecodec", task=TASK, graphs=graphs, primary_graph="g_a",
+        family="imagecodec", task=TASK, graphs=graphs, primary_graph=PRIMARY_GRAPH,
         batching=Batching(max_batch_size=1, max_queue_delay_ms=0.0, max_queue_size=16, default_timeout_ms=60_000),
         version_policy=VersionPolicy(kind="all"),  # every stream ever written stays decodable
-        preprocessing={
-            "pad_multiple": PAD_MULTIPLE, "M": cfg.M, "N": cfg.N, "max_pixels": max_pixels, "max_aspect": max_aspect,
-            "model_hash": state_hash(model)[:16], "quality": ckpt.get("quality"), "lambda": ckpt.get("lambda"),
-            "entropy_model": "gaussian conditional for y (scale table of 64 levels, 0.11..64), "
-                             "per-channel gaussian prior for z",
-            "input": "RGB uint8, padded (edge) to a multiple of 64, scaled to [0, 1]",
-        },
+        preprocessing=Preprocessing(
+            pad_multiple=PAD_MULTIPLE, M=cfg.M, N=cfg.N, max_pixels=opts.max_pixels, max_aspect=opts.max_aspect,
+            model_hash=state_hash(model)[:16], quality=extras["quality"], lmbda=extras["lambda"],
+        ),
         assets={TABLES_ASSET: AssetFile(tables.to_bytes(), "integer pmf tables (y per scale index, z per channel)")},
-        provenance={"training": ckpt.get("provenance", {}), "config": cfg.to_dict(),
+        provenance={"training": extras.get("provenance", {}), "config": cfg.to_dict(),
                     "parameters": count_parameters(model), "format": fmt},
     )

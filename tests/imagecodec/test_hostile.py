@@ -27,6 +27,7 @@ from testkit import LiveServer, hostile_request, jpeg_claiming, metric_value, pn
 from export.core import publish, with_batching
 from export.families.imagecodec import plan_from_checkpoint
 from families.imagecodec.bitstream import Bitstream
+from families.imagecodec.contract import Preprocessing
 from families.manifest import Manifest, VersionPolicy
 from training.imagecodec.config import tiny_config
 from training.imagecodec.model import ImageCodec
@@ -54,7 +55,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("imagecodec-hostile")
     repo = root / "repo"
     ckpt = _checkpoint(root, 0)
-    plan = plan_from_checkpoint(ckpt, max_pixels=MAX_PIXELS, max_aspect=MAX_ASPECT)
+    plan = plan_from_checkpoint(ckpt, {"max_pixels": str(MAX_PIXELS), "max_aspect": str(MAX_ASPECT)})
     publish(with_batching(plan, {"max_queue_size": "1"}), repo, "imagecodec", version=1)
     publish(plan_from_checkpoint(ckpt), repo, "imagecodec-vs", version=1)
     latest = plan_from_checkpoint(ckpt)
@@ -77,7 +78,7 @@ def server(repository: Path):
 
 
 def _model_hash(repository: Path, name: str = "imagecodec", version: int = 1) -> bytes:
-    return bytes.fromhex(Manifest.read(repository / name / str(version)).preprocessing["model_hash"])
+    return Manifest.read(repository / name / str(version)).preprocessing_as(Preprocessing).hash_bytes
 
 
 def _image(h: int, w: int, seed: int) -> np.ndarray:

@@ -15,9 +15,10 @@ import torch
 from PIL import Image
 
 from export.core import publish
-from export.families.imagecodec import TABLES_ASSET, plan_from_checkpoint
+from export.families.imagecodec import plan_from_checkpoint
 from families.imagecodec.bitstream import Bitstream
-from families.imagecodec.codec import CodecModel, decode, encode
+from families.imagecodec.codec import decode, encode
+from families.imagecodec.contract import TABLES_ASSET, Preprocessing
 from families.imagecodec.tables import PmfTables
 from families.manifest import Manifest
 from service.runtimes import open_runtime
@@ -38,9 +39,9 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ckpt = root / "ck.pt"
     torch.save({"config": model.cfg.to_dict(), "state_dict": model.state_dict(), "quality": 2}, ckpt)
     repo = root / "repo"
-    publish(plan_from_checkpoint(ckpt, max_pixels=MAX_PIXELS), repo, "imagecodec", version=1)
-    publish(plan_from_checkpoint(ckpt, max_pixels=MAX_PIXELS, format="torchscript"), repo, "imagecodec-ts",
-            version=1)
+    publish(plan_from_checkpoint(ckpt, {"max_pixels": str(MAX_PIXELS)}), repo, "imagecodec", version=1)
+    publish(plan_from_checkpoint(ckpt, {"max_pixels": str(MAX_PIXELS), "format": "torchscript"}), repo,
+            "imagecodec-ts", version=1)
     return repo
 
 
@@ -48,9 +49,8 @@ def _local(version_dir: Path):
     """The evaluation CLI's path: the same codec procedure over the artifact's graphs."""
     manifest = Manifest.read(version_dir)
     runtimes = {name: open_runtime(version_dir, spec, "cpu") for name, spec in manifest.graphs.items()}
-    pre = manifest.preprocessing
-    model = CodecModel(manifest.name, bytes.fromhex(pre["model_hash"]), pre["M"], pre["N"],
-                       PmfTables.from_bytes((version_dir / TABLES_ASSET).read_bytes()), pre["max_pixels"])
+    pre = manifest.preprocessing_as(Preprocessing)
+    model = pre.codec_model(manifest.name, PmfTables.from_bytes((version_dir / TABLES_ASSET).read_bytes()))
     return (lambda graph, inputs: runtimes[graph].run(inputs)), model
 
 

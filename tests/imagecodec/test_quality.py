@@ -4,8 +4,6 @@ the reconstruction the encoder decodes from its own stream, in the same job on t
 from __future__ import annotations
 
 import io
-import random
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,12 +15,12 @@ from PIL import Image
 from prometheus_client import CollectorRegistry
 from testkit import LiveServer, hostile_request, metric_value, running_server
 
-from export.families.imagecodec import TABLES_ASSET
-from families.imagecodec.codec import CodecModel, decode, encode
+from families.imagecodec.codec import decode, encode
+from families.imagecodec.contract import TABLES_ASSET, Preprocessing
 from families.imagecodec.tables import PmfTables
 from families.manifest import Manifest
-from service.families.imagecodec.quality import PSNR_CAP_DB, CodecQuality, level_of, psnr_db
 from service.metrics import QualityMetrics
+from service.quality.imagecodec import PSNR_CAP_DB, CodecQuality, level_of, psnr_db
 from service.runtimes import open_runtime
 
 REPORT: list[tuple[str, int, float, float, float]] = []
@@ -36,9 +34,9 @@ def _image(h: int = 64, w: int = 64, seed: int = 0) -> np.ndarray:
 
 
 def test_level_from_name_then_manifest() -> None:
-    assert level_of("imagecodec-q3", {"quality": 5}) == "q3"
-    assert level_of("imagecodec", {"quality": 2}) == "q2"
-    assert level_of("imagecodec", {"quality": None}) == "unknown"
+    assert level_of("imagecodec-q3", 5) == "q3"
+    assert level_of("imagecodec", 2) == "q2"
+    assert level_of("imagecodec", None) == "unknown"
 
 
 def test_psnr() -> None:
@@ -52,9 +50,8 @@ def test_psnr() -> None:
 def _local(version_dir: Path):
     manifest = Manifest.read(version_dir)
     runtimes = {name: open_runtime(version_dir, spec, "cpu", cpu_threads=1) for name, spec in manifest.graphs.items()}
-    pre = manifest.preprocessing
-    model = CodecModel(manifest.name, bytes.fromhex(pre["model_hash"]), pre["M"], pre["N"],
-                       PmfTables.from_bytes((version_dir / TABLES_ASSET).read_bytes()), pre["max_pixels"])
+    pre = manifest.preprocessing_as(Preprocessing)
+    model = pre.codec_model(manifest.name, PmfTables.from_bytes((version_dir / TABLES_ASSET).read_bytes()))
     return (lambda graph, inputs: runtimes[graph].run(inputs)), model
 
 
@@ -62,8 +59,7 @@ def _local(version_dir: Path):
 def test_record_bpp_always_psnr_on_sampled(imagecodec_repository: Path, fraction: float) -> None:
     nets, model = _local(imagecodec_repository / "imagecodec" / "1")
     registry = CollectorRegistry()
-    quality = CodecQuality(QualityMetrics(registry), ("imagecodec", "1", "q2"), fraction, random.Random(0),
-                           threading.Lock())
+    quality = CodecQuality.create(QualityMetrics(registry), "imagecodec", "1", 2, fraction, seed=0)
     image = _image()
     start = time.perf_counter()
     stream, info = encode(image, nets, model)

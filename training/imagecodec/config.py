@@ -1,8 +1,16 @@
-"""Codec configuration: widths/depths are config values; the structure (strides, scales, steps) is fixed."""
+"""Codec configuration: widths/depths are config values; the structure (strides, scales, steps) is fixed.
+
+`CodecConfig` is the model (what a checkpoint's `config` holds); `ImageCodecConfig` is one training run: the
+model, the size preset it came from, the quality level (its lambda) and how to train it. Presets:
+`load_config("small")` (the CPU default, M=96, N=64), `"tiny"` (tests), `"base"` (HPCM-Base, alias `"hpcm_base"`),
+or a JSON file `{"size": ..., "model": {...}, ...}`.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any, Literal
 
 Phase = Literal["baseline", "phase1", "phase2", "phase3", "phase4"]
@@ -82,3 +90,67 @@ def hpcm_base_config(**overrides: Any) -> CodecConfig:
     base = dict(widths=(96, 192, 384), depths=(2, 2, 4), M=320, N=256, hyper_depth=3, prior_blocks=3)
     base.update(overrides)
     return CodecConfig(**base)
+
+
+SIZES = {"tiny": tiny_config, "small": small_config, "base": hpcm_base_config}
+PRESET_ALIASES = {"hpcm_base": "base"}
+# CompressAI's MSE lambdas; quality level q uses LAMBDAS[q].
+LAMBDAS = {1: 0.0018, 2: 0.0035, 3: 0.0067, 4: 0.013, 5: 0.025, 6: 0.0483}
+
+
+@dataclass
+class ImageCodecConfig:
+    """One training run = one quality level (one lambda) = one exported model version."""
+
+    model: CodecConfig = field(default_factory=small_config)
+    size: str = "small"  # the size preset `model` came from (recorded in the checkpoint's provenance)
+    quality: int = 3
+    lmbda: float | None = None  # None: LAMBDAS[quality]
+    steps: int = 2000
+    seconds: float | None = None  # stop after this wall time (the learning rate then decays by time)
+    batch: int = 8
+    crop: int = 128
+    lr: float = 1e-3
+    seed: int = 0
+    device: str = "cpu"
+    log_every: int = 50
+    init: str | None = None  # start from this checkpoint's weights (a continued round)
+
+    def __post_init__(self) -> None:
+        if self.quality not in LAMBDAS:
+            raise ValueError(f"quality must be one of {sorted(LAMBDAS)}, got {self.quality!r}")
+        if self.steps < 1 or self.batch < 1 or self.crop < 1 or self.log_every < 1:
+            raise ValueError("steps, batch, crop and log_every must be positive")
+
+    @property
+    def lambda_(self) -> float:
+        """The rate-distortion trade-off this run trains for."""
+        return self.lmbda if self.lmbda is not None else LAMBDAS[self.quality]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ImageCodecConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown imagecodec config keys {sorted(unknown)}")
+        size = PRESET_ALIASES.get(str(data.get("size", "small")), str(data.get("size", "small")))
+        if size not in SIZES:
+            raise ValueError(f"unknown size {size!r}; known: {', '.join(SIZES)}")
+        model = SIZES[size](**data.get("model", {}))
+        return cls(**{**data, "size": size, "model": model})
+
+
+def load_config(preset: str | Path) -> ImageCodecConfig:
+    """A size preset by name (`tiny`, `small`, `base` / `hpcm_base`: that model, the default training) or a JSON
+    file of `ImageCodecConfig` fields (`model` holds overrides of its size preset)."""
+    name = PRESET_ALIASES.get(str(preset), str(preset))
+    if name in SIZES:
+        return ImageCodecConfig(model=SIZES[name](), size=name)
+    path = Path(preset)
+    if not path.is_file():
+        presets = ", ".join([*SIZES, *PRESET_ALIASES])
+        raise ValueError(f"unknown imagecodec config {str(preset)!r}: a preset ({presets}) or a JSON file")
+    return ImageCodecConfig.from_dict(json.loads(path.read_text()))

@@ -17,10 +17,12 @@ reproduced by
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
-from training.checkpoints import save_atomic
-from training.imagecodec.train import load_checkpoint, train
+from training.checkpoints import save_checkpoint
+from training.imagecodec.config import load_config
+from training.imagecodec.train import FAMILY, load_checkpoint, read_payload, train
 
 DEFAULT_SECONDS = 75.0
 SHIPPED = Path(__file__).resolve().parents[2] / "models" / "imagecodec" / "imagecodec-q2.pt"
@@ -28,12 +30,11 @@ SHIPPED = Path(__file__).resolve().parents[2] / "models" / "imagecodec" / "image
 
 def store_half(checkpoint: Path, target: Path) -> Path:
     """Write `checkpoint` with float16 weights (shared modules stay shared), to keep the file small."""
-    model, ckpt = load_checkpoint(checkpoint)
-    ckpt["state_dict"] = model.half().state_dict()
-    ckpt.setdefault("provenance", {})["stored_as"] = "float16 weights (cast back to float32 on load)"
+    payload = read_payload(checkpoint)
+    payload["state_dict"] = load_checkpoint(checkpoint).model.half().state_dict()
+    payload.setdefault("provenance", {})["stored_as"] = "float16 weights (cast back to float32 on load)"
     target.parent.mkdir(parents=True, exist_ok=True)
-    save_atomic(ckpt, target)
-    return target
+    return save_checkpoint(FAMILY, payload, target)
 
 
 def build_default(workdir: Path, use_shipped: bool = True) -> Path:
@@ -41,5 +42,6 @@ def build_default(workdir: Path, use_shipped: bool = True) -> Path:
     if use_shipped and SHIPPED.exists():
         out.mkdir(parents=True, exist_ok=True)
         return Path(shutil.copyfile(SHIPPED, out / "checkpoint.pt"))
-    return train(out, quality=2, size="small", phase="phase2", steps=10_000, seconds=DEFAULT_SECONDS, batch=4,
-                 crop=128, lr=1e-3, seed=0, device="cpu")
+    config = replace(load_config("small"), quality=2, steps=10_000, seconds=DEFAULT_SECONDS, batch=4, crop=128,
+                     lr=1e-3, seed=0, device="cpu")
+    return train(config, out).best_checkpoint

@@ -129,8 +129,9 @@ def evaluate(checkpoints: list[Path], images: dict[str, np.ndarray], out: Path) 
     out.mkdir(parents=True, exist_ok=True)
     levels = []
     for ckpt_path in checkpoints:
-        model, ckpt = load_checkpoint(ckpt_path)
-        nets, cm = TorchNetworks(model), codec_model(model, f"imagecodec-q{ckpt.get('quality')}")
+        loaded = load_checkpoint(ckpt_path)
+        quality, model = loaded.extras["quality"], loaded.model
+        nets, cm = TorchNetworks(model), codec_model(model, f"imagecodec-q{quality}")
         rows = []
         for name, image in images.items():
             data, enc = encode(image, nets, cm)
@@ -142,7 +143,7 @@ def evaluate(checkpoints: list[Path], images: dict[str, np.ndarray], out: Path) 
             rows.append({"image": name, "bpp": bpp, "psnr": psnr(image, rec), "ms_ssim": ms_ssim(image, rec),
                          "encode_s": enc.seconds, "decode_s": dec.seconds, "hints": enc.hints,
                          "jpeg": jpeg, "webp": webp})
-        levels.append({"checkpoint": str(ckpt_path), "quality": ckpt.get("quality"), "lambda": ckpt.get("lambda"),
+        levels.append({"checkpoint": str(ckpt_path), "quality": quality, "lambda": loaded.extras["lambda"],
                        "images": rows, "bpp": float(np.mean([r["bpp"] for r in rows])),
                        "psnr": float(np.mean([r["psnr"] for r in rows])),
                        "ms_ssim": float(np.mean([r["ms_ssim"] for r in rows]))})

@@ -2,7 +2,7 @@
 
 Entropy model for y: a conditional *Gaussian* (not HPCM's generalised Gaussian beta=1.5), with
 symbols round(y - mu), y_hat = symbol + mu. Prior for z: a learned per-channel Gaussian (mean, scale).
-The network predicts log-scales; the codec snaps them to the scale table (service/families/imagecodec).
+The network predicts log-scales; the codec snaps them to the scale table (families/imagecodec).
 """
 
 from __future__ import annotations

@@ -4,8 +4,12 @@ Cheap checks come first and cost no work: content type, admission (the work pool
 known, the version's codec queue: 429 before the body is read), then sizes from headers (the image
 header, the stream header: padded pixel area, aspect ratio, substream lengths). Decoding the upload and
 checking a stream (checksum, bounded inflate of the hints) run on the work pool; the progressive coding
-loop runs in the version's procedure queues ("compress", "decompress") on its worker thread. Nothing
-request-sized runs on the event loop.
+loop runs in the version's procedure queues ("compress", "decompress"; family.py) on its worker thread.
+Nothing request-sized runs on the event loop.
+
+Both routes choose their version themselves (the compress route from `?quality=` or the form's quality, the
+decompress route from the stream), so they build their `Call` with `resolve_version` rather than taking
+`task_call`'s dependency.
 
 Streams outlive model updates: /image/decompress picks the version whose weight hash is the stream's (the
 served one when it matches, else an older version the model's version policy keeps loadable).
@@ -14,6 +18,7 @@ served one when it matches, else an older version the model's version policy kee
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,69 +26,49 @@ from fastapi import APIRouter, Query, Request, Response
 from starlette.datastructures import UploadFile
 
 from families.imagecodec.bitstream import BitstreamError, StreamHeader
-from families.imagecodec.codec import (
-    MAX_ASPECT,
-    CodecModel,
-    PreparedStream,
-    SizeError,
-    check_size,
-    check_stream,
-    decode,
-    encode,
-    prepare_stream,
-)
-from families.imagecodec.tables import PmfTables
-from service.dataplane import hub_of, request_context, resolve_version, workpool_of
+from families.imagecodec.codec import CodecModel, PreparedStream, SizeError, check_size, check_stream, prepare_stream
+from families.imagecodec.contract import COMPRESS_PROCEDURE, DECOMPRESS_PROCEDURE, Preprocessing
+from families.manifest import Manifest
+from service.dataplane import Call, hub_of, resolve_version, workpool_of
 from service.errors import BadRequest, InvalidInput, NotFound, PayloadTooLarge, UnsupportedMediaType
-from service.families.imagecodec.quality import STATE_KEY as QUALITY_KEY
-from service.families.imagecodec.quality import CodecQuality
+from service.families.imagecodec.schemas import (
+    ACCEPTED_IMAGE_TYPES,
+    COMPRESS_OPENAPI,
+    COMPRESS_RESPONSES,
+    DECOMPRESS_OPENAPI,
+    DECOMPRESS_RESPONSES,
+    IMAGE_MEDIA_TYPE,
+    QUALITIES,
+    STREAM_MEDIA_TYPE,
+    UPLOAD_MAX_FIELDS,
+    UPLOAD_MAX_FILES,
+    UPLOAD_MEDIA_TYPE,
+    compress_headers,
+    model_headers,
+)
+from service.quality.imagecodec import CodecQuality
 
 FAMILY_NAME = "imagecodec"
-TABLES_ASSET = "pmf_tables.npz"
-ACCEPTED_IMAGE_TYPES = ("JPEG", "PNG")
-STREAM_MEDIA_TYPE = "application/octet-stream"
-QUALITIES = range(1, 7)
 
 
-def prepare_version(version) -> None:
-    """Load the shipped pmf tables and register the two codec procedures."""
-    pre = version.manifest.preprocessing
-    tables = PmfTables.from_bytes(version.asset_path(TABLES_ASSET).read_bytes())
-    model = CodecModel(name=version.name, model_hash=bytes.fromhex(pre["model_hash"]), M=int(pre["M"]),
-                       N=int(pre["N"]), tables=tables, max_pixels=int(pre.get("max_pixels", 4096 * 4096)),
-                       max_aspect=int(pre.get("max_aspect", MAX_ASPECT)))
-    version.state["codec"] = model
+@dataclass(frozen=True)
+class CodecState:
+    """What the plug-in prepares per loaded version (family.py): its manifest section, the coding procedure's
+    model (identity, sizes, pmf tables) and the version's quality recorder."""
 
-    def nets(graph: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return version.runtimes[graph].run(inputs)
-
-    def compress(payloads: list[np.ndarray]) -> list[Any]:
-        quality: CodecQuality | None = version.state.get(QUALITY_KEY)  # set by the first request
-        results = []
-        for image in payloads:
-            stream, info = encode(image, nets, model)
-            if quality is not None:  # bpp; on a sampled share, decode what was written for PSNR
-                quality.record(image, stream, info, nets, model)
-            results.append((stream, info))
-        return results
-
-    def decompress(payloads: list[PreparedStream]) -> list[Any]:
-        results: list[Any] = []
-        for prepared in payloads:
-            try:
-                image, _ = decode(prepared, nets, model)
-                results.append(_png(image))  # here, not on the loop: a large PNG takes a while to write
-            except BitstreamError as exc:  # a stream that passed the checks but is still bad
-                results.append(_stream_error(exc))
-            except (ValueError, IndexError, OverflowError) as exc:  # crafted payload with a valid checksum
-                results.append(BadRequest(f"bitstream could not be decoded: {exc}", details={"reason": "corrupted"}))
-        return results
-
-    version.add_procedure("compress", compress)
-    version.add_procedure("decompress", decompress)
+    preprocessing: Preprocessing
+    model: CodecModel
+    quality: CodecQuality
 
 
-def _stream_error(exc: BitstreamError) -> Exception:
+CodecCall = Call[CodecState]
+router = APIRouter(prefix="/image", tags=["image"])
+
+
+# ---- errors ------------------------------------------------------------------------------------------
+
+def stream_error(exc: BitstreamError) -> Exception:
+    """The service error of a bad stream: damage is 400, a stream for another model or format is 422."""
     if exc.kind in ("truncated", "corrupted", "size"):
         return BadRequest(str(exc), details={"reason": exc.kind})
     return InvalidInput(str(exc), details={"reason": exc.kind})
@@ -102,9 +87,9 @@ def _media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-# ---- /image/compress ---------------------------------------------------------------------------------
+# ---- image decoding and encoding (work pool, worker thread) -------------------------------------------
 
-def _read_image(data: bytes, model: CodecModel) -> np.ndarray:
+def read_image(data: bytes, model: CodecModel) -> np.ndarray:
     """Upload -> uint8 RGB, on the work pool; the size is checked on the header, before any pixel."""
     from PIL import Image, UnidentifiedImageError
 
@@ -128,13 +113,24 @@ def _read_image(data: bytes, model: CodecModel) -> np.ndarray:
     return np.ascontiguousarray(rgb)
 
 
-def _png(image: np.ndarray) -> bytes:
+def png(image: np.ndarray) -> bytes:
+    """The decoded image as PNG (on the version's worker thread: a large PNG takes a while to write)."""
     from PIL import Image
 
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
     return buffer.getvalue()
 
+
+def check_prepared(data: bytes, model: CodecModel) -> PreparedStream:
+    """Checksum, bounded hints inflate and escape checks, on the work pool."""
+    try:
+        return prepare_stream(data, model)
+    except BitstreamError as exc:
+        raise stream_error(exc) from None
+
+
+# ---- /image/compress ---------------------------------------------------------------------------------
 
 def _parse_quality(raw: Any) -> int:
     try:
@@ -150,7 +146,7 @@ def _parse_quality(raw: Any) -> int:
 async def _read_upload(request: Request) -> tuple[bytes, int | None]:
     """(image bytes, form quality) from the multipart body."""
     try:
-        form = await request.form(max_files=1, max_fields=2)
+        form = await request.form(max_files=UPLOAD_MAX_FILES, max_fields=UPLOAD_MAX_FIELDS)
     except Exception as exc:  # noqa: BLE001 - malformed multipart bodies raise several types
         raise BadRequest(f"malformed multipart body ({exc})") from None
     try:
@@ -164,151 +160,102 @@ async def _read_upload(request: Request) -> tuple[bytes, int | None]:
         await form.close()
 
 
-def _compress_version(request: Request, model: str | None, quality: int | None, version: int | None):
+def _compress_call(request: Request, model: str | None, quality: int | None, version: int | None) -> CodecCall:
+    """The call to the model asked for (`?model=`, else imagecodec-q<quality>, else the default model); 429
+    before any decoding when its compress queue is full."""
     name = model or (f"{FAMILY_NAME}-q{quality}" if quality is not None else None)
-    loaded = resolve_version(request, family=FAMILY_NAME, model=name, version=version)
-    loaded.batchers["compress"].check_admission()  # 429 before any decoding
-    return loaded
+    served = resolve_version(request, family=FAMILY_NAME, model=name, version=version)
+    served.batchers[COMPRESS_PROCEDURE].check_admission()
+    return Call(request, served, served.prepared)
 
 
-def _quality(request: Request, loaded) -> CodecQuality:
-    """The version's quality recorder, made on first use (event loop: no await between check and set)."""
-    quality = loaded.state.get(QUALITY_KEY)
-    if quality is None:
-        app = request.app.state
-        quality = CodecQuality.create(app.metrics.quality, loaded, app.settings.quality_codec_psnr_fraction)
-        loaded.state[QUALITY_KEY] = quality
-    return quality
-
-
-async def _compress(request: Request, model: str | None, quality: int | None, version: int | None) -> Response:
-    if _media_type(request) != "multipart/form-data":
+@router.post("/compress", response_class=Response, openapi_extra=COMPRESS_OPENAPI, responses=COMPRESS_RESPONSES)
+async def compress(request: Request,
+                   quality: int | None = Query(None, ge=1, le=6,
+                                               description="quality level -> imagecodec-qN (or a form field)"),
+                   model: str | None = Query(None, description="model name (overrides quality)"),
+                   version: int | None = Query(None)) -> Response:
+    """Compress an image (padded to a multiple of 64 internally, cropped on decode). The padded area is
+    capped by the model's `max_pixels` (413) and its aspect ratio by `max_aspect` (400)."""
+    if _media_type(request) != UPLOAD_MEDIA_TYPE:
         raise UnsupportedMediaType(f"content type {_media_type(request) or '(none)'!r}: send multipart/form-data "
                                    "with the image in field 'image'")
-    pool = workpool_of(request)
-    pool.admit("image upload")
+    workpool_of(request).admit("image upload")
     # The model (hence its queue) is known from the query: refuse before reading the body.
-    loaded = _compress_version(request, model, quality, version) if model or quality is not None else None
+    call = _compress_call(request, model, quality, version) if model or quality is not None else None
     data, form_quality = await _read_upload(request)
     if quality is not None and form_quality is not None and form_quality != quality:
         raise InvalidInput(f"quality {quality} in the query and {form_quality} in the form disagree",
                            details={"field": "quality"})
-    if loaded is None:
-        loaded = _compress_version(request, model, form_quality, version)
+    if call is None:
+        call = _compress_call(request, model, form_quality, version)
     else:
-        loaded.batchers["compress"].check_admission()  # it may have filled while the body arrived
-    codec: CodecModel = loaded.state["codec"]
-    _quality(request, loaded)
-    ctx = request_context(request)
-    pixels = await pool.run(_read_image, data, codec, ctx=ctx, what="image decode")
-    stream, info = await loaded.submit("compress", pixels, ctx=ctx)
-    return Response(content=stream, media_type=STREAM_MEDIA_TYPE, headers={
-        "X-Model": loaded.name, "X-Model-Version": str(loaded.version), "X-Bpp": f"{info.bpp:.5f}",
-        "X-Image-Size": f"{pixels.shape[1]}x{pixels.shape[0]}", "X-Scale-Hints": str(info.hints),
-    })
+        call.version.batchers[COMPRESS_PROCEDURE].check_admission()  # it may have filled while the body arrived
+    pixels = await call.work(read_image, data, call.state.model, what="image decode")
+    stream, info = await call.submit(COMPRESS_PROCEDURE, pixels)
+    headers = compress_headers(call.envelope(), info.bpp, pixels.shape[0], pixels.shape[1], info.hints)
+    return Response(content=stream, media_type=STREAM_MEDIA_TYPE, headers=headers)
 
 
 # ---- /image/decompress -------------------------------------------------------------------------------
 
-def _prepare(data: bytes, model: CodecModel) -> PreparedStream:
-    """Checksum, bounded hints inflate and escape checks, on the work pool."""
+def _model_hash(manifest: Manifest) -> str | None:
+    """The weight hash a version's streams carry (lower-case hex), or None for a version not of this code."""
+    if manifest.family != FAMILY_NAME:
+        return None
     try:
-        return prepare_stream(data, model)
-    except BitstreamError as exc:
-        raise _stream_error(exc) from None
+        return manifest.preprocessing_as(Preprocessing).model_hash.lower()
+    except ValueError:
+        return None
 
 
-def _record(request: Request, loaded) -> None:
-    request.state.model_name = loaded.name
-    request.state.model_version = str(loaded.version)
-
-
-async def _decoder_for(request: Request, header: StreamHeader, model: str | None, version: int | None):
-    """The loaded version that decodes this stream: the one asked for, else the one with the stream's
-    weight hash (the served version when it matches, else an older one, loaded if the policy allows)."""
+async def _decoder_for(request: Request, header: StreamHeader, model: str | None, version: int | None) -> CodecCall:
+    """The call to the loaded version that decodes this stream: the one asked for, else the one with the
+    stream's weight hash (the served version when it matches, else an older one, loaded if the policy allows)."""
     name = model or header.model_name
     try:
         served = resolve_version(request, family=FAMILY_NAME, model=name, version=version)
     except NotFound as exc:
         raise InvalidInput(f"bitstream was made by model {header.model_name!r}: {exc.message}",
                            details={"reason": "model"}) from None
-    if version is not None or served.state["codec"].model_hash == header.model_hash:
-        return served
+    state: CodecState = served.prepared
+    if version is not None or state.model.model_hash == header.model_hash:
+        return Call(request, served, state)
     hub = hub_of(request)
     wanted = header.model_hash.hex()
-    matches = [v for v, m in hub.manifests(name).items()
-               if m.family == FAMILY_NAME and str(m.preprocessing.get("model_hash", "")).lower() == wanted]
+    matches = [v for v, m in hub.manifests(name).items() if _model_hash(m) == wanted]
     if not matches:
-        return served  # check_stream names the mismatch (422)
+        return Call(request, served, state)  # check_stream names the mismatch (422)
     try:
         loaded = await hub.acquire(name, max(matches))
     except NotFound as exc:
         raise InvalidInput(f"bitstream was made by {name!r} version {max(matches)} (hash {wanted}), which this "
                            f"server does not keep loadable: {exc.message}",
                            details={"reason": "model", "version": max(matches)}) from None
-    _record(request, loaded)
-    return loaded
+    request.state.model_name = loaded.name  # the metrics name the version that answered
+    request.state.model_version = str(loaded.version)
+    return Call(request, loaded, loaded.prepared)
 
 
-async def _decompress(request: Request, model: str | None, version: int | None) -> Response:
+@router.post("/decompress", response_class=Response, openapi_extra=DECOMPRESS_OPENAPI,
+             responses=DECOMPRESS_RESPONSES)
+async def decompress(request: Request, model: str | None = Query(None), version: int | None = Query(None)):
+    """Decode a bitstream (raw request body, application/octet-stream). The model defaults to the one
+    named in the stream, and the version to the one whose weights made it."""
     media_type = _media_type(request)
     if media_type not in ("", STREAM_MEDIA_TYPE):  # absent: RFC 9110 lets us assume octet-stream
         raise UnsupportedMediaType(f"content type {media_type!r}: send the bitstream as {STREAM_MEDIA_TYPE}")
-    pool = workpool_of(request)
-    pool.admit("bitstream")
+    workpool_of(request).admit("bitstream")
     data = await request.body()
     if not data:
         raise BadRequest(f"empty body: send the bitstream bytes as {STREAM_MEDIA_TYPE}")
     try:
         header = StreamHeader.peek(data)
-        loaded = await _decoder_for(request, header, model, version)
-        codec: CodecModel = loaded.state["codec"]
-        check_stream(header, codec)  # size, aspect and substream lengths: refused before any work
+        call = await _decoder_for(request, header, model, version)
+        check_stream(header, call.state.model)  # size, aspect and substream lengths: refused before any work
     except BitstreamError as exc:
-        raise _stream_error(exc) from None
-    loaded.batchers["decompress"].check_admission()
-    ctx = request_context(request)
-    prepared = await pool.run(_prepare, data, codec, ctx=ctx, what="bitstream check")
-    png = await loaded.submit("decompress", prepared, ctx=ctx)
-    return Response(content=png, media_type="image/png",
-                    headers={"X-Model": loaded.name, "X-Model-Version": str(loaded.version)})
-
-
-_UPLOAD_SCHEMA = {"type": "object", "required": ["image"], "properties": {
-    "image": {"type": "string", "format": "binary", "description": "PNG or JPEG photo"},
-    "quality": {"type": "integer", "minimum": 1, "maximum": 6, "description": "quality level -> imagecodec-qN"},
-}}
-
-
-def build_router() -> APIRouter:
-    router = APIRouter(prefix="/image", tags=["image"])
-
-    @router.post(
-        "/compress",
-        response_class=Response,
-        openapi_extra={"requestBody": {"required": True,
-                                       "content": {"multipart/form-data": {"schema": _UPLOAD_SCHEMA}}}},
-        responses={200: {"content": {"application/octet-stream": {}},
-                         "description": "the self-describing HPCM bitstream (headers carry bpp and model)"}},
-    )
-    async def compress(request: Request,
-                       quality: int | None = Query(None, ge=1, le=6,
-                                                   description="quality level -> imagecodec-qN (or a form field)"),
-                       model: str | None = Query(None, description="model name (overrides quality)"),
-                       version: int | None = Query(None)) -> Response:
-        """Compress an image (padded to a multiple of 64 internally, cropped on decode). The padded area is
-        capped by the model's `max_pixels` (413) and its aspect ratio by `max_aspect` (400)."""
-        return await _compress(request, model, quality, version)
-
-    @router.post(
-        "/decompress",
-        response_class=Response,
-        openapi_extra={"requestBody": {"required": True, "content": {STREAM_MEDIA_TYPE: {}}}},
-        responses={200: {"content": {"image/png": {}}, "description": "the decoded image"}},
-    )
-    async def decompress(request: Request, model: str | None = Query(None), version: int | None = Query(None)):
-        """Decode a bitstream (raw request body, application/octet-stream). The model defaults to the one
-        named in the stream, and the version to the one whose weights made it."""
-        return await _decompress(request, model, version)
-
-    return router
+        raise stream_error(exc) from None
+    call.version.batchers[DECOMPRESS_PROCEDURE].check_admission()
+    prepared = await call.work(check_prepared, data, call.state.model, what="bitstream check")
+    image = await call.submit(DECOMPRESS_PROCEDURE, prepared)
+    return Response(content=image, media_type=IMAGE_MEDIA_TYPE, headers=model_headers(call.envelope()))

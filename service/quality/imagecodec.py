@@ -15,7 +15,7 @@ import random
 import re
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,22 +23,19 @@ from families.imagecodec.codec import CodecInfo, CodecModel, Networks, decode
 
 if TYPE_CHECKING:
     from service.metrics import QualityMetrics
-    from service.repository import LoadedVersion
 
 log = logging.getLogger(__name__)
-STATE_KEY = "codec_quality"
 PSNR_CAP_DB = 100.0  # a lossless reconstruction (mse 0) lands in the +Inf bucket, not at infinity
 _LEVEL_IN_NAME = re.compile(r"-q(\d+)$")
 
 
-def level_of(name: str, preprocessing: dict[str, Any]) -> str:
+def level_of(name: str, quality: int | None) -> str:
     """The level label: `q<N>` from the model name (imagecodec-qN), else from the manifest's training
-    quality, else "unknown" (bounded: one value per model)."""
+    `quality`, else "unknown" (bounded: one value per model)."""
     match = _LEVEL_IN_NAME.search(name)
     if match:
         return f"q{match.group(1)}"
-    quality = preprocessing.get("quality")
-    return f"q{int(quality)}" if isinstance(quality, int | float) and not isinstance(quality, bool) else "unknown"
+    return f"q{quality}" if quality is not None else "unknown"
 
 
 def psnr_db(original: np.ndarray, reconstruction: np.ndarray) -> float:
@@ -49,7 +46,8 @@ def psnr_db(original: np.ndarray, reconstruction: np.ndarray) -> float:
 
 @dataclass
 class CodecQuality:
-    """One version's recorder; `record` runs on the version's worker thread (prometheus is thread-safe)."""
+    """One version's recorder, made by the plug-in's `prepare` and held in the version's state; `record` runs
+    on the version's worker thread (prometheus is thread-safe). No series exists before the first record."""
 
     metrics: QualityMetrics
     labels: tuple[str, str, str]  # model, version, level
@@ -58,10 +56,10 @@ class CodecQuality:
     lock: threading.Lock
 
     @classmethod
-    def create(cls, metrics: QualityMetrics, version: LoadedVersion, fraction: float,
+    def create(cls, metrics: QualityMetrics, model: str, version: str, quality: int | None, fraction: float,
                seed: int | None = None) -> CodecQuality:
-        level = level_of(version.name, version.manifest.preprocessing)
-        return cls(metrics, (version.name, str(version.version), level), fraction, random.Random(seed),
+        """The recorder of `model` `version`, trained at `quality` (the manifest's), sampling `fraction`."""
+        return cls(metrics, (model, version, level_of(model, quality)), fraction, random.Random(seed),
                    threading.Lock())
 
     def sampled(self) -> bool:

@@ -1,0 +1,60 @@
+"""The image codec artifact contract: the manifest's `preprocessing` section, the asset and the graph names.
+
+Export (export/families/imagecodec.py) writes `Preprocessing`; the service parses it back with the same class
+(`Manifest.preprocessing_as`) and builds the version's `CodecModel` from it and the shipped pmf tables. Two
+layouts exist on disk: the first exports lack `max_aspect` (then `MAX_ASPECT`); every export writes
+`quality` and `lambda` from the checkpoint, null when the checkpoint had none.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from families.imagecodec.codec import GRAPH_INPUTS, MAX_ASPECT, PAD_MULTIPLE, CodecModel
+from families.imagecodec.tables import PmfTables
+
+TABLES_ASSET = "pmf_tables.npz"  # integer pmf tables (y per scale index, z per channel): PmfTables.to_bytes()
+GRAPH_NAMES: tuple[str, ...] = tuple(GRAPH_INPUTS)  # g_a, h_a, h_s, g_s, ctx_init, step_2 .. step_11
+PRIMARY_GRAPH = "g_a"  # what /v2/models/{name} describes and warm-up runs first
+COMPRESS_PROCEDURE = "compress"  # the version's procedure queues: the coding loop on its worker thread
+DECOMPRESS_PROCEDURE = "decompress"
+DEFAULT_MAX_PIXELS = 4096 * 4096  # padded area; what versions exported before the cap was written got
+ENTROPY_MODEL = ("gaussian conditional for y (scale table of 64 levels, 0.11..64), "
+                 "per-channel gaussian prior for z")
+INPUT_DESCRIPTION = "RGB uint8, padded (edge) to a multiple of 64, scaled to [0, 1]"
+
+
+class Preprocessing(BaseModel):
+    """What the service needs to code with a version: latent sizes, the model's identity in the stream
+    (`model_hash`, 8 bytes as hex), the size limits and, for the record, what it was trained for."""
+
+    # `lambda` is a Python keyword: the field is `lmbda`, written and read as "lambda".
+    model_config = ConfigDict(extra="forbid", validate_by_name=True, validate_by_alias=True,
+                              serialize_by_alias=True)
+
+    pad_multiple: int = Field(PAD_MULTIPLE, gt=0)
+    M: int = Field(gt=0)  # latent y channels
+    N: int = Field(gt=0)  # hyper-latent z channels
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0)  # of the padded image
+    max_aspect: int = Field(MAX_ASPECT, gt=0)  # padded long side / short side
+    model_hash: str = Field(pattern=r"^[0-9a-fA-F]{16}$")
+    quality: int | None = None  # the training quality level (1..6), when the checkpoint said
+    lmbda: float | None = Field(None, alias="lambda")
+    entropy_model: str = ENTROPY_MODEL
+    input: str = INPUT_DESCRIPTION
+
+    @field_validator("pad_multiple")
+    @classmethod
+    def _fits_this_code(cls, value: int) -> int:
+        if value != PAD_MULTIPLE:  # the procedure pads to its own multiple: another one cannot be served
+            raise ValueError(f"pad_multiple {value} is not this code's {PAD_MULTIPLE}")
+        return value
+
+    @property
+    def hash_bytes(self) -> bytes:
+        return bytes.fromhex(self.model_hash)
+
+    def codec_model(self, name: str, tables: PmfTables) -> CodecModel:
+        """The coding procedure's model of a version named `name` with its shipped tables."""
+        return CodecModel(name=name, model_hash=self.hash_bytes, M=self.M, N=self.N, tables=tables,
+                          max_pixels=self.max_pixels, max_aspect=self.max_aspect)
