@@ -19,9 +19,9 @@ from prometheus_client import CollectorRegistry
 
 from families.traffic.preprocessing import Scaler, build_features
 from families.weld.knn import knn_search
-from service.families.weld.quality import WeldQuality
 from service.metrics import QualityMetrics
 from service.quality.traffic import ForecastStore
+from service.quality.weld import WeldQuality
 
 
 def median_us(fn: Callable[[], object], repeats: int) -> float:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from weld_common import ROOT  # noqa: F401 - puts the repository on sys.path
 
-from service.families.weld.gallery import GallerySnapshot
+from families.weld.gallery import GallerySnapshot
 
 
 def timed(fn, repeats: int) -> float:

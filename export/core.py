@@ -97,7 +97,7 @@ class ExportPlan:
     primary_graph: str = "model"
     batching: Batching = field(default_factory=Batching)
     # The family's `families.<f>.contract.Preprocessing`: the service parses it back with the same class.
-    preprocessing: BaseModel | dict[str, Any] | None = None
+    preprocessing: BaseModel | None = None  # the family's contract model (families/<f>/contract.py)
     labels: list[str] | None = None
     assets: dict[str, AssetFile] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -131,12 +131,8 @@ def split_batching_options(options: dict[str, str]) -> tuple[dict[str, str], dic
     return batching, {k: v for k, v in options.items() if k not in BATCHING_OPTIONS}
 
 
-def _section(preprocessing: BaseModel | dict[str, Any] | None) -> dict[str, Any]:
-    if preprocessing is None:
-        return {}
-    if isinstance(preprocessing, BaseModel):
-        return preprocessing.model_dump(mode="json")
-    return dict(preprocessing)  # transitional: a plain dict (every family now passes its contract model)
+def _section(preprocessing: BaseModel | None) -> dict[str, Any]:
+    return {} if preprocessing is None else preprocessing.model_dump(mode="json")
 
 
 def code_revision() -> str:

@@ -12,7 +12,16 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 MANIFEST_FILE = "manifest.json"
 # 2: `files` carries the SHA-256 of every file of the version (graphs too), and `version_policy`.
@@ -135,6 +144,21 @@ class VersionPolicy(BaseModel):
         if self.kind == "specific":
             return version in self.versions
         return version in on_disk[-self.num_versions:]
+
+
+class PreprocessingSection(BaseModel):
+    """Base of every family's `Preprocessing` (families/<f>/contract.py): a part that defaults to None and is
+    None is left out of the manifest, not written as null, so that versions without it keep the layout that
+    manifests written before the part existed have."""
+
+    @model_serializer(mode="wrap")
+    def _absent_parts_left_out(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        for name, field in type(self).model_fields.items():
+            if field.default is None and getattr(self, name) is None:
+                data.pop(field.alias or name, None)
+                data.pop(name, None)
+        return data
 
 
 class ChecksumError(RuntimeError):

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -202,10 +202,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(oip_router)
     app.include_router(repository_router)
     for family in families.values():
-        # transitional: old plug-ins have a router() method (an APIRouter is callable too: it is an ASGI app)
-        router = family.router if family.router is None or isinstance(family.router, APIRouter) else family.router()
-        if router is not None:
-            app.include_router(router)
+        if family.router is not None:
+            app.include_router(family.router)
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus_metrics() -> Response:

@@ -98,7 +98,6 @@ class LoadedVersion:
         self.device = device
         self.name = manifest.name
         self.version = manifest.version
-        self.state: dict[str, Any] = {}  # transitional: families not yet returning typed state
         self.prepared: Any = None  # what the family's plug-in `prepare` returned (handlers: `Call.state`)
         self.state_dir = settings.state_dir / manifest.name / str(manifest.version)
         self.runtimes: dict[str, Runtime] = {}  # instance 0 of each graph (procedures use these)

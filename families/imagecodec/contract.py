@@ -8,10 +8,11 @@ layouts exist on disk: the first exports lack `max_aspect` (then `MAX_ASPECT`); 
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from families.imagecodec.codec import GRAPH_INPUTS, MAX_ASPECT, PAD_MULTIPLE, CodecModel
 from families.imagecodec.tables import PmfTables
+from families.manifest import PreprocessingSection
 
 TABLES_ASSET = "pmf_tables.npz"  # integer pmf tables (y per scale index, z per channel): PmfTables.to_bytes()
 GRAPH_NAMES: tuple[str, ...] = tuple(GRAPH_INPUTS)  # g_a, h_a, h_s, g_s, ctx_init, step_2 .. step_11
@@ -24,7 +25,7 @@ ENTROPY_MODEL = ("gaussian conditional for y (scale table of 64 levels, 0.11..64
 INPUT_DESCRIPTION = "RGB uint8, padded (edge) to a multiple of 64, scaled to [0, 1]"
 
 
-class Preprocessing(BaseModel):
+class Preprocessing(PreprocessingSection):
     """What the service needs to code with a version: latent sizes, the model's identity in the stream
     (`model_hash`, 8 bytes as hex), the size limits and, for the record, what it was trained for."""
 

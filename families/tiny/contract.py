@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
+
+from families.manifest import PreprocessingSection
 
 
-class Preprocessing(BaseModel):
+class Preprocessing(PreprocessingSection):
     """The tiny model reads its input tensor as is."""
 
     model_config = ConfigDict(extra="forbid")

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import math
 from functools import cached_property
-from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, field_validator, model_serializer
+from pydantic import ConfigDict, Field, field_validator
 
+from families.manifest import PreprocessingSection
 from families.statistics import TrainingStatistic
 from families.traffic.preprocessing import (
     FEATURE_DAY_OF_WEEK,
@@ -31,7 +31,7 @@ STAT_MISSING = "missing_fraction"
 STAT_SPEED = "mean_speed"
 
 
-class Preprocessing(BaseModel):
+class Preprocessing(PreprocessingSection):
     """What the service needs to turn readings + timestamps into `x`: the sensor set and its order, the
     scaler, the feature channels, the time grid."""
 
@@ -60,13 +60,6 @@ class Preprocessing(BaseModel):
                              f"{FEATURE_TIME_OF_DAY!r}, then optionally {FEATURE_DAY_OF_WEEK!r}")
         return value
 
-    @model_serializer(mode="wrap")
-    def _without_absent_statistics(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # Manifests without a drift reference have no `training_statistics` key (not a null).
-        data = handler(self)
-        if self.training_statistics is None:
-            data.pop("training_statistics", None)
-        return data
 
     @property
     def use_time_of_day(self) -> bool:

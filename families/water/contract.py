@@ -8,11 +8,10 @@ static names, `units`, the normalisation `stats`, `prior_fill` (absent before th
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from families.manifest import PreprocessingSection
 from families.statistics import TrainingStatistic
 from families.water.preprocessing import IMAGE_MODALITIES, MODALITIES, STATIC_NAMES, VECTOR_MODALITIES, NormStats
 
@@ -85,7 +84,7 @@ def missing_share_statistics(missing: dict[str, float]) -> dict[str, TrainingSta
     return {missing_statistic(m): TrainingStatistic.share(p) for m, p in missing.items()}
 
 
-class Preprocessing(BaseModel):
+class Preprocessing(PreprocessingSection):
     """What the service needs to check requests, (de)normalise and fill: the manifest's `preprocessing`."""
 
     model_config = ConfigDict(extra="forbid")
@@ -117,10 +116,3 @@ class Preprocessing(BaseModel):
             raise ValueError(f"grid {self.grid.height}x{self.grid.width} is not divisible by patch {self.grid.patch}")
         return self
 
-    @model_serializer(mode="wrap")
-    def _absent_statistics_left_out(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # Manifests without drift statistics have no key for them (not a null): keep writing them that way.
-        data = handler(self)
-        if self.training_statistics is None:
-            data.pop("training_statistics", None)
-        return data

@@ -57,11 +57,7 @@ def test_layers_do_not_import_upwards(folder: str, forbidden: set[str]) -> None:
     assert not offenders
 
 
-# Issue 12 is done for these families only; the other two still have the old shape (a known, open gap: the
-# strict xfail turns into a failure the day they are converted, so that this list gets shortened).
-CONVERTED = ("tiny", "traffic", "water")
-BY_FAMILY = [pytest.param(name, marks=() if name in CONVERTED else pytest.mark.xfail(
-    strict=True, reason="not yet in the issue-12 shape")) for name in sorted(REGISTRY)]
+BY_FAMILY = sorted(REGISTRY)
 
 
 def test_one_registry_lists_the_five_families() -> None:

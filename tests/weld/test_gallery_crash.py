@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.families.weld.gallery import ENROLLED_FILE, GalleryStore, npz_bytes
+from families.weld.gallery import ENROLLED_FILE, GalleryStore, npz_bytes
 
 DIM = 512
 BATCH = 1500  # rows per enrolment: each rewrite is several MB, so a kill often lands inside one
@@ -19,7 +19,7 @@ BATCH = 1500  # rows per enrolment: each rewrite is several MB, so a kill often 
 WRITER = f"""
 import sys, numpy as np
 from pathlib import Path
-from service.families.weld.gallery import GalleryStore
+from families.weld.gallery import GalleryStore
 store = GalleryStore(Path(sys.argv[1]), Path(sys.argv[2]))
 print("ready", flush=True)
 n = store.snapshot.size - store.snapshot.shipped

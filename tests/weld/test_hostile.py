@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from testkit import HostileProbe, LiveServer, hostile_request, jpeg_claiming, metric_value, png_claiming, running_server
 
+from families.weld.gallery import GalleryStore, npz_bytes, read_npz
 from families.weld.preprocessing import (
     MODALITIES,
     MediaTooLarge,
@@ -34,8 +35,7 @@ from families.weld.preprocessing import (
     read_sensor_csv,
 )
 from service.errors import ServiceError
-from service.families.weld.gallery import GalleryStore, npz_bytes, read_npz
-from service.families.weld.jsontensors import split_tensor_body
+from service.jsontensors import split_tensor_body
 from training.weld.data import read_manifest
 
 TOKEN = "weld-hostile-token"

@@ -59,7 +59,7 @@ def test_vote_ties_go_to_the_lowest_class_and_k_is_capped() -> None:
 @pytest.mark.parametrize("metric", ["cosine", "euclidean", "manhattan"])
 def test_served_gallery_search_equals_brute_force(tmp_path, metric: str) -> None:
     """The service's path (GallerySnapshot.search: precomputed transposed unit refs / squared norms)."""
-    from service.families.weld.gallery import GalleryStore, npz_bytes
+    from families.weld.gallery import GalleryStore, npz_bytes
 
     rng = np.random.default_rng(1)
     refs = rng.normal(size=(500, 32)).astype(np.float32)

@@ -15,9 +15,10 @@ from testkit import LiveServer, hostile_request, metric_value, running_server
 
 from families.manifest import Manifest
 from families.weld.knn import KnnResult
+from families.weld.ood import loo_nearest_distances, manifest_quality
 from families.weld.preprocessing import PreprocessParams
-from service.families.weld.quality import WeldQuality, loo_nearest_distances, manifest_quality
 from service.metrics import QualityMetrics
+from service.quality.weld import WeldQuality
 from training.weld.data import read_manifest
 
 REPORT: list[tuple[str, int, float, float, float]] = []
@@ -28,8 +29,8 @@ def test_leave_one_out_excludes_the_row_itself() -> None:
     points = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 3.0]], np.float32)
     np.testing.assert_allclose(loo_nearest_distances(points, "euclidean"), [1.0, 1.0, 3.0])
     quality = manifest_quality(points, "euclidean")
-    assert quality["ood_metric"] == "euclidean" and 2.9 < quality["ood_threshold"] <= 3.0
-    assert manifest_quality(points[:1], "cosine") == {}  # one row has no other neighbour
+    assert quality is not None and quality.ood_metric == "euclidean" and 2.9 < quality.ood_threshold <= 3.0
+    assert manifest_quality(points[:1], "cosine") is None  # one row has no other neighbour
 
 
 def test_record_histograms_counts_and_ood_ratio() -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from families.weld.classes import CLASSES
 from families.weld.preprocessing import MODALITIES, PreprocessParams, SampleFiles
-from service.families.weld.family import _decode_uploads
+from service.families.weld.routes import _decode_uploads
 from training.weld.data import IncompleteReport, load_sample, read_manifest
 
 TOKEN = "weld-test-token"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from training.weld.config import get_config
+from training.weld.config import load_config
 from training.weld.data import (
     SampleRecord,
     SessionLeakageError,
@@ -66,7 +66,7 @@ def test_default_synthetic_split_has_no_leak(clean_root: Path) -> None:
 
 def test_training_refuses_leaking_split(leaky_root: Path, tmp_path: Path) -> None:
     with pytest.raises(SessionLeakageError, match="TRAIN"):
-        train(get_config("small"), leaky_root, tmp_path / "run", log=lambda _: None)
+        train(load_config("small"), tmp_path / "run", leaky_root, log=lambda _: None)
 
 
 def test_train_cli_refuses_without_the_flag(leaky_root: Path, tmp_path: Path) -> None:

@@ -130,7 +130,8 @@ def full() -> WeldConfig:
 CONFIGS = {"small": small, "full": full}
 
 
-def get_config(name: str) -> WeldConfig:
+def load_config(name: str) -> WeldConfig:
+    """A fresh copy of the preset `name` (small, full)."""
     if name not in CONFIGS:
         raise ValueError(f"unknown config {name!r}; choose one of {sorted(CONFIGS)}")
     return CONFIGS[name]()

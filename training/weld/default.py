@@ -32,9 +32,9 @@ def build_default(workdir: Path) -> Path:
     config.train.epochs = EPOCHS
     config.train.max_seconds = TIME_BUDGET_S
     with torch_threads(1):  # tiny tensors: one thread is faster than two fighting over shared cores
-        result = train(config, data, workdir / "run")
-    print(f"[weld] default model built in {time.monotonic() - started:.1f}s: {result}")
-    return Path(result["checkpoint"])
+        result = train(config, workdir / "run", data)
+    print(f"[weld] default model built in {time.monotonic() - started:.1f}s: {result.summary}")
+    return result.best_checkpoint
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ from sklearn.metrics import (
 from families.weld.classes import CLASSES
 from families.weld.knn import METRICS, knn_search
 from families.weld.preprocessing import MODALITIES
-from training.weld.config import WeldConfig
 from training.weld.data import WeldDataset, check_session_leakage, collate, read_manifest, split_records
 from training.weld.model import WeldEmbeddingModel, build_model
 
@@ -82,17 +81,9 @@ def evaluate_model(model: WeldEmbeddingModel, train_set: WeldDataset, test_set: 
                        train_set.ids, test_set.ids)
 
 
-def load_checkpoint(path: Path, device: str = "cpu") -> tuple[WeldEmbeddingModel, WeldConfig, dict]:
-    checkpoint = torch.load(path, map_location=device, weights_only=False)
-    if checkpoint.get("format") != "weld-embedding/1":
-        raise ValueError(f"{path} is not a weld embedding checkpoint")
-    config = WeldConfig.from_dict(checkpoint["config"])
-    model = build_model(config)
-    model.load_state_dict(checkpoint["state_dict"])
-    return model.to(device).eval(), config, checkpoint
+def main(argv: list[str] | None = None) -> None:
+    from training.weld.train import load_checkpoint  # train.py imports this module: import at call time
 
-
-def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--data", type=Path, required=True)
@@ -102,8 +93,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--allow-session-leakage", action="store_true",
                         help="evaluate even when a session appears in more than one of TRAIN/VAL/TEST")
-    args = parser.parse_args()
-    model, config, checkpoint = load_checkpoint(args.checkpoint)
+    args = parser.parse_args(argv)
+    loaded = load_checkpoint(args.checkpoint)
+    model, config = loaded.model, loaded.config
     if args.untrained:
         model = build_model(config, seed=config.train.seed).eval()
     splits = split_records(read_manifest(args.data), config.train.val_fraction, config.train.seed)

@@ -1,10 +1,11 @@
 """Train the weld embedding model with SupCon (+ optional CE), then write the k-NN gallery and evaluation.
 
-CLI: python -m training.weld.train --data DATA --out runs/weld [--config small|full] [--epochs N] [--amp]
+CLI: python -m training.weld.train [--data DATA] --out runs/weld [--config small|full] [--epochs N] [--amp]
+(without --data: a synthetic dataset in the real layout, written to OUT/data)
 
 Outputs in --out: latest.pt, best.pt, log.json (one record per epoch), data_report.json (incomplete
-samples and the policy applied), gallery.npz (TRAIN embeddings of best.pt + labels + sample ids),
-eval.json (k-NN on TEST, with the untrained-encoder baseline beside it).
+samples and the policy applied), session_report.json, gallery.npz (TRAIN embeddings of best.pt + labels +
+sample ids), eval.json (k-NN on TEST, with the untrained-encoder baseline beside it), summary.json.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ import json
 import math
 import random
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,8 +28,8 @@ import torch
 from families.storage import atomic_write_bytes
 from families.weld.classes import CLASSES
 from families.weld.preprocessing import MODALITIES
-from training.checkpoints import save_atomic
-from training.weld.config import WeldConfig, get_config
+from training.checkpoints import Checkpoint, TrainResult, read_checkpoint, save_checkpoint
+from training.weld.config import TrainConfig, WeldConfig, load_config
 from training.weld.data import (
     WeldDataset,
     check_session_leakage,
@@ -39,8 +43,12 @@ from training.weld.evaluate import embed, evaluate_model
 from training.weld.losses import combined_loss, supcon_loss
 from training.weld.model import WeldEmbeddingModel, build_model
 from training.weld.sampler import StratifiedBatchSampler
+from training.weld.synthetic import generate
 
-CHECKPOINT_FORMAT = "weld-embedding/1"
+FAMILY = "weld"
+CHECKPOINT_FORMAT = "weld-embedding/1"  # what untagged checkpoints (before the family tag) are recognised by
+BEST, LATEST = "best.pt", "latest.pt"
+Log = Callable[[str], None]
 
 
 def set_seed(seed: int) -> None:
@@ -49,7 +57,7 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def learning_rate(step: float, cfg) -> float:
+def learning_rate(step: float, cfg: TrainConfig) -> float:
     """Linear warmup (warmup_start_lr -> lr over warmup_epochs) then cosine to min_lr; `step` in epochs."""
     if step < cfg.warmup_epochs:
         return cfg.warmup_start_lr + (cfg.lr - cfg.warmup_start_lr) * step / max(cfg.warmup_epochs, 1e-9)
@@ -58,9 +66,19 @@ def learning_rate(step: float, cfg) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
 
 
-def save_checkpoint(path: Path, model: WeldEmbeddingModel, config: WeldConfig, extra: dict) -> None:
-    save_atomic({"format": CHECKPOINT_FORMAT, "config": config.to_dict(), "labels": list(CLASSES),
-                 "state_dict": model.state_dict(), **extra}, path)
+def _save(path: Path, model: WeldEmbeddingModel, config: WeldConfig, extra: dict[str, Any]) -> None:
+    save_checkpoint(FAMILY, {"format": CHECKPOINT_FORMAT, "config": config.to_dict(), "labels": list(CLASSES),
+                             "state_dict": model.state_dict(), **extra}, path)
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    """The model (eval mode, CPU), its `WeldConfig`, and in `extras` the rest of the file (epoch, val_supcon)."""
+    payload = read_checkpoint(path, FAMILY, legacy=lambda p: p.get("format") == CHECKPOINT_FORMAT)
+    config = WeldConfig.from_dict(payload["config"])
+    model = build_model(config)
+    model.load_state_dict(payload["state_dict"])
+    extras = {k: v for k, v in payload.items() if k not in ("state_dict", "optimizer", "config")}
+    return Checkpoint(family=FAMILY, path=Path(path), model=model.eval(), config=config, extras=extras)
 
 
 @torch.no_grad()
@@ -78,15 +96,67 @@ def write_gallery(path: Path, embeddings: np.ndarray, labels: np.ndarray, ids: l
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def train(config: WeldConfig, data_root: Path, out_dir: Path, device: str = "cpu", log=print,
-          allow_session_leakage: bool = False) -> dict:
-    """Full run; returns paths and final metrics. A split that shares a session between TRAIN/VAL/TEST is
-    refused (SessionLeakageError) unless `allow_session_leakage`."""
-    tc = config.train
-    out_dir.mkdir(parents=True, exist_ok=True)
-    set_seed(tc.seed)
-    started = time.monotonic()
+@dataclass
+class Optimiser:
+    """What one step updates: the trainable parameters, AdamW and the AMP gradient scaler."""
 
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    use_amp: bool
+
+
+def training_step(model: WeldEmbeddingModel, opt: Optimiser, batch: dict[str, torch.Tensor], tc: TrainConfig,
+                  lr: float, device: str) -> tuple[float, dict[str, float]]:
+    """One optimiser step on `batch` at learning rate `lr`; returns (loss, its parts)."""
+    for group in opt.optimizer.param_groups:
+        group["lr"] = lr
+    inputs = [batch[m].to(device) for m in MODALITIES]
+    labels = batch["label"].to(device)
+    with torch.autocast("cuda", dtype=torch.float16, enabled=opt.use_amp):
+        emb = model(*inputs)
+        logits = model.classifier(emb) if tc.ce_weight > 0 else None
+    loss, parts = combined_loss(emb, logits, labels, tc.temperature, tc.ce_weight)
+    if not torch.isfinite(loss):
+        raise FloatingPointError("non-finite loss")
+    opt.optimizer.zero_grad(set_to_none=True)
+    opt.scaler.scale(loss).backward()
+    opt.scaler.unscale_(opt.optimizer)
+    torch.nn.utils.clip_grad_norm_(opt.params, tc.grad_clip)
+    opt.scaler.step(opt.optimizer)
+    opt.scaler.update()
+    return float(loss.detach()), parts
+
+
+def train_epoch(model: WeldEmbeddingModel, opt: Optimiser, loader: torch.utils.data.DataLoader,
+                sampler: StratifiedBatchSampler, epoch: int, tc: TrainConfig, device: str) -> dict[str, float]:
+    """One pass over the stratified batches; returns the epoch's mean loss and loss parts."""
+    model.train()
+    sampler.set_epoch(epoch)
+    losses, parts_sum = [], {}
+    for step, batch in enumerate(loader):
+        try:
+            loss, parts = training_step(model, opt, batch, tc, learning_rate(epoch + step / len(sampler), tc), device)
+        except FloatingPointError:
+            raise FloatingPointError(f"non-finite loss at epoch {epoch} step {step}") from None
+        losses.append(loss)
+        for key, value in parts.items():
+            parts_sum[key] = parts_sum.get(key, 0.0) + value
+    means = {f"train_{k}": v / max(len(losses), 1) for k, v in parts_sum.items()}
+    return {"train_loss": float(np.mean(losses)), **means}
+
+
+@dataclass
+class Splits:
+    train: WeldDataset
+    val: WeldDataset
+    test: WeldDataset
+
+
+def prepare_data(config: WeldConfig, data_root: Path, out_dir: Path, allow_session_leakage: bool, log: Log) -> Splits:
+    """Splits of the dataset (session leakage checked), sensor statistics of TRAIN into `config.preprocess`,
+    and the data reports in `out_dir`."""
+    tc = config.train
     splits = split_records(read_manifest(data_root), tc.val_fraction, tc.seed)
     leaks = check_session_leakage(splits, allow_session_leakage, log)
     (out_dir / "session_report.json").write_text(json.dumps({"leaking_sessions": leaks}, indent=2))
@@ -96,55 +166,57 @@ def train(config: WeldConfig, data_root: Path, out_dir: Path, device: str = "cpu
     write_report(out_dir / "data_report.json", {k: d.report for k, d in datasets.items()})
     for name, ds in datasets.items():
         log(f"[data] {name}: {ds.report.summary()}")
-    train_set, val_set, test_set = datasets["train"], datasets["val"], datasets["test"]
+    return Splits(datasets["train"], datasets["val"], datasets["test"])
 
+
+def evaluate_best(config: WeldConfig, splits: Splits, out_dir: Path, device: str, log: Log) -> dict[str, Any]:
+    """The gallery (TRAIN embeddings of best.pt) and, when there is a TEST split, eval.json beside the
+    untrained-encoder baseline; returns the test figures."""
+    tc = config.train
+    model = load_checkpoint(out_dir / BEST).model.to(device)
+    write_gallery(out_dir / "gallery.npz", embed(model, splits.train, device=device),
+                  np.asarray(splits.train.labels), splits.train.ids)
+    if not len(splits.test):
+        return {}
+    trained = evaluate_model(model, splits.train, splits.test, tc.knn_k, tc.knn_metric, device)
+    baseline = evaluate_model(build_model(config, seed=tc.seed).to(device), splits.train, splits.test,
+                              tc.knn_k, tc.knn_metric, device)
+    evaluation = {"trained": trained, "untrained_baseline": baseline, "checkpoint": str(out_dir / BEST),
+                  "timestamp": datetime.now(UTC).isoformat(timespec="seconds")}
+    (out_dir / "eval.json").write_text(json.dumps(evaluation, indent=2))
+    log(f"[eval] k-NN (k={tc.knn_k}, {tc.knn_metric}) test accuracy {trained['accuracy']:.3f} "
+        f"macro-F1 {trained['f1_macro']:.3f} | untrained baseline {baseline['accuracy']:.3f} / "
+        f"{baseline['f1_macro']:.3f}")
+    return {"test_accuracy": trained["accuracy"], "test_f1_macro": trained["f1_macro"],
+            "baseline_accuracy": baseline["accuracy"], "baseline_f1_macro": baseline["f1_macro"]}
+
+
+def fit(config: WeldConfig, splits: Splits, out_dir: Path, device: str, log: Log) -> dict[str, Any]:
+    """Epochs until `epochs`, early stopping (`patience`) or the time budget; latest.pt every epoch, best.pt at
+    each validation improvement, log.json."""
+    tc = config.train
+    started = time.monotonic()
     model = build_model(config, seed=tc.seed).to(device)
-    sampler = StratifiedBatchSampler(train_set.labels, tc.batch_size, tc.classes_per_batch, seed=tc.seed)
-    loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, collate_fn=collate)
+    sampler = StratifiedBatchSampler(splits.train.labels, tc.batch_size, tc.classes_per_batch, seed=tc.seed)
+    loader = torch.utils.data.DataLoader(splits.train, batch_sampler=sampler, collate_fn=collate)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=tc.warmup_start_lr, weight_decay=tc.weight_decay)
     use_amp = bool(tc.amp and device.startswith("cuda"))
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-
+    opt = Optimiser(params, torch.optim.AdamW(params, lr=tc.warmup_start_lr, weight_decay=tc.weight_decay),
+                    torch.amp.GradScaler("cuda", enabled=use_amp), use_amp)
     history: list[dict] = []
     best_val, best_epoch, stale = float("inf"), -1, 0
-    steps_per_epoch = len(sampler)
     for epoch in range(tc.epochs):
-        model.train()
-        sampler.set_epoch(epoch)
         t0 = time.monotonic()
-        losses, parts_sum = [], {}
-        for step, batch in enumerate(loader):
-            lr = learning_rate(epoch + step / steps_per_epoch, tc)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            inputs = [batch[m].to(device) for m in MODALITIES]
-            labels = batch["label"].to(device)
-            with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
-                emb = model(*inputs)
-                logits = model.classifier(emb) if tc.ce_weight > 0 else None
-            loss, parts = combined_loss(emb, logits, labels, tc.temperature, tc.ce_weight)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss at epoch {epoch} step {step}")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            losses.append(float(loss.detach()))
-            for key, value in parts.items():
-                parts_sum[key] = parts_sum.get(key, 0.0) + value
-        val = validation_loss(model, val_set, tc.temperature, device)
-        record = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_supcon": val,
-                  "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.monotonic() - t0, 3),
-                  **{f"train_{k}": v / max(len(losses), 1) for k, v in parts_sum.items()}}
+        losses = train_epoch(model, opt, loader, sampler, epoch, tc, device)
+        val = validation_loss(model, splits.val, tc.temperature, device)
+        record = {"epoch": epoch, "train_loss": losses.pop("train_loss"), "val_supcon": val,
+                  "lr": opt.optimizer.param_groups[0]["lr"], "seconds": round(time.monotonic() - t0, 3), **losses}
         improved = math.isfinite(val) and val < best_val - 1e-6
-        extra = {"epoch": epoch, "val_supcon": val, "optimizer": optimizer.state_dict()}
-        save_checkpoint(out_dir / "latest.pt", model, config, extra)
+        _save(out_dir / LATEST, model, config, {"epoch": epoch, "val_supcon": val,
+                                                "optimizer": opt.optimizer.state_dict()})
         if improved or best_epoch < 0:
             best_val, best_epoch, stale = (val if math.isfinite(val) else best_val), epoch, 0
-            save_checkpoint(out_dir / "best.pt", model, config, {"epoch": epoch, "val_supcon": val})
+            _save(out_dir / BEST, model, config, {"epoch": epoch, "val_supcon": val})
         else:
             stale += 1
         record["best"] = best_epoch == epoch
@@ -158,34 +230,32 @@ def train(config: WeldConfig, data_root: Path, out_dir: Path, device: str = "cpu
         if tc.max_seconds is not None and time.monotonic() - started > tc.max_seconds:
             log(f"[train] time budget of {tc.max_seconds:.0f}s reached")
             break
-
-    # Gallery + evaluation with the best weights.
-    best = torch.load(out_dir / "best.pt", map_location=device, weights_only=False)
-    model.load_state_dict(best["state_dict"])
-    model.eval()
-    gallery_emb = embed(model, train_set, device=device)
-    write_gallery(out_dir / "gallery.npz", gallery_emb, np.asarray(train_set.labels), train_set.ids)
-    result = {"checkpoint": str(out_dir / "best.pt"), "best_epoch": best_epoch, "best_val_supcon": best_val,
-              "epochs_run": len(history), "train_seconds": round(time.monotonic() - started, 1)}
-    if len(test_set):
-        trained = evaluate_model(model, train_set, test_set, tc.knn_k, tc.knn_metric, device)
-        baseline = evaluate_model(build_model(config, seed=tc.seed).to(device), train_set, test_set,
-                                  tc.knn_k, tc.knn_metric, device)
-        evaluation = {"trained": trained, "untrained_baseline": baseline, "checkpoint": str(out_dir / "best.pt"),
-                      "timestamp": datetime.now(UTC).isoformat(timespec="seconds")}
-        (out_dir / "eval.json").write_text(json.dumps(evaluation, indent=2))
-        result.update({"test_accuracy": trained["accuracy"], "test_f1_macro": trained["f1_macro"],
-                       "baseline_accuracy": baseline["accuracy"], "baseline_f1_macro": baseline["f1_macro"]})
-        log(f"[eval] k-NN (k={tc.knn_k}, {tc.knn_metric}) test accuracy {trained['accuracy']:.3f} "
-            f"macro-F1 {trained['f1_macro']:.3f} | untrained baseline {baseline['accuracy']:.3f} / "
-            f"{baseline['f1_macro']:.3f}")
-    (out_dir / "summary.json").write_text(json.dumps(result, indent=2))
-    return result
+    return {"best_epoch": best_epoch, "best_val_supcon": best_val, "epochs_run": len(history),
+            "train_seconds": round(time.monotonic() - started, 1)}
 
 
-def main() -> None:
+def train(config: WeldConfig, out_dir: Path, data: Path | None = None, *, log: Log = print, device: str = "cpu",
+          allow_session_leakage: bool = False) -> TrainResult:
+    """Train on the dataset folder `data` (the Intel robotic welding layout, training/weld/data.py), or on a
+    synthetic one written to `out_dir/data`. A split that shares a session between TRAIN/VAL/TEST is refused
+    (SessionLeakageError) unless `allow_session_leakage`."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if data is None:
+        data = out_dir / "data"
+        if not (data / "manifest.csv").is_file():
+            generate(data, seed=config.train.seed)
+    set_seed(config.train.seed)
+    splits = prepare_data(config, Path(data), out_dir, allow_session_leakage, log)
+    summary = {"checkpoint": str(out_dir / BEST), **fit(config, splits, out_dir, device, log)}
+    summary.update(evaluate_best(config, splits, out_dir, device, log))
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return TrainResult(best_checkpoint=out_dir / BEST, out_dir=out_dir, summary=summary)
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--data", type=Path, default=None, help="dataset folder (default: synthetic, in OUT/data)")
     parser.add_argument("--out", type=Path, default=Path("runs/weld"))
     parser.add_argument("--config", default="small", help="small | full")
     parser.add_argument("--epochs", type=int, default=None)
@@ -195,8 +265,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--allow-session-leakage", action="store_true",
                         help="train even when a session appears in more than one of TRAIN/VAL/TEST")
-    args = parser.parse_args()
-    config = get_config(args.config)
+    args = parser.parse_args(argv)
+    config = load_config(args.config)
     if args.epochs is not None:
         config.train.epochs = args.epochs
     if args.ce_weight is not None:
@@ -204,8 +274,8 @@ def main() -> None:
     if args.policy:
         config.train.incomplete_policy = args.policy
     config.train.amp = args.amp
-    result = train(config, args.data, args.out, args.device, allow_session_leakage=args.allow_session_leakage)
-    print(json.dumps(result, indent=2))
+    result = train(config, args.out, args.data, device=args.device, allow_session_leakage=args.allow_session_leakage)
+    print(json.dumps(result.summary, indent=2))
 
 
 if __name__ == "__main__":
