@@ -5,6 +5,11 @@ function here takes bytes (or a path) and returns float32 arrays in the model's 
 
     video   (T, 3, S, S)   T frames sampled uniformly over the clip, resized, ImageNet-normalised
     photos  (P, 3, S, S)   P photos (sorted by file name), resized, ImageNet-normalised
+
+Frames and photos are resized keeping their aspect ratio (shorter side to S) and centre-cropped to S x S,
+as the Hugging Face image processors do (`resize="shorter_side_crop"`); a 2000x900 photo keeps its
+proportions. Parameters stored before that switch existed (manifests, checkpoints) read back as
+`resize="squash"`, the plain S x S resize those models were trained with.
     audio   (L, M)         Kaldi-style log-mel fbank at 16 kHz (AST's layout: time x mel), AST-normalised
     sensors (N, 6)         the 6 numeric channels resampled to N steps, standardised with train statistics
 
@@ -54,6 +59,11 @@ AUDIO_MAX_SECONDS_FLOOR = 600.0  # only the first seconds are read (see decode_a
 AUDIO_MAX_CHANNELS = 8
 AUDIO_RATE_RANGE = (4_000, 192_000)  # Hz; outside it the polyphase resampler's filter gets huge
 SENSOR_MAX_ROWS_FLOOR = 50_000  # ~1.6 h at the logger's 8.6 Hz
+
+# How frames and photos reach S x S: keep the aspect ratio and centre-crop (the HF processors' way), or the
+# plain resize of models exported before the switch (what PreprocessParams.from_dict assumes when absent).
+RESIZE_MODES: tuple[str, ...] = ("shorter_side_crop", "squash")
+LEGACY_RESIZE = "squash"
 
 Source = bytes | Path
 
@@ -105,13 +115,20 @@ class PreprocessParams:
     sensor_std: list[float] = field(default_factory=lambda: [1.0] * len(SENSOR_COLUMNS))
     image_mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     image_std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    resize: str = "shorter_side_crop"  # one of RESIZE_MODES
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {RESIZE_MODES}, got {self.resize!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PreprocessParams:
+        """Parameters as stored; without `resize` they predate it, so the model was trained on squashed images."""
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        known.setdefault("resize", LEGACY_RESIZE)
         return cls(**known)
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
@@ -152,12 +169,26 @@ def _normalise_rgb(rgb: np.ndarray, params: PreprocessParams) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
-def _resize_rgb(rgb: np.ndarray, size: int) -> np.ndarray:
+def shorter_side_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """(width, height) with the shorter side `size` and the aspect ratio kept (transformers'
+    `get_resize_output_image_size` with `shortest_edge`: the longer side is truncated, never below `size`)."""
+    short, long = min(width, height), max(width, height)
+    other = max(size, int(size * long / short))
+    return (size, other) if width <= height else (other, size)
+
+
+def _resize_rgb(rgb: np.ndarray, size: int, mode: str = "shorter_side_crop") -> np.ndarray:
+    """(H, W, 3) uint8 -> (size, size, 3): shorter side to `size` then the centre `size` x `size` crop (the
+    crop offsets of transformers' `center_crop`), or with `mode="squash"` a plain resize to the square."""
     from PIL import Image
 
     image = Image.fromarray(rgb)
+    target = (size, size) if mode == "squash" else shorter_side_size(image.width, image.height, size)
+    if image.size != target:
+        image = image.resize(target, Image.Resampling.BILINEAR)
     if image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.BILINEAR)
+        left, top = (image.width - size) // 2, (image.height - size) // 2
+        image = image.crop((left, top, left + size, top + size))
     return np.asarray(image, dtype=np.uint8)
 
 
@@ -242,7 +273,7 @@ def decode_video(source: Source, params: PreprocessParams) -> np.ndarray:
             for index, frame in enumerate(container.decode(stream)):
                 budget.frame(frame.width, frame.height)
                 if index in targets:
-                    kept[index] = _resize_rgb(frame.to_ndarray(format="rgb24"), params.video_size)
+                    kept[index] = _resize_rgb(frame.to_ndarray(format="rgb24"), params.video_size, params.resize)
                     last_frame = kept[index]
                 if index >= last:
                     break
@@ -278,7 +309,7 @@ def decode_photo(data: bytes, params: PreprocessParams) -> np.ndarray:
         raise MediaTooLarge("photos", f"{exc}; the limit is {limit} pixels", limit) from None
     except Exception as exc:  # noqa: BLE001 - unreadable or truncated
         raise ModalityError("photos", f"cannot decode a photo ({type(exc).__name__}: {exc})") from None
-    return _normalise_rgb(_resize_rgb(rgb, params.photo_size), params)
+    return _normalise_rgb(_resize_rgb(rgb, params.photo_size, params.resize), params)
 
 
 def decode_photos(sources: Sequence[Source], params: PreprocessParams, allow_fewer: bool = False) -> np.ndarray:
