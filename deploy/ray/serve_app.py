@@ -1,0 +1,241 @@
+"""The service on Ray Serve: one deployment per model family (each replica runs the service's own app,
+restricted to that family's models with SERVICE_MODELS: same routes, batcher, deadlines, errors, metrics)
+behind a thin ingress that routes by path prefix or model name and answers health itself.
+
+    serve run deploy/ray/serve_config.yaml            # or: serve deploy ...; make serve-ray
+    serve run deploy.ray.serve_app:build_app repository=/abs/model_repository replicas=2
+
+Application args (serve_config.yaml `args`): repository (absolute, or relative to where the app is built),
+replicas (per family, overridable per deployment), num_cpus / num_gpus (per family replica, fractional),
+state_dir (state shared by the replicas of a family: the weld gallery's SQLite file), metrics_dir (file_sd
+targets of every replica's /metrics), graceful_shutdown_timeout_s, settings (extra `Settings` fields).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
+from starlette.requests import Request
+from starlette.responses import Response
+
+from deploy.ray.forwarding import ForwardedRequest, ForwardedResponse, call_asgi
+from deploy.ray.topology import FamilyPlan, family_of_path, plan_families
+
+log = logging.getLogger("ray.serve")
+PINNED_THREADS = {"SERVICE_CPU_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# Never re-sent to another replica when the first one died mid-request: writes (enrolment, load/unload).
+NOT_RETRIED = ("/weld/gallery", "/v2/repository/models/")
+READY_TIMEOUT_S = 5.0
+
+
+def _json(status: int, body: Any, replica: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(json.dumps(body), status_code=status, media_type="application/json",
+                    headers={"x-replica": replica, **(headers or {})})
+
+
+def _error(path: str, status: int, code: str, message: str, replica: str,
+           headers: dict[str, str] | None = None) -> Response:
+    """The service's error shape (OIP routes: {"error": "..."}), for answers the ingress makes itself."""
+    from service.errors import error_body
+
+    return _json(status, error_body(path, code, message), replica, headers)
+
+
+@serve.deployment
+class FamilyServer:
+    """One replica of a family: the service's app (create_app) run in this actor's event loop."""
+
+    async def __init__(self, family: str, models: list[str], repository: str, state_dir: str,
+                       metrics_dir: str | None, settings: dict[str, Any] | None = None) -> None:
+        from service.app import create_app
+        from service.settings import Settings
+
+        context = serve.get_replica_context()
+        self.name = f"{context.deployment}#{context.replica_tag}"
+        self.settings = Settings(model_repository=Path(repository), models=",".join(models), replica_name=self.name,
+                                 state_dir=Path(state_dir) / family, **(settings or {}))
+        self.app = create_app(self.settings)
+        self._lifespan = AsyncExitStack()
+        await self._lifespan.enter_async_context(self.app.router.lifespan_context(self.app))
+        hub = self.app.state.hub
+        while not hub.startup_complete:  # a replica takes traffic only once its models are warm
+            await asyncio.sleep(0.05)
+        if not hub.ready:
+            raise RuntimeError(f"{self.name}: models not ready after start-up: {hub.index()}")
+        self.metrics_target = None
+        if metrics_dir:
+            import ray
+
+            from deploy.ray.metrics_targets import MetricsTarget
+
+            self.metrics_target = MetricsTarget(self.app.state.metrics.registry, Path(metrics_dir),
+                                                ray.util.get_node_ip_address(), context.deployment,
+                                                context.replica_tag)
+        log.info("%s ready: %s (metrics %s)", self.name, models,
+                 self.metrics_target.address if self.metrics_target else "off")
+
+    async def forward(self, request: ForwardedRequest) -> ForwardedResponse:
+        return await call_asgi(self.app, request)
+
+    def ready(self) -> bool:
+        return bool(self.app.state.hub.ready)
+
+    def describe(self) -> dict[str, Any]:
+        target = self.metrics_target
+        return {"replica": self.name, "pid": os.getpid(), "metrics": target.address if target else None}
+
+    def check_health(self) -> None:
+        if not self.app.state.hub.ready:
+            raise RuntimeError(f"{self.name}: models not ready")
+
+    async def __del__(self) -> None:
+        # Serve has drained this replica's requests (graceful_shutdown_timeout_s); the hub drains its batchers.
+        if self.metrics_target is not None:
+            self.metrics_target.close()
+        await self._lifespan.aclose()
+
+
+@serve.deployment
+class Ingress:
+    """Routes each request to its family deployment and forwards status, headers and body unchanged."""
+
+    def __init__(self, families: dict[str, DeploymentHandle], model_family: dict[str, str]) -> None:
+        self.families = families
+        self.model_family = model_family
+        context = serve.get_replica_context()
+        self.name = f"{context.deployment}#{context.replica_tag}"
+
+    async def __call__(self, request: Request) -> Response:
+        path = request.url.path
+        if path == "/v2/health/live":
+            return _json(200, {"live": True}, self.name)
+        if path == "/v2/health/ready":
+            return await self._ready()
+        body = await request.body()
+        forwarded = ForwardedRequest(request.method, path, request.url.query.encode(), list(request.headers.raw),
+                                     body, (request.client.host, request.client.port) if request.client else None)
+        if path == "/v2/models/stats" and request.method == "GET":
+            return await self._merged(forwarded, "model_stats")
+        if path == "/v2/repository/index" and request.method == "POST":
+            return await self._merged(forwarded, None)
+        family = family_of_path(path, self.model_family) or min(self.families)
+        handle = self.families.get(family)
+        if handle is None:
+            return _error(path, 404, "not_found", f"no deployment serves {path}", self.name)
+        return await self._forward(handle, forwarded, _deadline_s(request))
+
+    async def _forward(self, handle: DeploymentHandle, request: ForwardedRequest,
+                       deadline_s: float | None) -> Response:
+        path = request.path
+        attempts = 1 if path.startswith(NOT_RETRIED) else 2
+        for attempt in range(attempts):
+            response = handle.forward.remote(request)
+            try:
+                answer: ForwardedResponse = await asyncio.wait_for(_result(response), deadline_s)
+            except TimeoutError:
+                response.cancel()
+                return _error(path, 504, "deadline_exceeded", "request deadline exceeded before a replica "
+                              "answered", self.name)
+            except asyncio.CancelledError:  # the HTTP client went away: cancel the replica's request too
+                response.cancel()
+                raise
+            except BackPressureError as exc:  # every replica's max_ongoing + the caller's max_queued are full
+                return _error(path, 429, "overloaded", f"all replicas are busy: {exc}", self.name,
+                              {"retry-after": "1"})
+            except RayActorError as exc:  # the replica died with the request (SIGKILL, node lost)
+                if attempt + 1 < attempts:
+                    log.warning("replica died during %s, retrying once: %s", path, type(exc).__name__)
+                    continue
+                return _error(path, 503, "unavailable", f"replica lost: {type(exc).__name__}", self.name,
+                              {"retry-after": "1"})
+            out = Response(answer.body, status_code=answer.status)
+            out.raw_headers = answer.headers  # as the replica sent them (content-length, x-replica, retry-after)
+            return out
+        raise AssertionError("unreachable")
+
+    async def _ready(self) -> Response:
+        async def one(handle: DeploymentHandle) -> bool:
+            try:
+                return bool(await asyncio.wait_for(_result(handle.ready.remote()), READY_TIMEOUT_S))
+            except Exception:  # noqa: BLE001 - any failure means not ready
+                return False
+
+        states = dict(zip(self.families, await asyncio.gather(*(one(h) for h in self.families.values())),
+                          strict=True))
+        ready = all(states.values())
+        return _json(200 if ready else 503, {"ready": ready, "deployments": states}, self.name)
+
+    async def _merged(self, request: ForwardedRequest, key: str | None) -> Response:
+        """Endpoints over every model (statistics, repository index): one answer per family, concatenated."""
+        answers = await asyncio.gather(*(_result(h.forward.remote(request)) for h in self.families.values()))
+        failed = next((a for a in answers if a.status != 200), None)
+        if failed is not None:
+            return Response(failed.body, status_code=failed.status, headers={"x-replica": self.name})
+        parts = [json.loads(a.body) for a in answers]
+        merged: Any = {key: [row for p in parts for row in p.get(key, [])]} if key else [r for p in parts for r in p]
+        return _json(200, merged, self.name)
+
+
+async def _result(response: Any) -> Any:
+    return await response
+
+
+def _deadline_s(request: Request) -> float | None:
+    """X-Request-Timeout-Ms bounds the whole hop (Ray's queue included); the replica enforces it again."""
+    raw = request.headers.get("x-request-timeout-ms")
+    try:
+        return max(0.0, float(raw)) / 1000 if raw else None
+    except ValueError:
+        return None  # the replica answers 400/422 for a malformed header
+
+
+def family_options(plan: FamilyPlan, args: dict[str, Any]) -> dict[str, Any]:
+    """Per-family deployment options (serve_config.yaml's `deployments:` entries override them by name)."""
+    env = {**PINNED_THREADS, **{k: str(v) for k, v in args.get("env", {}).items()}}
+    actor: dict[str, Any] = {"num_cpus": float(args.get("num_cpus", 0.25)), "runtime_env": {"env_vars": env}}
+    if float(args.get("num_gpus", 0)) > 0:
+        actor["num_gpus"] = float(args["num_gpus"])
+    return {
+        "name": plan.family,
+        "num_replicas": int(args.get("replicas", 1)),
+        "max_ongoing_requests": plan.max_ongoing_requests,
+        "max_queued_requests": plan.max_queued_requests,
+        "ray_actor_options": actor,
+        "graceful_shutdown_timeout_s": float(args.get("graceful_shutdown_timeout_s", 30)),
+        "graceful_shutdown_wait_loop_s": 0.5,
+        "health_check_period_s": 5,
+    }
+
+
+def build_app(args: dict[str, Any]) -> serve.Application:
+    """The Serve application builder (`import_path: deploy.ray.serve_app:build_app`)."""
+    repository = Path(args.get("repository", "model_repository")).resolve()
+    plans = plan_families(repository)
+    if not plans:
+        raise ValueError(f"no model in {repository}")
+    state_dir = str(Path(args.get("state_dir", "state/ray")).resolve())
+    metrics_dir = args.get("metrics_dir", str(Path(state_dir) / "metrics-targets"))
+    metrics_dir = str(Path(metrics_dir).resolve()) if metrics_dir else None
+    only = args.get("families")
+    handles = {}
+    model_family = {}
+    for family, plan in sorted(plans.items()):
+        if only and family not in only:
+            continue
+        deployment = FamilyServer.options(**family_options(plan, args))
+        handles[family] = deployment.bind(family, plan.models, str(repository), state_dir, metrics_dir,
+                                          args.get("settings"))
+        model_family.update(dict.fromkeys(plan.models, family))
+    ingress = Ingress.options(num_replicas=int(args.get("ingress_replicas", args.get("replicas", 1))),
+                              max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0.1})
+    return ingress.bind(handles, model_family)

@@ -1,0 +1,75 @@
+"""Which family serves which model and path (no Ray here): the ingress's routing table and each family
+deployment's sizing, read from the model repository's manifests (the newest readable version of each model)."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Task route prefixes (service/families/<f>/routes.py) -> family.
+PREFIXES = {"traffic": "traffic", "weld": "weld", "water": "water", "image": "imagecodec"}
+_MODEL_PATH = re.compile(r"^/v2/models/([^/]+)(?:/|$)")
+_REPOSITORY_PATH = re.compile(r"^/v2/repository/models/([^/]+)/")
+
+
+@dataclass
+class FamilyPlan:
+    """One family deployment: its models and the queue sizes of their batchers."""
+
+    family: str
+    models: list[str] = field(default_factory=list)
+    max_batch_size: int = 1
+    instances: int = 1
+    max_queue_size: int = 1
+
+    @property
+    def max_ongoing_requests(self) -> int:
+        """Requests in flight per replica: enough for every instance to fill a batch while the next one
+        gathers (Ray's default of 5 would cap batches at 5)."""
+        return max(16, self.max_batch_size * self.instances * 2)
+
+    @property
+    def max_queued_requests(self) -> int:
+        """Requests waiting in the caller for a replica slot before Ray answers 429 (the batcher's own bound)."""
+        return max(self.max_queue_size, self.max_ongoing_requests)
+
+
+def _latest_manifest(model_dir: Path) -> dict | None:
+    versions = sorted((int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and p.is_dir()), reverse=True)
+    for version in versions:
+        try:
+            return json.loads((model_dir / str(version) / "manifest.json").read_text())
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def plan_families(repository: Path) -> dict[str, FamilyPlan]:
+    """{family: FamilyPlan} for every family with at least one model in the repository."""
+    plans: dict[str, FamilyPlan] = {}
+    if not repository.is_dir():
+        raise FileNotFoundError(f"model repository {repository} does not exist (run `make models`)")
+    for model_dir in sorted(repository.iterdir()):
+        if model_dir.name.startswith(".") or not model_dir.is_dir():
+            continue
+        manifest = _latest_manifest(model_dir)
+        if manifest is None:
+            continue
+        plan = plans.setdefault(manifest["family"], FamilyPlan(manifest["family"]))
+        plan.models.append(model_dir.name)
+        batching = manifest.get("batching", {})
+        plan.max_batch_size = max(plan.max_batch_size, int(batching.get("max_batch_size", 8)))
+        plan.instances = max(plan.instances, int(batching.get("instance_count", 1)))
+        plan.max_queue_size = max(plan.max_queue_size, int(batching.get("max_queue_size", 128)))
+    return plans
+
+
+def family_of_path(path: str, model_family: dict[str, str]) -> str | None:
+    """The family deployment that serves `path` (None: no family; the ingress answers or merges it)."""
+    match = _MODEL_PATH.match(path) or _REPOSITORY_PATH.match(path)
+    if match:
+        return model_family.get(match.group(1))
+    first = path.strip("/").split("/", 1)[0]
+    return PREFIXES.get(first)

@@ -1,0 +1,95 @@
+"""One session-scoped local Ray cluster (a head and a second node on this machine, ray.cluster_utils.Cluster)
+serving traffic and weld with two replicas each through deploy/ray/serve_app.py. Skipped without ray."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from testkit import ROOT, free_port
+
+ray = pytest.importorskip("ray", reason="ray[serve] is not installed (pip install -e '.[ray]')")
+serve = pytest.importorskip("ray.serve")
+from ray.cluster_utils import Cluster  # noqa: E402
+
+ADMIN_TOKEN = "ray-test-token"
+
+
+@dataclass
+class RayService:
+    url: str
+    cluster: Cluster
+    worker: object  # the second node
+    metrics_dir: Path
+    repository: Path
+
+
+def wait_ready(url: str, timeout: float = 240.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/v2/health/ready", timeout=10).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"Ray Serve app not ready after {timeout}s")
+
+
+@pytest.fixture(scope="session")
+def ray_repository(tmp_path_factory: pytest.TempPathFactory, traffic_repository: Path,
+                   weld_repository: Path) -> Path:
+    repository = tmp_path_factory.mktemp("ray-repo")
+    for source in (traffic_repository, weld_repository):
+        for model in source.iterdir():
+            shutil.copytree(model, repository / model.name)
+    return repository
+
+
+@pytest.fixture(scope="session")
+def ray_service(tmp_path_factory: pytest.TempPathFactory, ray_repository: Path) -> Iterator[RayService]:
+    from deploy.ray.serve_app import build_app
+
+    state = tmp_path_factory.mktemp("ray-state")
+    # Workers inherit the nodes' environment: the repository root importable, one thread per library.
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    worker = cluster.add_node(num_cpus=1)
+    ray.init(address=cluster.address, log_to_driver=False)
+    port = free_port()
+    serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+    args = {"repository": str(ray_repository), "replicas": 2, "num_cpus": 0.25, "state_dir": str(state),
+            "metrics_dir": str(state / "targets"), "graceful_shutdown_timeout_s": 5,
+            "settings": {"admin_token": ADMIN_TOKEN, "device": "cpu",
+                         "gallery_url": f"sqlite:///{state / 'g.sqlite3'}"}}
+    serve.run(build_app(args), name="service", route_prefix="/", blocking=False)
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url)
+    try:
+        yield RayService(url, cluster, worker, state / "targets", ray_repository)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def forecast_body(ray_repository: Path) -> dict:
+    """A valid /traffic/forecast request for the repository's traffic model."""
+    import json
+
+    repository = ray_repository
+    import numpy as np
+
+    manifest = json.loads((repository / "traffic" / "1" / "manifest.json").read_text())
+    ids = list(manifest["preprocessing"]["sensor_ids"])
+    values = np.random.default_rng(0).uniform(20, 70, size=(len(ids), 12)).round(1).tolist()
+    stamps = np.datetime64("2012-03-05T08:55:00") + np.arange(-11, 1) * np.timedelta64(5, "m")
+    return {"windows": [{"sensor_ids": ids, "values": values, "timestamps": [str(s) for s in stamps]}]}
