@@ -1,20 +1,30 @@
 """The k-NN reference gallery of a served weld model version: shipped references + enrolled ones.
 
-The shipped part is the version's `gallery.npz` asset (immutable). Enrolled references live in
-`<state_dir>/enrolled.npz`, rewritten whole and atomically (temp file + fsync + rename) on every
-enrolment: a crash at any instant leaves the old file or the new one, never a torn one. In memory the
-gallery is an immutable `GallerySnapshot` swapped in one assignment, so a classification sees the old
-or the new gallery, and the next request after an enrolment sees the new one.
+The shipped part is the version's `gallery.npz` asset (immutable). Enrolled references live in a database
+shared by every process serving the version (`gallery_db`: SQLite by default, PostgreSQL when configured).
+In memory the gallery is an immutable `GallerySnapshot` swapped in one assignment, so a classification
+sees the old or the new gallery. Reading `GalleryStore.snapshot` checks the database for rows enrolled by
+any process at most every `refresh_s` (default 50 ms) and appends only those: an enrolment acknowledged by
+one process is seen by every classification that starts `refresh_s` later on any other (the staleness
+bound; docs/scaling.md has the measured figure), and at once by the process that enrolled it.
 
-Ids are held as Python strings (an object array) and stored as UTF-8 bytes + offsets (`ids_utf8`,
-`ids_offsets`): a fixed-width numpy string array would pad every id to the longest one, and would drop
-trailing NULs. Files with the older fixed-width `ids` array (shipped galleries) still load.
+A gallery of the earlier file format (`<version state>/enrolled.npz`) is imported on first start, in one
+transaction, then renamed `enrolled.npz.migrated`; a start interrupted between the two imports nothing twice.
+
+Ids are held as Python strings (an object array) and stored in .npz files as UTF-8 bytes + offsets
+(`ids_utf8`, `ids_offsets`): a fixed-width numpy string array would pad every id to the longest one, and
+would drop trailing NULs. Files with the older fixed-width `ids` array (shipped galleries) still load.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
+import logging
+import os
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import pairwise
@@ -23,9 +33,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from families.storage import atomic_write_bytes
+from families.weld.gallery_db import DuplicateIds, GalleryDB, GalleryKey, GalleryUnavailable, Row
 
-ENROLLED_FILE = "enrolled.npz"
+__all__ = ["ENROLLED_FILE", "DuplicateIds", "GalleryKey", "GallerySnapshot", "GalleryStore", "GalleryUnavailable",
+           "migrate_enrolled_npz", "npz_bytes", "read_npz"]
+
+ENROLLED_FILE = "enrolled.npz"  # the earlier per-version file gallery, migrated into the database
+MIGRATED_SUFFIX = ".migrated"
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -100,22 +115,121 @@ def npz_bytes(emb: np.ndarray, labels: np.ndarray, ids: Iterable[object]) -> byt
     return buffer.getvalue()
 
 
-class DuplicateIds(ValueError):
-    def __init__(self, ids: list[str]) -> None:
-        super().__init__(f"sample id(s) already in the gallery or repeated: {', '.join(ids[:10])}")
-        self.ids = ids
+def migrate_enrolled_npz(db: GalleryDB, key: GalleryKey, state_dir: Path, dim: int) -> int:
+    """Import `<state_dir>/enrolled.npz` into `db` (one transaction; ids already there are kept as they are),
+    then rename it `*.migrated`. Idempotent, and safe when several processes start at once. Returns the rows
+    the file held (0 when there is none)."""
+    path = state_dir / ENROLLED_FILE
+    if not path.is_file():
+        return 0
+    emb, labels, ids = read_npz(path)
+    if emb.shape[1] != dim:
+        raise ValueError(f"{path}: embeddings of dimension {emb.shape[1]}, the model's are {dim}")
+    db.insert(key, [(str(i), int(label), row.tobytes()) for i, label, row in zip(ids, labels, emb, strict=True)],
+              skip_existing=True)
+    try:
+        os.replace(path, path.with_name(path.name + MIGRATED_SUFFIX))
+    except FileNotFoundError:  # another process migrated it meanwhile
+        return len(ids)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # the rename is durable: a restart does not import again (it would be harmless)
+    finally:
+        os.close(dir_fd)
+    _log.info("migrated %d enrolled weld references from %s into %s", len(ids), path, db.url)
+    return len(ids)
 
 
 class GalleryStore:
-    def __init__(self, shipped: Path, state_dir: Path, device: str = "cpu", num_classes: int = 12) -> None:
-        self.path = state_dir / ENROLLED_FILE
+    """Shipped references + the enrolled rows of `key` in `db`, kept current per `refresh_s`."""
+
+    def __init__(self, shipped: Path, db: GalleryDB, key: GalleryKey, device: str = "cpu", num_classes: int = 12,
+                 refresh_s: float = 0.05, legacy_dir: Path | None = None) -> None:
+        self.db = db
+        self.key = key
         self.device = device
         self.num_classes = num_classes
-        self._lock = threading.Lock()
+        self.refresh_s = refresh_s
         self._base = read_npz(shipped)
-        self._enrolled = read_npz(self.path) if self.path.is_file() else (
-            np.zeros((0, self._base[0].shape[1]), np.float32), np.zeros(0, np.int64), _ids_array([]))
-        self.snapshot = self._build()
+        self._shipped_ids = frozenset(self._base[2].tolist())
+        if legacy_dir is not None:
+            migrate_enrolled_npz(db, key, legacy_dir, self.dim)
+        self._refresh_lock = threading.Lock()
+        self._seq = 0  # the highest seq folded into the snapshot
+        self._checked = float("-inf")  # monotonic time the last check started
+        self._inflight: asyncio.Task[None] | None = None  # a check running for `current`
+        self._enrolled: tuple[np.ndarray, np.ndarray, np.ndarray] = (
+            np.zeros((0, self.dim), np.float32), np.zeros(0, np.int64), _ids_array([]))
+        self._enrolled_ids: set[str] = set()
+        self._snapshot = self._build()
+        self.refresh(force=True)
+
+    @property
+    def dim(self) -> int:
+        return int(self._base[0].shape[1])
+
+    @property
+    def snapshot(self) -> GallerySnapshot:
+        """The current gallery, after checking the database (on this thread) when the last check is `refresh_s`
+        old. A database that does not answer leaves the last snapshot in service (logged; checked again
+        `refresh_s` later). On an event loop use `current`."""
+        if time.monotonic() - self._checked >= self.refresh_s:
+            self._refresh_logged()
+        return self._snapshot
+
+    async def current(self) -> GallerySnapshot:
+        """`snapshot` for a request on an event loop: the database is asked on a worker thread (never on the
+        loop), and a request waits at most `refresh_s` for a check in flight, so a slow or unreachable database
+        delays no request longer than that (the last snapshot serves meanwhile)."""
+        loop = asyncio.get_running_loop()
+        if self._inflight is None and time.monotonic() - self._checked >= self.refresh_s:
+            self._inflight = loop.create_task(asyncio.to_thread(self._refresh_logged))
+            self._inflight.add_done_callback(self._refresh_done)
+        inflight = self._inflight
+        if inflight is not None and inflight.get_loop() is loop:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(inflight), self.refresh_s)
+        return self._snapshot
+
+    def _refresh_logged(self) -> None:
+        try:
+            self.refresh()
+        except GalleryUnavailable as exc:
+            _log.warning("weld gallery %s/%s not refreshed: %s", self.key.model, self.key.version, exc)
+
+    def _refresh_done(self, task: asyncio.Task[None]) -> None:
+        self._inflight = None
+        if not task.cancelled() and task.exception() is not None:
+            _log.error("weld gallery %s/%s: refresh failed", self.key.model, self.key.version,
+                       exc_info=task.exception())
+
+    def refresh(self, force: bool = False) -> GallerySnapshot:
+        """Fold the rows committed after the last seen seq into a new snapshot (the change feed)."""
+        with self._refresh_lock:
+            started = time.monotonic()
+            if not force and started - self._checked < self.refresh_s:
+                return self._snapshot  # another thread checked while this one waited
+            self._checked = started  # a failing database is retried per refresh_s, not per request
+            rows = self.db.rows_after(self.key, self._seq)
+            if rows:
+                self._append(rows)
+            return self._snapshot
+
+    def _append(self, rows: list[Row]) -> None:
+        width = self.dim * 4
+        good = [r for r in rows if len(r[3]) == width and 0 <= r[2] < self.num_classes]
+        if len(good) != len(rows):  # written by something else than `enroll`: skipped, never served half-read
+            _log.error("weld gallery %s/%s: %d row(s) with a wrong embedding size or label skipped",
+                       self.key.model, self.key.version, len(rows) - len(good))
+        self._seq = rows[-1][0]
+        if not good:
+            return
+        emb = np.frombuffer(b"".join(r[3] for r in good), np.float32).reshape(len(good), self.dim)
+        self._enrolled = (np.concatenate([self._enrolled[0], emb]),
+                          np.concatenate([self._enrolled[1], np.array([r[2] for r in good], np.int64)]),
+                          np.concatenate([self._enrolled[2], _ids_array(r[1] for r in good)]))
+        self._enrolled_ids.update(r[1] for r in good)
+        self._snapshot = self._build()
 
     def _build(self) -> GallerySnapshot:
         emb = np.concatenate([self._base[0], self._enrolled[0]])
@@ -129,12 +243,9 @@ class GalleryStore:
             label_list=labels, ids=ids, shipped=int(self._base[0].shape[0]),
         )
 
-    @property
-    def dim(self) -> int:
-        return int(self._base[0].shape[1])
-
     def enroll(self, embeddings: np.ndarray, labels: list[int], ids: list[str]) -> GallerySnapshot:
-        """Append references, persist atomically, then publish the new snapshot; returns it."""
+        """Commit the references (all or none; DuplicateIds when an id is shipped, repeated or enrolled by any
+        process), then return the snapshot that holds them: the caller acknowledges only after the commit."""
         embeddings = np.asarray(embeddings, np.float32)
         if embeddings.ndim != 2 or embeddings.shape[1] != self.dim or len(labels) != len(embeddings) \
                 or len(ids) != len(embeddings):
@@ -142,20 +253,22 @@ class GalleryStore:
                              f"expected (n, {self.dim})")
         if any(not 0 <= int(label) < self.num_classes for label in labels):
             raise ValueError(f"labels must be class indices 0..{self.num_classes - 1}")
-        with self._lock:
-            known = set(self.snapshot.ids.tolist())
-            seen: set[str] = set()
-            duplicates = []
-            for sample_id in ids:
-                if sample_id in known or sample_id in seen:
-                    duplicates.append(sample_id)
-                seen.add(sample_id)
-            if duplicates:
-                raise DuplicateIds(duplicates)
-            enrolled = (np.concatenate([self._enrolled[0], embeddings]),
-                        np.concatenate([self._enrolled[1], np.asarray(labels, np.int64)]),
-                        np.concatenate([self._enrolled[2], _ids_array(ids)]))
-            atomic_write_bytes(self.path, npz_bytes(*enrolled))  # durable before anyone can see it
-            self._enrolled = enrolled
-            self.snapshot = self._build()
-            return self.snapshot
+        seen: set[str] = set()
+        duplicates = []
+        for sample_id in ids:
+            if sample_id in self._shipped_ids or sample_id in self._enrolled_ids or sample_id in seen:
+                duplicates.append(sample_id)
+            seen.add(sample_id)
+        if duplicates:
+            raise DuplicateIds(duplicates)
+        rows = [(sample_id, int(label), np.ascontiguousarray(row).tobytes())
+                for sample_id, label, row in zip(ids, labels, embeddings, strict=True)]
+        self.db.insert(self.key, rows)  # other processes' duplicates: the database's check and UNIQUE
+        try:
+            return self.refresh(force=True)
+        except GalleryUnavailable as exc:  # committed, so acknowledged; the next check picks the rows up
+            _log.warning("weld gallery %s/%s: enrolled, not yet refreshed: %s", self.key.model, self.key.version, exc)
+            return self._snapshot
+
+    def close(self) -> None:
+        self.db.close()

@@ -24,7 +24,8 @@ import numpy as np
 import pytest
 from testkit import HostileProbe, LiveServer, hostile_request, jpeg_claiming, metric_value, png_claiming, running_server
 
-from families.weld.gallery import GalleryStore, npz_bytes, read_npz
+from families.weld.gallery import GalleryKey, GalleryStore, npz_bytes, read_npz
+from families.weld.gallery_db import open_gallery_db
 from families.weld.preprocessing import (
     MODALITIES,
     MediaTooLarge,
@@ -297,15 +298,17 @@ def test_gallery_stores_ids_unpadded_and_loads_old_files(tmp_path: Path) -> None
              ids=np.asarray(["a", "bb", "ccc"], np.str_))
     shipped = tmp_path / "gallery.npz"
     shipped.write_bytes(legacy.getvalue())
-    store = GalleryStore(shipped, tmp_path / "state")
+    key = GalleryKey("weld", "1")
+    store = GalleryStore(shipped, open_gallery_db("", tmp_path / "state"), key)
     assert store.snapshot.ids.tolist() == ["a", "bb", "ccc"]
-    (tmp_path / "state").mkdir()
     long_id = "L" * 100_000
     store.enroll(np.ones((1000, 8), np.float32), [1] * 1000, [f"e{i}" for i in range(999)] + [long_id])
-    reopened = GalleryStore(shipped, tmp_path / "state")
+    store.close()
+    reopened = GalleryStore(shipped, open_gallery_db("", tmp_path / "state"), key)
     assert reopened.snapshot.ids.tolist() == ["a", "bb", "ccc"] + [f"e{i}" for i in range(999)] + [long_id]
-    # Padded to the longest, 1000 ids would take 400 MB; stored as UTF-8 they take their own length.
-    assert (tmp_path / "state" / "enrolled.npz").stat().st_size < 200_000
+    reopened.close()
+    # Padded to the longest, 1000 ids would take 400 MB; the database and the .npz format keep each id's length.
+    assert sum(f.stat().st_size for f in (tmp_path / "state").iterdir()) < 1_000_000
     assert read_npz(npz_bytes(np.zeros((1, 8)), [0], ["t-1\x00"]))[2].tolist() == ["t-1\x00"]
 
 

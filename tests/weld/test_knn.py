@@ -59,13 +59,15 @@ def test_vote_ties_go_to_the_lowest_class_and_k_is_capped() -> None:
 @pytest.mark.parametrize("metric", ["cosine", "euclidean", "manhattan"])
 def test_served_gallery_search_equals_brute_force(tmp_path, metric: str) -> None:
     """The service's path (GallerySnapshot.search: precomputed transposed unit refs / squared norms)."""
-    from families.weld.gallery import GalleryStore, npz_bytes
+    from families.weld.gallery import GalleryKey, GalleryStore, npz_bytes
+    from families.weld.gallery_db import open_gallery_db
 
     rng = np.random.default_rng(1)
     refs = rng.normal(size=(500, 32)).astype(np.float32)
     labels = rng.integers(0, 12, 500)
     (tmp_path / "g.npz").write_bytes(npz_bytes(refs[:400], labels[:400], np.array([f"r{i}" for i in range(400)])))
-    store = GalleryStore(tmp_path / "g.npz", tmp_path / "state", num_classes=12)
+    store = GalleryStore(tmp_path / "g.npz", open_gallery_db("", tmp_path / "state"), GalleryKey("weld", "1"),
+                         num_classes=12)
     store.enroll(refs[400:], labels[400:].tolist(), [f"r{i}" for i in range(400, 500)])
     queries = rng.normal(size=(25, 32)).astype(np.float32)
     got = store.snapshot.search(queries, 7, metric, 12)

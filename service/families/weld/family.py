@@ -1,5 +1,6 @@
 """The weld family's plug-in: the manifest's section parsed once per loaded version, the gallery opened (shipped
-references + those enrolled in the version's state folder), the OOD threshold and the quality recorder."""
+references + those enrolled in the gallery database, `SERVICE_GALLERY_URL`; an earlier `enrolled.npz` in the
+version's state folder is migrated into it), the OOD threshold and the quality recorder."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from families.weld.classes import CLASSES
 from families.weld.contract import Preprocessing
-from families.weld.gallery import GalleryStore
+from families.weld.gallery import GalleryKey, GalleryStore
+from families.weld.gallery_db import open_gallery_db
 from families.weld.ood import threshold_from
 from families.weld.preprocessing import warm_up
 from service.families.weld.routes import WeldState, router
@@ -27,8 +29,10 @@ class WeldPlugin(FamilyPlugin[WeldState]):
 
     def prepare(self, version: LoadedVersion) -> WeldState:
         pre = version.manifest.preprocessing_as(Preprocessing)
-        gallery = GalleryStore(version.asset_path(pre.knn.gallery), version.state_dir, version.device,
-                               num_classes=len(CLASSES))
+        settings = version.settings
+        db = open_gallery_db(settings.gallery_url, settings.state_dir)
+        gallery = GalleryStore(version.asset_path(pre.knn.gallery), db, GalleryKey(version.name, str(version.version)),
+                               version.device, num_classes=len(CLASSES), legacy_dir=version.state_dir)
         warm_up(pre.params)
         shipped = gallery.snapshot.embeddings[:gallery.snapshot.shipped].cpu().numpy()
         threshold = threshold_from(pre.quality, pre.knn.metric, shipped)

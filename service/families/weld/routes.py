@@ -35,7 +35,7 @@ from starlette.datastructures import UploadFile
 
 from families.weld.classes import CLASSES, match_class
 from families.weld.contract import EMBEDDING_OUTPUT, Preprocessing
-from families.weld.gallery import DuplicateIds, GalleryStore
+from families.weld.gallery import DuplicateIds, GalleryStore, GalleryUnavailable
 from families.weld.knn import METRICS
 from families.weld.preprocessing import (
     MODALITIES,
@@ -53,6 +53,7 @@ from service.errors import (
     Conflict,
     DeadlineExceeded,
     InvalidInput,
+    NotReady,
     PayloadTooLarge,
     ServiceError,
     UnsupportedMediaType,
@@ -303,7 +304,7 @@ async def classify(call: WeldCall, k: int | None = Query(None, ge=1, le=MAX_K),
         raise InvalidInput(f"metric must be one of {METRICS}, got {metric!r}", details={"field": "metric"})
     samples = await _parse(call, state.params)
     embeddings = await _embed(call, samples)
-    gallery = state.gallery.snapshot  # one consistent view for the whole request
+    gallery = await state.gallery.current()  # one consistent view for the whole request
     use_k, use_metric = min(k or state.k, gallery.size), metric or state.metric
     result = await call.work(search_and_record, gallery, embeddings, use_k, use_metric, len(CLASSES),
                              state.quality, what="weld k-NN")
@@ -318,7 +319,9 @@ async def classify(call: WeldCall, k: int | None = Query(None, ge=1, le=MAX_K),
 
 
 @router.post("/gallery", response_model=EnrolResponse, dependencies=[Depends(require_admin)],
-             responses={409: {"description": "an id is already enrolled"}})
+             responses={409: {"description": "an id is already enrolled"},
+                        503: {"description": "the gallery database did not answer; a retry is safe (409: it had "
+                                               "committed)"}})
 async def enrol(call: WeldCall):
     """Enrol labelled samples (same inputs as /weld/classify plus `label` and `id` per sample)."""
     samples = await _parse(call, call.state.params)
@@ -327,15 +330,17 @@ async def enrol(call: WeldCall):
     try:
         # A write runs to its end once started (no deadline): a 504 must never hide a completed enrolment.
         snapshot = await run_in_threadpool(call.state.gallery.enroll, embeddings, labels, ids)
-    except DuplicateIds as exc:
+    except DuplicateIds as exc:  # also when another replica enrolled the id (the database's UNIQUE)
         raise Conflict(str(exc), details={"ids": exc.ids}) from None
+    except GalleryUnavailable as exc:  # nothing acknowledged; the ids make a retry safe (409 if it had committed)
+        raise NotReady(f"weld gallery database unavailable: {exc}") from None
     return EnrolResponse(**call.envelope(enrolled=ids, gallery_size=snapshot.size))
 
 
 @router.get("/gallery", response_model=GalleryResponse)
 async def gallery_info(call: WeldCall):
     """Size of the served gallery, per class, shipped vs enrolled."""
-    snap = call.state.gallery.snapshot
+    snap = await call.state.gallery.current()
     counts = np.bincount(snap.label_list, minlength=len(CLASSES))
     return GalleryResponse(**call.envelope(size=snap.size, shipped=snap.shipped, enrolled=snap.size - snap.shipped,
                                            per_class={CLASSES[c]: int(n) for c, n in enumerate(counts) if n}))
