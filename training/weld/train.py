@@ -16,6 +16,7 @@ import json
 import math
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -83,7 +84,9 @@ def load_checkpoint(path: Path) -> Checkpoint:
 
 @torch.no_grad()
 def validation_loss(model: WeldEmbeddingModel, dataset: WeldDataset, temperature: float, device: str) -> float:
-    if len(dataset) < 2:
+    """SupCon of the VAL embeddings; NaN when no class has two samples (no positive pair: SupCon is 0 whatever
+    the model, so it cannot select a checkpoint)."""
+    if max(Counter(dataset.labels).values(), default=0) < 2:
         return float("nan")
     emb = torch.from_numpy(embed(model, dataset, device=device))
     return float(supcon_loss(emb, torch.tensor(dataset.labels), temperature))
@@ -209,14 +212,16 @@ def fit(config: WeldConfig, splits: Splits, out_dir: Path, device: str, log: Log
         t0 = time.monotonic()
         losses = train_epoch(model, opt, loader, sampler, epoch, tc, device)
         val = validation_loss(model, splits.val, tc.temperature, device)
-        record = {"epoch": epoch, "train_loss": losses.pop("train_loss"), "val_supcon": val,
+        stored = val if math.isfinite(val) else None  # JSON has no NaN: null in log.json and the manifest
+        record = {"epoch": epoch, "train_loss": losses.pop("train_loss"), "val_supcon": stored,
                   "lr": opt.optimizer.param_groups[0]["lr"], "seconds": round(time.monotonic() - t0, 3), **losses}
-        improved = math.isfinite(val) and val < best_val - 1e-6
-        _save(out_dir / LATEST, model, config, {"epoch": epoch, "val_supcon": val,
+        # Without a usable VAL loss, best.pt follows the latest epoch (and early stopping never triggers).
+        improved = val < best_val - 1e-6 if math.isfinite(val) else True
+        _save(out_dir / LATEST, model, config, {"epoch": epoch, "val_supcon": stored,
                                                 "optimizer": opt.optimizer.state_dict()})
         if improved or best_epoch < 0:
             best_val, best_epoch, stale = (val if math.isfinite(val) else best_val), epoch, 0
-            _save(out_dir / BEST, model, config, {"epoch": epoch, "val_supcon": val})
+            _save(out_dir / BEST, model, config, {"epoch": epoch, "val_supcon": stored})
         else:
             stale += 1
         record["best"] = best_epoch == epoch
@@ -230,8 +235,8 @@ def fit(config: WeldConfig, splits: Splits, out_dir: Path, device: str, log: Log
         if tc.max_seconds is not None and time.monotonic() - started > tc.max_seconds:
             log(f"[train] time budget of {tc.max_seconds:.0f}s reached")
             break
-    return {"best_epoch": best_epoch, "best_val_supcon": best_val, "epochs_run": len(history),
-            "train_seconds": round(time.monotonic() - started, 1)}
+    return {"best_epoch": best_epoch, "best_val_supcon": best_val if math.isfinite(best_val) else None,
+            "epochs_run": len(history), "train_seconds": round(time.monotonic() - started, 1)}
 
 
 def train(config: WeldConfig, out_dir: Path, data: Path | None = None, *, log: Log = print, device: str = "cpu",
