@@ -254,6 +254,8 @@ class DynamicBatcher(Generic[P, R]):
         key: Callable[[P], Hashable] = lambda _: None,
         phases: ComputePhases | Sequence[ComputePhases] | None = None,
         delay_policy: str = "adaptive",
+        inline_below_s: float = 0.0,
+        cost: Callable[[P], int] | None = None,
     ) -> None:
         if delay_policy not in DELAY_POLICIES:
             raise ValueError(f"delay_policy must be one of {DELAY_POLICIES}, got {delay_policy!r}")
@@ -274,10 +276,17 @@ class DynamicBatcher(Generic[P, R]):
         self._executor = executor
         self._queue: deque[_Item[P]] = deque()
         self._queued = 0  # items in state "queued" (dropped ones may still sit in the deque)
+        self._rows_by_key: dict[Hashable, int] = {}  # queued rows per bucket: the fill check is O(1)
         self._wake = asyncio.Event()
         self._closing = False
         self._worker: asyncio.Task | None = None
         self._compute_ewma_s = 0.01
+        # Inline execution: with one instance, a batch whose estimated compute (seconds per cost unit, e.g.
+        # input byte, measured on the worker) is below `inline_below_s` runs on the event loop: handing a
+        # 40 us inference to a thread and back costs 75-200 us on 2 cores, more than it saves. 0 = never.
+        self.inline_below_s = inline_below_s
+        self._cost = cost
+        self._s_per_unit: float | None = None  # unknown until a batch has run on the worker
         self.arrivals = ArrivalRate()
         self.stats = QueueStats()
         labels = {"model": model, "version": str(version), "queue": queue}
@@ -335,9 +344,9 @@ class DynamicBatcher(Generic[P, R]):
         item = _Item(payload, rows, self._key(payload), deadline, loop.create_future(), now)
         self._queue.append(item)
         self._queued += 1
+        self._rows_by_key[item.key] = self._rows_by_key.get(item.key, 0) + rows
         self.arrivals.arrive(now)
         self._m_depth.set(self._queued)
-        self._wake.set()
         # One timer and one callback per request (no waiter tasks): either drops the item while queued.
         timer = loop.call_later(deadline - now, self._expire, item)
         signal = ctx.disconnected
@@ -350,6 +359,9 @@ class DynamicBatcher(Generic[P, R]):
             watch.add_done_callback(lambda _: on_disconnect())
         if signal.is_set():
             on_disconnect()
+        # With every instance busy the worker waits for one to finish (`_finished` wakes it), not for arrivals.
+        if self._idle and not self._dispatched_at_once(item, now, loop):
+            self._wake.set()
         try:
             return await item.future
         except asyncio.CancelledError:
@@ -390,6 +402,7 @@ class DynamicBatcher(Generic[P, R]):
             return
         item.state = ItemState.DROPPED
         self._queued -= 1
+        self._unqueue_rows(item)
         self._m_depth.set(self._queued)
         self._reject(reason, outcome, time.monotonic() - item.enqueued_at)
 
@@ -407,7 +420,11 @@ class DynamicBatcher(Generic[P, R]):
                 continue
             await self._gather(self._queue[0])
             batch = self._take_batch(time.monotonic())
-            if batch:
+            if batch and self._runs_inline(batch):
+                instance = self._idle.pop()
+                self._execute_inline(batch, instance)
+                self._idle.append(instance)
+            elif batch:
                 instance = self._idle.pop()
                 task = loop.create_task(self._execute(batch, instance, loop))
                 self._running.add(task)
@@ -429,6 +446,34 @@ class DynamicBatcher(Generic[P, R]):
             except TimeoutError:
                 return
 
+    def _dispatched_at_once(self, item: _Item[P], now: float, loop: asyncio.AbstractEventLoop) -> bool:
+        """The idle fast path: a request alone in an idle batcher, expecting no company (adaptive policy),
+        cheap enough to run inline, is computed right here, without waking the worker (no task, no loop
+        iterations in between). Anything else goes through the worker as usual."""
+        if (self._closing or self.delay_policy != "adaptive" or self._running or len(self._idle) != len(self._instances)
+                or len(self._queue) != 1 or self._queue[0] is not item or item.state is not ItemState.QUEUED):
+            return False
+        if self.max_batch_size > item.rows and self.arrivals.per_second(now) * self.max_queue_delay_s >= 1.0:
+            return False
+        if not self._runs_inline([item]):
+            return False
+        batch = self._take_batch(now)
+        instance = self._idle.pop()
+        try:
+            self._execute_inline(batch, instance)
+        finally:
+            self._idle.append(instance)
+        return True
+
+    def _units(self, batch: list[_Item[P]]) -> int:
+        return sum(self._cost(i.payload) for i in batch) if self._cost is not None else 0
+
+    def _runs_inline(self, batch: list[_Item[P]]) -> bool:
+        """Cheap enough to compute on the loop: one instance, and a measured cost estimate under the bound."""
+        if self.inline_below_s <= 0 or self._s_per_unit is None or len(self._instances) != 1:
+            return False
+        return self._s_per_unit * self._units(batch) < self.inline_below_s
+
     def _finished(self, instance: _Instance[P, R], task: asyncio.Task) -> None:
         self._running.discard(task)
         self._idle.append(instance)
@@ -439,7 +484,14 @@ class DynamicBatcher(Generic[P, R]):
             self._queue.popleft()
 
     def _ready_rows(self, key: Hashable) -> int:
-        return sum(i.rows for i in self._queue if i.state is ItemState.QUEUED and i.key == key)
+        return self._rows_by_key.get(key, 0)
+
+    def _unqueue_rows(self, item: _Item[P]) -> None:
+        left = self._rows_by_key[item.key] - item.rows
+        if left:
+            self._rows_by_key[item.key] = left
+        else:
+            del self._rows_by_key[item.key]
 
     def _take_batch(self, now: float) -> list[_Item[P]]:
         self._purge_head()
@@ -464,6 +516,7 @@ class DynamicBatcher(Generic[P, R]):
         self._queue = kept
         for item in batch:
             item.state = ItemState.RUNNING
+            self._unqueue_rows(item)
             self._m_wait.observe(now - item.enqueued_at)
             self.stats.queue.add(now - item.enqueued_at)
         self._queued = len(kept)
@@ -472,35 +525,55 @@ class DynamicBatcher(Generic[P, R]):
 
     async def _execute(self, batch: list[_Item[P]], instance: _Instance[P, R],
                        loop: asyncio.AbstractEventLoop) -> None:
-        try:
-            results, infer_s = await self._run(batch, instance, loop)
-        except Exception as exc:  # noqa: BLE001 - one bad batch must never kill the worker
-            if len(batch) > 1:
-                # Which request broke the batch is unknown: run each alone so only that one fails.
-                log.warning("batch of %d failed on %s (%s); running its requests one by one",
-                            len(batch), self._name, type(exc).__name__)
-                for item in batch:
-                    await self._execute([item], instance, loop)
-                return
-            self._fail(batch[0], exc)
-            return
-        self._deliver(batch, results, infer_s, instance.phases)
-
-    async def _run(self, batch: list[_Item[P]], instance: _Instance[P, R],
-                   loop: asyncio.AbstractEventLoop) -> tuple[list[R], float]:
-        """Run one batch on a worker thread: (results, seconds the worker spent on it)."""
+        """Run one batch on a worker thread and answer its requests."""
         self._m_batch.observe(sum(i.rows for i in batch))
         started = time.perf_counter()
         try:
             results, worker_s = await loop.run_in_executor(self._executor, _timed_run, instance.run_batch,
                                                            [i.payload for i in batch])
-            if len(results) != len(batch):
-                raise RuntimeError(f"run_batch returned {len(results)} results for {len(batch)} requests")
-            return results, worker_s
-        finally:
-            elapsed = time.perf_counter() - started
-            self._m_compute.observe(elapsed)
-            self._compute_ewma_s = 0.8 * self._compute_ewma_s + 0.2 * elapsed
+            _check_count(results, batch)
+        except Exception as exc:  # noqa: BLE001 - one bad batch must never kill the worker
+            self._computed(batch, time.perf_counter() - started, None)
+            if len(batch) > 1:
+                self._log_split(batch, exc)
+                for item in batch:
+                    await self._execute([item], instance, loop)
+                return
+            self._fail(batch[0], exc)
+            return
+        self._computed(batch, time.perf_counter() - started, worker_s)
+        self._deliver(batch, results, worker_s, instance.phases)
+
+    def _execute_inline(self, batch: list[_Item[P]], instance: _Instance[P, R]) -> None:
+        """`_execute` on the event loop, for batches cheaper than the thread hop (`_runs_inline`)."""
+        self._m_batch.observe(sum(i.rows for i in batch))
+        try:
+            results, worker_s = _timed_run(instance.run_batch, [i.payload for i in batch])
+            _check_count(results, batch)
+        except Exception as exc:  # noqa: BLE001 - as in _execute
+            if len(batch) > 1:
+                self._log_split(batch, exc)
+                for item in batch:
+                    self._execute_inline([item], instance)
+                return
+            self._fail(batch[0], exc)
+            return
+        self._computed(batch, worker_s, worker_s)
+        self._deliver(batch, results, worker_s, instance.phases)
+
+    def _log_split(self, batch: list[_Item[P]], exc: Exception) -> None:
+        # Which request broke the batch is unknown: each runs again alone so that only that one fails.
+        log.warning("batch of %d failed on %s (%s); running its requests one by one",
+                    len(batch), self._name, type(exc).__name__)
+
+    def _computed(self, batch: list[_Item[P]], elapsed_s: float, worker_s: float | None) -> None:
+        """Compute metrics, the Retry-After estimate and (from the worker's own time) the inline estimate."""
+        self._m_compute.observe(elapsed_s)
+        self._compute_ewma_s = 0.8 * self._compute_ewma_s + 0.2 * elapsed_s
+        units = self._units(batch)
+        if worker_s is not None and units > 0:
+            per_unit = worker_s / units
+            self._s_per_unit = per_unit if self._s_per_unit is None else 0.8 * self._s_per_unit + 0.2 * per_unit
 
     def _fail(self, item: _Item[P], exc: Exception) -> None:
         if isinstance(exc, ServiceError) and exc.status_code < 500:
@@ -541,6 +614,11 @@ class DynamicBatcher(Generic[P, R]):
                 self.stats.compute.add(phases.input_s, infer_s, phases.output_s)
                 self.stats.inference_count += item.rows
                 item.future.set_result(result)
+
+
+def _check_count(results: list, batch: list) -> None:
+    if len(results) != len(batch):
+        raise RuntimeError(f"run_batch returned {len(results)} results for {len(batch)} requests")
 
 
 def _timed_run(run_batch: Callable[[list[P]], list[R]], payloads: list[P]) -> tuple[list[R], float]:

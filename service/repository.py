@@ -173,7 +173,8 @@ class LoadedVersion:
                 queue=graph_name, run_batch=[_tensor_batch_runner(runtime, ph)
                                              for runtime, ph in zip(self.instances[graph_name], phases, strict=True)],
                 max_batch_size=limits.max_batch_size if graph.batchable else 1,
-                rows=_rows_of(graph), key=_shape_key, phases=phases, **common,
+                rows=_rows_of(graph), key=_shape_key, phases=phases, cost=_input_bytes,
+                inline_below_s=self._settings.inline_compute_ms / 1000, **common,
             )
         for name, proc in self._procedures.items():
             self.batchers[name] = DynamicBatcher(queue=name, run_batch=proc.fn, max_batch_size=proc.max_batch_size,
@@ -234,6 +235,10 @@ def _rows_of(graph: GraphSpec) -> Callable[[Tensors], int]:
         return lambda _: 1
     first = graph.inputs[0].name
     return lambda payload: int(payload[first].shape[0])
+
+
+def _input_bytes(payload: Tensors) -> int:
+    return sum(array.nbytes for array in payload.values())
 
 
 def _shape_key(payload: Tensors) -> Hashable:

@@ -59,8 +59,18 @@ class Settings(BaseSettings):
     # Model instances (Triton's instance_group count): "N" for every model, or "model=N,other=M"; empty or 0
     # = the manifest's `batching.instance_count`.
     instances: str = ""
+    # A graph batch estimated (from measured runs, per input byte) to compute in less than this runs on the
+    # event loop instead of a worker thread (the hop costs more than such a batch); 0 = always on a thread.
+    inline_compute_ms: float = Field(0.25, ge=0, le=5)
+    # FastAPI's native OpenTelemetry spans and metrics (needs a configured provider); Prometheus is always on.
+    otel_telemetry: bool = False
+    # Enrolled weld references (families/weld/gallery_db.py): empty = SQLite at `<state_dir>/gallery.sqlite3`,
+    # `sqlite:///<path>` another SQLite file, `postgresql://...` a PostgreSQL database shared by every replica.
+    gallery_url: str = ""
     # Triton serves the repository index to anyone; set true to put it behind the admin token too.
     restrict_repository_index: bool = False
+    # The X-Replica header of every response (deploy/ray sets `<deployment>#<replica id>`); empty = `<host>:<pid>`.
+    replica_name: str = ""
 
     @cached_property
     def model_allowlist(self) -> set[str]:

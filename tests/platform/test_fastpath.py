@@ -157,6 +157,80 @@ def test_instances_keep_deadlines_and_drain() -> None:
     assert isinstance(late, DeadlineExceeded)
 
 
+def inline_batcher(runs, *, inline_below_s: float, **overrides) -> DynamicBatcher:
+    b = batcher(runs, **overrides)
+    b.inline_below_s = inline_below_s
+    b._cost = lambda p: int(p["id"].nbytes)  # the repository's cost: input bytes
+    return b
+
+
+def test_cheap_batches_run_on_the_loop_thread_once_their_cost_is_measured() -> None:
+    async def scenario() -> Slow:
+        runs = Slow(0.0)
+        b = inline_batcher(runs, inline_below_s=0.05)
+        b.start()
+        for i in range(3):  # sequential: each one is alone on an idle model
+            assert int((await b.submit(one(i), RequestContext()))["y"][0]) == 2 * i
+        await b.drain()
+        return runs
+
+    runs = asyncio.run(scenario())
+    loop_thread = threading.current_thread().name
+    threads = [thread for _, thread, _, _ in runs.batches]
+    assert threads[0] != loop_thread  # no estimate yet: the first batch is measured on a worker
+    assert threads[1:] == [loop_thread, loop_thread]
+
+
+def test_expensive_batches_stay_on_the_worker_thread() -> None:
+    async def scenario() -> Slow:
+        runs = Slow(0.02)  # 20 ms a batch, bound 1 ms
+        b = inline_batcher(runs, inline_below_s=0.001)
+        b.start()
+        for i in range(3):
+            await b.submit(one(i), RequestContext())
+        await b.drain()
+        return runs
+
+    runs = asyncio.run(scenario())
+    assert all(thread != threading.current_thread().name for _, thread, _, _ in runs.batches)
+
+
+def test_a_failing_inline_batch_fails_only_its_bad_request() -> None:
+    class FailsOn(Slow):
+        def __call__(self, payloads):
+            if any(int(p["id"][0]) == 13 for p in payloads):
+                raise ValueError("boom")
+            return super().__call__(payloads)
+
+    async def scenario() -> list:
+        runs = FailsOn(0.0)
+        b = inline_batcher(runs, inline_below_s=0.05, max_queue_delay_s=0.05, delay_policy="fixed")
+        b.start()
+        await b.submit(one(0), RequestContext())  # measured on the worker: later batches run inline
+        results = await asyncio.gather(*(b.submit(one(i), RequestContext()) for i in (11, 12, 13, 14)),
+                                       return_exceptions=True)
+        await b.drain()
+        return results
+
+    results = asyncio.run(scenario())
+    assert [int(r["y"][0]) for r in results if isinstance(r, dict)] == [22, 24, 28]
+    assert isinstance(results[2], Exception) and "boom" in str(results[2])
+
+
+def test_the_fixed_policy_never_dispatches_inside_submit() -> None:
+    async def scenario() -> float:
+        b = inline_batcher(Slow(0.0), inline_below_s=0.05, max_queue_delay_s=0.05, delay_policy="fixed")
+        b.start()
+        await b.submit(one(0), RequestContext())
+        started = time.perf_counter()
+        await b.submit(one(1), RequestContext())  # cheap and alone, but Triton's policy waits the full delay
+        waited = time.perf_counter() - started
+        await b.drain()
+        return waited
+
+    assert asyncio.run(scenario()) >= 0.045
+
+
 def test_gc_pauses_are_recorded_without_locks_and_exported() -> None:
     metrics = Metrics()
     metrics.gc_pauses.install()
