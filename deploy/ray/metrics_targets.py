@@ -17,6 +17,7 @@ from families.storage import atomic_write_bytes
 
 HOST_LABEL = "__meta_ray_host"  # dropped by Prometheus after relabelling; lets a replica prune dead ones
 PID_LABEL = "__meta_ray_pid"
+NODE_LABEL = "__meta_ray_node_id"
 
 
 def _alive(pid: int) -> bool:
@@ -47,14 +48,15 @@ def prune_dead(folder: Path) -> list[Path]:
 class MetricsTarget:
     """The replica's metrics server and its target file (removed again by `close`)."""
 
-    def __init__(self, registry: CollectorRegistry, folder: Path, ip: str, deployment: str, replica: str) -> None:
+    def __init__(self, registry: CollectorRegistry, folder: Path, ip: str, deployment: str, replica: str,
+                 node_id: str = "") -> None:
         self.server, self._thread = start_http_server(0, addr=ip, registry=registry)
         self.address = f"{ip}:{self.server.server_port}"
         folder.mkdir(parents=True, exist_ok=True)
         prune_dead(folder)
         self.path = folder / f"{deployment}-{replica}.json".replace("/", "_")
         labels = {"deployment": deployment, "replica": replica, HOST_LABEL: socket.gethostname(),
-                  PID_LABEL: str(os.getpid())}
+                  PID_LABEL: str(os.getpid()), NODE_LABEL: node_id}
         atomic_write_bytes(self.path, json.dumps([{"targets": [self.address], "labels": labels}]).encode())
 
     def close(self) -> None:

@@ -80,7 +80,7 @@ class FamilyServer:
 
             self.metrics_target = MetricsTarget(self.app.state.metrics.registry, Path(metrics_dir),
                                                 ray.util.get_node_ip_address(), context.deployment,
-                                                context.replica_tag)
+                                                context.replica_tag, ray.get_runtime_context().get_node_id())
         log.info("%s ready: %s (metrics %s)", self.name, models,
                  self.metrics_target.address if self.metrics_target else "off")
 

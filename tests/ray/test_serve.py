@@ -53,3 +53,38 @@ def test_routes_health_and_oip(ray_service) -> None:
         assert {row["name"] for row in stats} >= {"traffic", "weld"}
         bad = client.post("/traffic/forecast", content=b"{", headers={"content-type": "application/json"})
         assert bad.status_code == 400 and bad.json()["error"]["code"] == "bad_request"
+
+
+
+def _weld_sample(repository, fill: float) -> dict:
+    import numpy as np
+
+    from families.weld.preprocessing import MODALITIES, PreprocessParams
+
+    manifest = json.loads((repository / "weld" / "1" / "manifest.json").read_text())
+    shapes = PreprocessParams.from_dict(manifest["preprocessing"]["params"]).shapes()
+    return {m: np.full(shapes[m], fill, np.float32).tolist() for m in MODALITIES}
+
+
+def test_weld_enrolment_through_one_replica_is_seen_by_the_other(ray_service, ray_repository) -> None:
+    from conftest import ADMIN_TOKEN
+
+    sample = _weld_sample(ray_repository, 0.37)
+    with httpx.Client(base_url=ray_service.url, timeout=60) as client:
+        enrolled = client.post("/weld/gallery", json={"samples": [{**sample, "id": "ray-e1", "label": "Spatter"}]},
+                               headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        assert enrolled.status_code == 200, enrolled.text
+        size, writer = enrolled.json()["gallery_size"], enrolled.headers["x-replica"]
+        seen: dict[str, bool] = {}
+        for _ in range(60):  # the ingress picks the replica: ask until both have answered
+            r = client.post("/weld/classify", json={"samples": [{**sample, "id": "q"}]})
+            assert r.status_code == 200, r.text
+            result = r.json()
+            seen[r.headers["x-replica"]] = (result["gallery_size"] == size
+                                            and result["results"][0]["neighbours"][0]["id"] == "ray-e1")
+            if len(seen) == 2 and all(seen.values()):
+                break
+        assert len(seen) == 2 and all(seen.values()), (writer, seen)
+        again = client.post("/weld/gallery", json={"samples": [{**sample, "id": "ray-e1", "label": "Spatter"}]},
+                            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        assert again.status_code == 409, again.text  # the id is taken, whichever replica answers
