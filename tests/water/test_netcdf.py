@@ -135,3 +135,22 @@ def test_stacked_npz_validated_like_single_samples(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match=message):
             water_data.load(path)
     assert set(MODALITIES) < set(good)
+
+
+def test_oversized_variables_are_refused_before_decoding(tmp_path: Path) -> None:
+    """A header claiming more values than a sample may hold is refused from the header alone: a compressed
+    NetCDF-4 variable and a compressed NPZ member of 2^27+ zeros (a few hundred KB on disk)."""
+    big = 1 << 14
+    nc_path = tmp_path / "bomb.nc"
+    with h5netcdf.File(nc_path, "w") as f:
+        f.dimensions = {"t": big, "y": big, "x": 1}
+        f.create_variable("precip", ("t", "y", "x"), np.float32, chunks=(1024, 1024, 1), compression="gzip")
+    with pytest.raises(ValueError, match=r"bomb\.nc: variable 'precip' has 268,435,456 values"):
+        water_data.read_netcdf(nc_path)
+
+    npz_path = tmp_path / "bomb.npz"
+    np.savez_compressed(npz_path, precip=np.zeros((1 << 27) + 1, np.uint8))
+    assert npz_path.stat().st_size < 1_000_000
+    assert water_data.npz_shapes(npz_path) == {"precip": ((1 << 27) + 1,)}
+    with pytest.raises(ValueError, match=r"bomb\.npz: variable 'precip' has 134,217,729 values"):
+        water_data.load(npz_path)

@@ -193,6 +193,52 @@ _CDF3_MAGIC = (b"CDF\x01", b"CDF\x02")  # classic and 64-bit offset; scipy.io re
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 
+# Bounds checked from the files' headers before any array is decoded (a hostile or corrupt header can claim
+# terabytes; compressed NetCDF-4 / NPZ data can expand far beyond the file size).
+MAX_VALUES_PER_VARIABLE = 1 << 27  # 128M values (512 MB as float32): ~7 years of a 290x180 daily grid
+
+
+def _bound_shape(shape: tuple[int, ...], name: str, path: Path) -> None:
+    count = int(np.prod(shape, dtype=np.float64)) if shape else 1
+    if count > MAX_VALUES_PER_VARIABLE:
+        raise ValueError(f"{path}: variable {name!r} has {count:,} values (shape {tuple(shape)}), more than the "
+                         f"{MAX_VALUES_PER_VARIABLE:,} a sample may hold")
+
+
+def _bound_file(path: Path) -> None:
+    """Uncompressed formats (NetCDF-3) hold at most ~8 bytes per value: the file size bounds the work."""
+    size = path.stat().st_size
+    limit = 8 * MAX_VALUES_PER_VARIABLE * len(SAMPLE_KEYS)
+    if size > limit:
+        raise ValueError(f"{path}: {size:,} bytes, more than the {limit:,} a sample file may have")
+
+
+def npz_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Array shapes of an NPZ from the .npy headers of its members, without decompressing the data."""
+    import zipfile
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.namelist():
+                if not member.endswith(".npy"):
+                    continue
+                with archive.open(member) as handle:
+                    major, _ = np.lib.format.read_magic(handle)
+                    read_header = np.lib.format.read_array_header_1_0 if major == 1 else \
+                        np.lib.format.read_array_header_2_0
+                    shape, _, _ = read_header(handle, max_header_size=10_000)
+                shapes[member[:-4]] = tuple(shape)
+    except (zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise ValueError(f"{path}: unreadable NPZ file ({exc})") from exc
+    return shapes
+
+
+def _bound_npz(path: Path) -> None:
+    for name, shape in npz_shapes(path).items():
+        _bound_shape(shape, name, path)
+
+
 def cf_decode(raw: np.ndarray, attrs: Mapping[str, Any], name: str, path: Path) -> np.ndarray:
     """CF decoding of one variable: `_FillValue` / `missing_value` -> NaN, then raw * scale_factor +
     add_offset, as float32 (the file's packed integers or floats)."""
@@ -218,6 +264,7 @@ def cf_decode(raw: np.ndarray, attrs: Mapping[str, Any], name: str, path: Path) 
 def _read_netcdf3(path: Path) -> dict[str, np.ndarray]:
     from scipy.io import netcdf_file
 
+    _bound_file(path)  # scipy reads every variable at open: bound it by the file size first
     # maskandscale off: the CF decoding is ours, shared with NetCDF-4. mmap off: the file closes here.
     with netcdf_file(path, "r", mmap=False, maskandscale=False) as handle:
         return {k: cf_decode(handle.variables[k].data, handle.variables[k]._attributes, k, path)
@@ -229,6 +276,9 @@ def _read_netcdf4(path: Path) -> dict[str, np.ndarray]:
 
     # phony_dims: plain HDF5 files (no NetCDF dimension scales) read too.
     with h5netcdf.File(path, "r", phony_dims="sort") as handle:
+        for k in SAMPLE_KEYS:
+            if k in handle.variables:
+                _bound_shape(tuple(handle.variables[k].shape), k, path)
         return {k: cf_decode(handle.variables[k][...], dict(handle.variables[k].attrs), k, path)
                 for k in SAMPLE_KEYS if k in handle.variables}
 
@@ -253,6 +303,7 @@ def read_netcdf(path: Path) -> dict[str, np.ndarray]:
 
 def _read_sample(path: Path) -> dict[str, np.ndarray]:
     if path.suffix == ".npz":
+        _bound_npz(path)
         with np.load(path) as archive:
             return {k: np.asarray(archive[k], dtype=np.float32) for k in SAMPLE_KEYS if k in archive}
     if path.suffix in SAMPLE_SUFFIXES:
@@ -291,6 +342,7 @@ def load(path: Path) -> WaterData:
     if path.is_file():
         if path.suffix != ".npz":
             raise ValueError(f"{path}: a single file must be a stacked .npz; put NetCDF samples in a folder")
+        _bound_npz(path)
         with np.load(path) as archive:
             arrays = {k: np.asarray(archive[k], np.float32) for k in SAMPLE_KEYS if k in archive}
         _check_stacked(arrays, path)
