@@ -28,6 +28,7 @@ class RayService:
     worker: object  # the second node
     metrics_dir: Path
     repository: Path
+    admin_token: str = ADMIN_TOKEN
 
 
 def wait_ready(url: str, timeout: float = 240.0) -> None:

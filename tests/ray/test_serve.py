@@ -55,7 +55,6 @@ def test_routes_health_and_oip(ray_service) -> None:
         assert bad.status_code == 400 and bad.json()["error"]["code"] == "bad_request"
 
 
-
 def _weld_sample(repository, fill: float) -> dict:
     import numpy as np
 
@@ -67,12 +66,10 @@ def _weld_sample(repository, fill: float) -> dict:
 
 
 def test_weld_enrolment_through_one_replica_is_seen_by_the_other(ray_service, ray_repository) -> None:
-    from conftest import ADMIN_TOKEN
-
     sample = _weld_sample(ray_repository, 0.37)
     with httpx.Client(base_url=ray_service.url, timeout=60) as client:
         enrolled = client.post("/weld/gallery", json={"samples": [{**sample, "id": "ray-e1", "label": "Spatter"}]},
-                               headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+                               headers={"Authorization": f"Bearer {ray_service.admin_token}"})
         assert enrolled.status_code == 200, enrolled.text
         size, writer = enrolled.json()["gallery_size"], enrolled.headers["x-replica"]
         seen: dict[str, bool] = {}
@@ -86,5 +83,5 @@ def test_weld_enrolment_through_one_replica_is_seen_by_the_other(ray_service, ra
                 break
         assert len(seen) == 2 and all(seen.values()), (writer, seen)
         again = client.post("/weld/gallery", json={"samples": [{**sample, "id": "ray-e1", "label": "Spatter"}]},
-                            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+                            headers={"Authorization": f"Bearer {ray_service.admin_token}"})
         assert again.status_code == 409, again.text  # the id is taken, whichever replica answers
