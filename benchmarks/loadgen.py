@@ -79,14 +79,15 @@ def run_load(url: str, make_request: Callable, concurrency: int, total: int, war
 
 
 class ServiceProcess:
-    def __init__(self, repository: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, repository: Path, env: dict[str, str] | None = None, root: Path = ROOT) -> None:
+        """`root`: the checkout whose `service` runs (another worktree for before/after comparisons)."""
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
             [sys.executable, "-m", "service", "--port", str(self.port), "--log-level", "warning"],
-            cwd=ROOT, env={**os.environ, "SERVICE_MODEL_REPOSITORY": str(repository), **(env or {})},
+            cwd=root, env={**os.environ, "SERVICE_MODEL_REPOSITORY": str(repository), **(env or {})},
         )
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
