@@ -3,9 +3,13 @@ with the k-NN gallery as an asset and the preprocessing parameters in the manife
 (`families.weld.contract.Preprocessing`).
 
 Options (`--option key=value`, `ExportOptions`): gallery (path to gallery.npz; default: next to the
-checkpoint), k, metric, format (onnx|torchscript). Batching limits are applied by the export CLI.
+checkpoint), k, metric, format (onnx|torchscript), optional_modalities (comma list, or `none`; default: the
+training config's `optional_modalities`). A version with optional modalities gets the presence-mask input
+(`contract.MASK_INPUT`) in its graph and answers samples without them. Batching limits are applied by the
+export CLI.
 
     python -m export weld --checkpoint runs/weld/best.pt [--option k=7 --option metric=euclidean]
+    python -m export weld --checkpoint runs/weld/best.pt --option optional_modalities=audio,video
 """
 
 from __future__ import annotations
@@ -17,15 +21,24 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from export.core import AssetFile, ExportError, ExportPlan, GraphExport, parse_options
 from families.manifest import Batching
 from families.weld.classes import CLASSES
-from families.weld.contract import EMBEDDING_OUTPUT, GALLERY_ASSET, GRAPH, TASK, GallerySummary, Knn, Preprocessing
+from families.weld.contract import (
+    EMBEDDING_OUTPUT,
+    GALLERY_ASSET,
+    GRAPH,
+    MASK_INPUT,
+    TASK,
+    GallerySummary,
+    Knn,
+    Preprocessing,
+)
 from families.weld.ood import manifest_quality
 from families.weld.preprocessing import MODALITIES
-from training.weld.model import EmbeddingGraph
+from training.weld.model import EmbeddingGraph, MaskedEmbeddingGraph
 from training.weld.train import load_checkpoint
 
 
@@ -38,6 +51,22 @@ class ExportOptions(BaseModel):
     k: int = Field(5, ge=1)
     metric: str | None = None  # default: the training config's k-NN metric
     format: Literal["onnx", "torchscript"] = "onnx"
+    optional_modalities: list[str] | None = None  # None: the training config's
+
+    @field_validator("optional_modalities", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [] if value.strip().lower() in ("", "none") else [m.strip() for m in value.split(",") if m.strip()]
+        return value
+
+    @field_validator("optional_modalities")
+    @classmethod
+    def _known(cls, value: list[str] | None) -> list[str] | None:
+        unknown = sorted(set(value or ()) - set(MODALITIES))
+        if unknown:
+            raise ValueError(f"unknown modalities {unknown}; the weld modalities are {list(MODALITIES)}")
+        return value
 
 
 def _check_gallery(path: Path, embed_dim: int) -> tuple[GallerySummary, np.ndarray]:
@@ -85,14 +114,26 @@ def plan_from_checkpoint(checkpoint: Path, options: Mapping[str, str] | None = N
     except ValueError as exc:
         raise ExportError(str(exc)) from None
 
+    optional = opts.optional_modalities
+    if optional is None:
+        optional = list(config.train.optional_modalities)
+    optional = [m for m in MODALITIES if m in optional]
     shapes = config.preprocess.shapes()
     generator = torch.Generator().manual_seed(0)
     samples = [{m: torch.randn(batch, *shapes[m], generator=generator) for m in MODALITIES} for batch in (1, 3)]
-    graph = GraphExport(name=GRAPH, module=EmbeddingGraph(loaded.model).eval(), samples=samples,
+    module = EmbeddingGraph(loaded.model)
+    if optional:  # parity also over absent modalities: each optional one absent in a row of the batch of 3
+        module = MaskedEmbeddingGraph(loaded.model)
+        for sample in samples:
+            mask = torch.ones(len(sample["video"]), len(MODALITIES))
+            for row, modality in enumerate(optional[:len(mask) - 1]):
+                mask[row + 1, MODALITIES.index(modality)] = 0.0
+            sample[MASK_INPUT] = mask
+    graph = GraphExport(name=GRAPH, module=module.eval(), samples=samples,
                         output_names=[EMBEDDING_OUTPUT], format=opts.format, atol=1e-4, rtol=1e-3)
     pre = Preprocessing(params=config.preprocess, inputs={m: list(shapes[m]) for m in MODALITIES},
-                        optional_modalities=[], knn=knn, gallery=summary,
-                        quality=manifest_quality(embeddings, knn.metric))
+                        optional_modalities=optional, mask_input=MASK_INPUT if optional else None, knn=knn,
+                        gallery=summary, quality=manifest_quality(embeddings, knn.metric))
     return ExportPlan(
         family="weld",
         task=TASK,

@@ -5,13 +5,18 @@ Export (export/families/weld.py) writes `Preprocessing`; the service parses it b
 `PreprocessParams`), `inputs` (tensor shapes per modality), `optional_modalities`, `knn`, `gallery` (a summary
 of the shipped references) and `quality` (the OOD threshold; absent before it existed, `{}` for a gallery too
 small to have one).
+
+A version that declares `optional_modalities` has a graph with a fifth input, `mask_input` (MASK_INPUT): the
+(B, 4) float presence of each modality (MODALITIES order, 1 = present). The service sends zeros and a 0 for
+an optional modality a sample lacks; the model drops its tokens. Manifests without `mask_input` (all before
+it existed) have four inputs and refuse any missing modality.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from families.manifest import PreprocessingSection
 from families.weld.knn import METRICS
@@ -20,6 +25,7 @@ from families.weld.preprocessing import MODALITIES, PreprocessParams
 TASK = "classification"
 GRAPH = "model"  # video, photos, audio, sensors -> embedding
 EMBEDDING_OUTPUT = "embedding"
+MASK_INPUT = "modality_mask"  # (B, 4) float32 presence, MODALITIES order; only in versions with optional modalities
 GALLERY_ASSET = "gallery.npz"  # k-NN references: embeddings (N, D) float32, labels (N,) int64, ids (N,) str
 
 
@@ -63,6 +69,7 @@ class Preprocessing(PreprocessingSection):
     params: PreprocessParams
     inputs: dict[str, list[int]] | None = None
     optional_modalities: list[str] = []
+    mask_input: str | None = None  # the graph's presence-mask input; None: four inputs, every modality required
     knn: Knn = Knn()
     gallery: GallerySummary | None = None
     quality: OodThreshold | None = None
@@ -85,3 +92,9 @@ class Preprocessing(PreprocessingSection):
         if unknown:
             raise ValueError(f"unknown modalities {unknown}; the weld modalities are {list(MODALITIES)}")
         return value
+
+    @model_validator(mode="after")
+    def _optional_needs_mask(self) -> Preprocessing:
+        if self.optional_modalities and self.mask_input is None:
+            raise ValueError("optional_modalities need a graph with a presence-mask input (mask_input)")
+        return self

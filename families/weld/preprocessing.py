@@ -547,13 +547,19 @@ class SampleFiles:
 
 
 def preprocess_sample(files: SampleFiles, params: PreprocessParams,
-                      checkpoint: Callable[[], None] | None = None) -> dict[str, np.ndarray]:
-    """All four modalities of one sample, or ModalityError naming the first absent/unreadable one.
+                      checkpoint: Callable[[], None] | None = None,
+                      optional: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    """All four modalities of one sample, or ModalityError naming the first absent/unreadable one. An absent
+    modality listed in `optional` is zeros instead (what training's zero-fill writes; the presence mask that
+    goes with it is `files.missing()`).
 
     `checkpoint` is called before each modality (the service raises there once a request is abandoned).
     """
-    for modality in files.missing():
-        raise ModalityError(modality, "missing")
+    absent = files.missing()
+    for modality in absent:
+        if modality not in optional:
+            raise ModalityError(modality, "missing")
+    shapes = params.shapes()
     decoders: dict[str, Callable[[], np.ndarray]] = {
         "video": lambda: decode_video(files.video, params),  # type: ignore[arg-type]
         "photos": lambda: decode_photos(files.photos, params),
@@ -562,6 +568,9 @@ def preprocess_sample(files: SampleFiles, params: PreprocessParams,
     }
     out = {}
     for modality, decode in decoders.items():
+        if modality in absent:
+            out[modality] = np.zeros(shapes[modality], np.float32)
+            continue
         if checkpoint is not None:
             checkpoint()
         out[modality] = decode()

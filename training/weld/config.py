@@ -59,6 +59,14 @@ class TrainConfig:
     knn_k: int = 5
     knn_metric: str = "cosine"
     max_seconds: float | None = None  # wall-clock budget (stops like early stopping)
+    # Modalities a served version may go without (export declares them optional by default) and the chance
+    # that training drops each of them from a sample (training/weld/modality_dropout.py); 0 = never.
+    optional_modalities: list[str] = field(default_factory=list)
+    modality_dropout: float = 0.0
+    # Staged fine-tuning: backbones frozen for the first `unfreeze_after` epochs, then trained with their own
+    # peak learning rate `backbone_lr` (default lr / 10; same warmup + cosine shape). None = as freeze_backbones.
+    unfreeze_after: int | None = None
+    backbone_lr: float | None = None
 
 
 @dataclass

@@ -34,7 +34,8 @@ def embed(model: WeldEmbeddingModel, dataset: WeldDataset, batch_size: int = 32,
     out = []
     for start in range(0, len(dataset), batch_size):
         batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
-        out.append(model(*[batch[m].to(device) for m in MODALITIES]).float().cpu().numpy())
+        out.append(model(*[batch[m].to(device) for m in MODALITIES], mask=batch["mask"].to(device))
+                   .float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, model.config.embed_dim), np.float32)
 
 

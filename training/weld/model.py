@@ -6,7 +6,8 @@ audio  (B, L, M)       -> AST               -> patch tokens  (B, Na, Da)
 sensors(B, N, 6)       -> sensor Transformer (from scratch) -> tokens (B, N + 1, Ds)
 
 CrossAttentionFusionModule: each modality projected to `fusion_dim`; `fusion_tokens` learnable queries
-cross-attend to each modality (8 heads, dropout, residual + LayerNorm) -> concat (B, 4*T, F) -> flatten ->
+cross-attend to each modality (8 heads, dropout, residual + LayerNorm; an absent modality, per the optional
+presence mask, adds nothing) -> concat (B, 4*T, F) -> flatten ->
 MLP -> output projection -> LayerNorm -> L2 normalisation.
 
 Attention is written out (matmul + softmax) rather than with nn.MultiheadAttention so that the attention
@@ -155,13 +156,21 @@ class CrossAttentionFusionModule(nn.Module):
         self.out_proj = nn.Linear(embed_dim, embed_dim)
         self.out_norm = nn.LayerNorm(embed_dim)
 
-    def forward(self, features: dict[str, torch.Tensor], return_attention: bool = False):
+    def forward(self, features: dict[str, torch.Tensor], mask: torch.Tensor | None = None,
+                return_attention: bool = False):
+        """`mask` (B, modalities) presence, 1 = present (bool or 0/1 float; None = all present): an absent
+        modality's tokens are dropped, as if every one of its keys were padding. Its cross-attention adds
+        nothing, so its fusion tokens are the learned queries alone and its input values have no effect."""
         b = next(iter(features.values())).shape[0]
         queries = self.fusion_tokens.expand(b, -1, -1)
+        present = None if mask is None else mask.to(queries.dtype)
         fused, maps = [], {}
-        for m in self.modalities:
+        for i, m in enumerate(self.modalities):
             context = self.proj[m](features[m])
             attended, attn = self.cross[m](queries, context)
+            if present is not None:
+                keep = present[:, i, None, None]
+                attended, attn = attended * keep, attn * keep[..., None]
             fused.append(self.norms[m](queries + self.drop(attended)))
             maps[m] = attn
         x = torch.cat(fused, dim=1).flatten(1)
@@ -220,8 +229,11 @@ class WeldEmbeddingModel(nn.Module):
         return {"video": self.video(video), "photos": self.photos(photos), "audio": self.audio(audio),
                 "sensors": self.sensors(sensors)}
 
-    def forward(self, video, photos, audio, sensors, return_attention: bool = False):
-        return self.fusion(self.features(video, photos, audio, sensors), return_attention=return_attention)
+    def forward(self, video, photos, audio, sensors, mask: torch.Tensor | None = None,
+                return_attention: bool = False):
+        """`mask`: (B, 4) modality presence in MODALITIES order (see CrossAttentionFusionModule.forward)."""
+        return self.fusion(self.features(video, photos, audio, sensors), mask=mask,
+                           return_attention=return_attention)
 
 
 def check_encoder_geometry(model: WeldEmbeddingModel, preprocess: PreprocessParams) -> None:
@@ -258,3 +270,15 @@ class EmbeddingGraph(nn.Module):
 
     def forward(self, video, photos, audio, sensors):
         return self.model(video, photos, audio, sensors)
+
+
+class MaskedEmbeddingGraph(nn.Module):
+    """Export wrapper of a version with optional modalities: the four inputs and the (B, 4) float presence mask
+    (`families.weld.contract.MASK_INPUT`, 1 = present, MODALITIES order) -> embedding."""
+
+    def __init__(self, model: WeldEmbeddingModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, video, photos, audio, sensors, modality_mask):
+        return self.model(video, photos, audio, sensors, mask=modality_mask)

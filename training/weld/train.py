@@ -1,7 +1,12 @@
 """Train the weld embedding model with SupCon (+ optional CE), then write the k-NN gallery and evaluation.
 
 CLI: python -m training.weld.train [--data DATA] --out runs/weld [--config small|full] [--epochs N] [--amp]
+     [--optional-modalities audio,video --modality-dropout P] [--unfreeze-after N --backbone-lr X]
 (without --data: a synthetic dataset in the real layout, written to OUT/data)
+
+The zero-fill presence mask of each sample reaches the model; `--modality-dropout` drops the optional
+modalities at random so the model learns to answer without them. Staged fine-tuning keeps the backbones
+frozen for N epochs, then trains them at their own rate; log.json records `backbones` and `backbone_lr`.
 
 Outputs in --out: latest.pt, best.pt, log.json (one record per epoch), data_report.json (incomplete
 samples and the policy applied), session_report.json, gallery.npz (TRAIN embeddings of best.pt + labels +
@@ -42,6 +47,7 @@ from training.weld.data import (
 )
 from training.weld.evaluate import embed, evaluate_model
 from training.weld.losses import combined_loss, supcon_loss
+from training.weld.modality_dropout import check_droppable, drop_modalities
 from training.weld.model import WeldEmbeddingModel, build_model
 from training.weld.sampler import StratifiedBatchSampler
 from training.weld.synthetic import generate
@@ -101,7 +107,9 @@ def write_gallery(path: Path, embeddings: np.ndarray, labels: np.ndarray, ids: l
 
 @dataclass
 class Optimiser:
-    """What one step updates: the trainable parameters, AdamW and the AMP gradient scaler."""
+    """What one step updates: the trainable parameters, AdamW and the AMP gradient scaler. With staged
+    fine-tuning the backbones are AdamW's second group, at `lr_scale` x the schedule's rate (no gradient, so
+    untouched, while they are frozen)."""
 
     params: list[torch.nn.Parameter]
     optimizer: torch.optim.Optimizer
@@ -109,15 +117,45 @@ class Optimiser:
     use_amp: bool
 
 
+def backbone_lr(tc: TrainConfig) -> float:
+    """The backbones' peak learning rate under staged fine-tuning (default: a tenth of `lr`)."""
+    return tc.backbone_lr if tc.backbone_lr is not None else tc.lr / 10
+
+
+def make_optimiser(model: WeldEmbeddingModel, tc: TrainConfig, use_amp: bool) -> Optimiser:
+    """AdamW over the trainable parameters; with `unfreeze_after`, the backbones frozen now and in their own
+    parameter group for the epoch they are unfrozen."""
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    if tc.unfreeze_after is None:
+        params = [p for p in model.parameters() if p.requires_grad]
+        return Optimiser(params, torch.optim.AdamW(params, lr=tc.warmup_start_lr, weight_decay=tc.weight_decay),
+                         scaler, use_amp)
+    if tc.unfreeze_after < 0:
+        raise ValueError(f"unfreeze_after must be >= 0, got {tc.unfreeze_after}")
+    model.freeze_backbones()
+    backbone_ids = {id(p) for b in model.backbones() for p in b.parameters()}
+    head = [p for p in model.parameters() if id(p) not in backbone_ids]
+    backbones = [p for b in model.backbones() for p in b.parameters()]
+    groups = [{"params": head, "name": "head"},
+              {"params": backbones, "name": "backbones", "lr_scale": backbone_lr(tc) / tc.lr}]
+    optimizer = torch.optim.AdamW(groups, lr=tc.warmup_start_lr, weight_decay=tc.weight_decay)
+    return Optimiser(head + backbones, optimizer, scaler, use_amp)
+
+
 def training_step(model: WeldEmbeddingModel, opt: Optimiser, batch: dict[str, torch.Tensor], tc: TrainConfig,
-                  lr: float, device: str) -> tuple[float, dict[str, float]]:
-    """One optimiser step on `batch` at learning rate `lr`; returns (loss, its parts)."""
+                  lr: float, device: str, rng: torch.Generator | None = None) -> tuple[float, dict[str, float]]:
+    """One optimiser step on `batch` at learning rate `lr`; returns (loss, its parts). The batch's presence
+    `mask` (zero-filled modalities) reaches the model; with `tc.modality_dropout`, `rng` drops more."""
     for group in opt.optimizer.param_groups:
-        group["lr"] = lr
-    inputs = [batch[m].to(device) for m in MODALITIES]
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+    inputs = {m: batch[m] for m in MODALITIES}
+    mask = batch["mask"] if "mask" in batch else torch.ones(len(batch["label"]), len(MODALITIES), dtype=torch.bool)
+    if tc.modality_dropout > 0:
+        inputs, mask = drop_modalities(inputs, mask, tc.modality_dropout, tc.optional_modalities,
+                                       rng if rng is not None else torch.Generator().manual_seed(tc.seed))
     labels = batch["label"].to(device)
     with torch.autocast("cuda", dtype=torch.float16, enabled=opt.use_amp):
-        emb = model(*inputs)
+        emb = model(*[inputs[m].to(device) for m in MODALITIES], mask=mask.to(device))
         logits = model.classifier(emb) if tc.ce_weight > 0 else None
     loss, parts = combined_loss(emb, logits, labels, tc.temperature, tc.ce_weight)
     if not torch.isfinite(loss):
@@ -132,14 +170,16 @@ def training_step(model: WeldEmbeddingModel, opt: Optimiser, batch: dict[str, to
 
 
 def train_epoch(model: WeldEmbeddingModel, opt: Optimiser, loader: torch.utils.data.DataLoader,
-                sampler: StratifiedBatchSampler, epoch: int, tc: TrainConfig, device: str) -> dict[str, float]:
+                sampler: StratifiedBatchSampler, epoch: int, tc: TrainConfig, device: str,
+                rng: torch.Generator | None = None) -> dict[str, float]:
     """One pass over the stratified batches; returns the epoch's mean loss and loss parts."""
     model.train()
     sampler.set_epoch(epoch)
     losses, parts_sum = [], {}
     for step, batch in enumerate(loader):
         try:
-            loss, parts = training_step(model, opt, batch, tc, learning_rate(epoch + step / len(sampler), tc), device)
+            loss, parts = training_step(model, opt, batch, tc, learning_rate(epoch + step / len(sampler), tc), device,
+                                        rng)
         except FloatingPointError:
             raise FloatingPointError(f"non-finite loss at epoch {epoch} step {step}") from None
         losses.append(loss)
@@ -198,23 +238,28 @@ def fit(config: WeldConfig, splits: Splits, out_dir: Path, device: str, log: Log
     """Epochs until `epochs`, early stopping (`patience`) or the time budget; latest.pt every epoch, best.pt at
     each validation improvement, log.json."""
     tc = config.train
+    check_droppable(tc.modality_dropout, tc.optional_modalities)
     started = time.monotonic()
     model = build_model(config, seed=tc.seed).to(device)
     sampler = StratifiedBatchSampler(splits.train.labels, tc.batch_size, tc.classes_per_batch, seed=tc.seed)
     loader = torch.utils.data.DataLoader(splits.train, batch_sampler=sampler, collate_fn=collate)
-    params = [p for p in model.parameters() if p.requires_grad]
-    use_amp = bool(tc.amp and device.startswith("cuda"))
-    opt = Optimiser(params, torch.optim.AdamW(params, lr=tc.warmup_start_lr, weight_decay=tc.weight_decay),
-                    torch.amp.GradScaler("cuda", enabled=use_amp), use_amp)
+    opt = make_optimiser(model, tc, bool(tc.amp and device.startswith("cuda")))
+    rng = torch.Generator().manual_seed(tc.seed)  # modality dropout's draws (none when it is off)
     history: list[dict] = []
     best_val, best_epoch, stale = float("inf"), -1, 0
     for epoch in range(tc.epochs):
         t0 = time.monotonic()
-        losses = train_epoch(model, opt, loader, sampler, epoch, tc, device)
+        if tc.unfreeze_after is not None and epoch == tc.unfreeze_after:
+            model.unfreeze_backbones()
+            log(f"[train] epoch {epoch}: backbones unfrozen (peak lr {backbone_lr(tc):.2e})")
+        losses = train_epoch(model, opt, loader, sampler, epoch, tc, device, rng)
         val = validation_loss(model, splits.val, tc.temperature, device)
         stored = val if math.isfinite(val) else None  # JSON has no NaN: null in log.json and the manifest
         record = {"epoch": epoch, "train_loss": losses.pop("train_loss"), "val_supcon": stored,
                   "lr": opt.optimizer.param_groups[0]["lr"], "seconds": round(time.monotonic() - t0, 3), **losses}
+        if tc.unfreeze_after is not None:
+            record["backbones"] = "frozen" if getattr(model, "_frozen", False) else "trainable"
+            record["backbone_lr"] = opt.optimizer.param_groups[1]["lr"]
         # Without a usable VAL loss, best.pt follows the latest epoch (and early stopping never triggers).
         improved = val < best_val - 1e-6 if math.isfinite(val) else True
         _save(out_dir / LATEST, model, config, {"epoch": epoch, "val_supcon": stored,
@@ -235,8 +280,14 @@ def fit(config: WeldConfig, splits: Splits, out_dir: Path, device: str, log: Log
         if tc.max_seconds is not None and time.monotonic() - started > tc.max_seconds:
             log(f"[train] time budget of {tc.max_seconds:.0f}s reached")
             break
-    return {"best_epoch": best_epoch, "best_val_supcon": best_val if math.isfinite(best_val) else None,
-            "epochs_run": len(history), "train_seconds": round(time.monotonic() - started, 1)}
+    summary = {"best_epoch": best_epoch, "best_val_supcon": best_val if math.isfinite(best_val) else None,
+               "epochs_run": len(history), "train_seconds": round(time.monotonic() - started, 1)}
+    if tc.unfreeze_after is not None:
+        summary["staged_fine_tuning"] = {"unfreeze_after": tc.unfreeze_after, "backbone_lr": backbone_lr(tc),
+                                         "unfrozen": tc.unfreeze_after < len(history)}
+    if tc.modality_dropout > 0:
+        summary["modality_dropout"] = {"p": tc.modality_dropout, "modalities": list(tc.optional_modalities)}
+    return summary
 
 
 def train(config: WeldConfig, out_dir: Path, data: Path | None = None, *, log: Log = print, device: str = "cpu",
@@ -267,6 +318,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ce-weight", type=float, default=None)
     parser.add_argument("--policy", choices=("skip", "zero_fill"), default=None)
     parser.add_argument("--amp", action="store_true")
+    parser.add_argument("--optional-modalities", default=None,
+                        help="comma list of modalities a served version may go without (export declares them)")
+    parser.add_argument("--modality-dropout", type=float, default=None,
+                        help="chance that training drops each optional modality of a sample (0 = never)")
+    parser.add_argument("--unfreeze-after", type=int, default=None,
+                        help="staged fine-tuning: backbones frozen for the first N epochs, then trained")
+    parser.add_argument("--backbone-lr", type=float, default=None,
+                        help="peak learning rate of the unfrozen backbones (default: lr / 10)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--allow-session-leakage", action="store_true",
                         help="train even when a session appears in more than one of TRAIN/VAL/TEST")
@@ -279,6 +338,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.policy:
         config.train.incomplete_policy = args.policy
     config.train.amp = args.amp
+    if args.optional_modalities is not None:
+        config.train.optional_modalities = [m.strip() for m in args.optional_modalities.split(",") if m.strip()]
+    for flag in ("modality_dropout", "unfreeze_after", "backbone_lr"):
+        if getattr(args, flag) is not None:
+            setattr(config.train, flag, getattr(args, flag))
     result = train(config, args.out, args.data, device=args.device, allow_session_leakage=args.allow_session_leakage)
     print(json.dumps(result.summary, indent=2))
 

@@ -1,9 +1,12 @@
 """`POST /weld/classify` and `POST /weld/gallery` (admin): k-NN weld defect classification.
 
 A request holds one or more samples, either as uploads of the real file formats (multipart/form-data) or
-as ready tensors (JSON). Uploads are decoded and preprocessed by `preprocessing.preprocess_sample`, the
-same function training uses. Embeddings come from the exported model through the dynamic batcher; the
-k-NN search is exact (one matrix product + top-k) on the serving device.
+as ready tensors (JSON). A modality the version declares optional (manifest `optional_modalities`, graph input
+`mask_input`) may be left out: it is sent to the model as zeros with presence 0, and the model drops it; any
+other missing modality is a 422 naming it. Uploads are decoded and preprocessed by
+`preprocessing.preprocess_sample`, the same function training uses. Embeddings come from the exported model
+through the dynamic batcher; the k-NN search is exact (one matrix product + top-k) on the serving device, or
+a FAISS index above `SERVICE_WELD_FAISS_MIN` references.
 
 Multipart fields, per sample i (the suffix `.i` may be omitted for a single sample):
     video[.i]    one .avi            photos[.i]   exactly the model's number of photos (.jpg), one part
@@ -24,7 +27,7 @@ from __future__ import annotations
 import re
 import time
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -100,6 +103,10 @@ class WeldState:
     def metric(self) -> str:
         return self.preprocessing.knn.metric
 
+    @property
+    def optional(self) -> list[str]:
+        return self.preprocessing.optional_modalities
+
 
 WeldCall = Annotated[Call[WeldState], Depends(task_call("weld"))]
 router = APIRouter(prefix="/weld", tags=["weld"])
@@ -113,6 +120,7 @@ class ParsedSample:
     tensors: dict[str, np.ndarray]
     id: str | None
     label: str | None
+    missing: tuple[str, ...] = ()  # optional modalities the sample lacks (zeros in `tensors`)
 
 
 def _too_large(index: int, exc: MediaTooLarge) -> PayloadTooLarge:
@@ -206,21 +214,22 @@ def _checkpoint(ctx: RequestContext | None, what: str) -> Callable[[], None]:
 
 
 def _decode_uploads(items: list[tuple[int, SampleFiles, dict]], params: PreprocessParams,
-                    ctx: RequestContext | None = None) -> list[ParsedSample]:
+                    ctx: RequestContext | None = None, optional: Sequence[str] = ()) -> list[ParsedSample]:
     checkpoint = _checkpoint(ctx, "decoding the uploads")
     parsed = []
     for index, files, meta in items:
         try:
-            tensors = preprocess_sample(files, params, checkpoint=checkpoint)
+            tensors = preprocess_sample(files, params, checkpoint=checkpoint, optional=optional)
         except MediaTooLarge as exc:
             raise _too_large(index, exc) from None
         except ModalityError as exc:
             raise _fail(index, exc.modality, exc.message) from None
-        parsed.append(ParsedSample(index, tensors, meta.get("id"), meta.get("label")))
+        parsed.append(ParsedSample(index, tensors, meta.get("id"), meta.get("label"), tuple(files.missing())))
     return parsed
 
 
-def _check_json(raw: bytes, params: PreprocessParams, ctx: RequestContext | None = None) -> list[ParsedSample]:
+def _check_json(raw: bytes, params: PreprocessParams, ctx: RequestContext | None = None,
+                optional: Sequence[str] = ()) -> list[ParsedSample]:
     """Tensor shapes on the raw bytes, then the small rest by pydantic, then the numbers by numpy."""
     shapes = params.shapes()
     body = split_tensor_body(raw, shapes)
@@ -231,23 +240,29 @@ def _check_json(raw: bytes, params: PreprocessParams, ctx: RequestContext | None
         _check_text(index, "label", sample.label)
     parsed = []
     for index, sample in enumerate(request.samples):
-        tensors = {}
+        tensors, missing = {}, []
         for modality in MODALITIES:
             checkpoint()
+            value = getattr(sample, modality)
+            if value is None and modality in optional:
+                tensors[modality] = np.zeros(shapes[modality], np.float32)
+                missing.append(modality)
+                continue
             try:
-                tensors[modality] = body.tensor(getattr(sample, modality), modality, shapes[modality])
+                tensors[modality] = body.tensor(value, modality, shapes[modality])
             except ModalityError as exc:
                 raise _fail(index, exc.modality, exc.message) from None
-        parsed.append(ParsedSample(index, tensors, sample.id, sample.label))
+        parsed.append(ParsedSample(index, tensors, sample.id, sample.label, tuple(missing)))
     return parsed
 
 
-async def _parse(call: Call[WeldState], params: PreprocessParams) -> list[ParsedSample]:
+async def _parse(call: Call[WeldState]) -> list[ParsedSample]:
     request = call.request
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type not in ("multipart/form-data", "application/json"):
         raise UnsupportedMediaType(f"content type {content_type or '(none)'!r}: send multipart/form-data "
                                    "uploads or application/json tensors")
+    params, optional = call.state.params, call.state.optional
     pool = call.pool
     with pool.reserve("a weld request"):  # 429 before the body is read; holds a place while it is
         if content_type == "multipart/form-data":
@@ -258,12 +273,20 @@ async def _parse(call: Call[WeldState], params: PreprocessParams) -> list[Parsed
                 raise BadRequest("empty body: send a JSON object")
     ctx = call.ctx
     if isinstance(body, list):
-        return await pool.run(_decode_uploads, body, params, ctx, ctx=ctx, what="decoding weld uploads")
-    return await pool.run(_check_json, body, params, ctx, ctx=ctx, what="parsing weld tensors")
+        return await pool.run(_decode_uploads, body, params, ctx, optional, ctx=ctx, what="decoding weld uploads")
+    return await pool.run(_check_json, body, params, ctx, optional, ctx=ctx, what="parsing weld tensors")
+
+
+def presence_mask(samples: list[ParsedSample]) -> np.ndarray:
+    """(B, 4) float32: 1 where a sample has the modality, 0 where it was left out (MODALITIES order)."""
+    return np.array([[m not in s.missing for m in MODALITIES] for s in samples], np.float32)
 
 
 async def _embed(call: Call[WeldState], samples: list[ParsedSample]) -> np.ndarray:
     inputs = {m: np.stack([s.tensors[m] for s in samples]).astype(np.float32) for m in MODALITIES}
+    mask_input = call.state.preprocessing.mask_input
+    if mask_input is not None:  # versions with optional modalities; older graphs have four inputs
+        inputs[mask_input] = presence_mask(samples)
     outputs = await call.infer(inputs)
     return outputs[EMBEDDING_OUTPUT]
 
@@ -302,7 +325,7 @@ async def classify(call: WeldCall, k: int | None = Query(None, ge=1, le=MAX_K),
     state = call.state
     if metric is not None and metric not in METRICS:
         raise InvalidInput(f"metric must be one of {METRICS}, got {metric!r}", details={"field": "metric"})
-    samples = await _parse(call, state.params)
+    samples = await _parse(call)
     embeddings = await _embed(call, samples)
     gallery = await state.gallery.current()  # one consistent view for the whole request
     use_k, use_metric = min(k or state.k, gallery.size), metric or state.metric
@@ -324,7 +347,7 @@ async def classify(call: WeldCall, k: int | None = Query(None, ge=1, le=MAX_K),
                                                "committed)"}})
 async def enrol(call: WeldCall):
     """Enrol labelled samples (same inputs as /weld/classify plus `label` and `id` per sample)."""
-    samples = await _parse(call, call.state.params)
+    samples = await _parse(call)
     labels, ids = _labelled(samples)
     embeddings = await _embed(call, samples)
     try:
