@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     # Enrolled weld references (families/weld/gallery_db.py): empty = SQLite at `<state_dir>/gallery.sqlite3`,
     # `sqlite:///<path>` another SQLite file, `postgresql://...` a PostgreSQL database shared by every replica.
     gallery_url: str = ""
+    # A weld gallery of at least this many references (shipped + enrolled) is searched through an exact FAISS
+    # index (faiss-cpu, the `faiss` extra; CPU serving only) instead of torch's matmul + top-k; 0 = never.
+    weld_faiss_min: int = Field(0, ge=0)
     # Triton serves the repository index to anyone; set true to put it behind the admin token too.
     restrict_repository_index: bool = False
     # The X-Replica header of every response (deploy/ray sets `<deployment>#<replica id>`); empty = `<host>:<pid>`.

@@ -11,6 +11,10 @@ bound; docs/scaling.md has the measured figure), and at once by the process that
 A gallery of the earlier file format (`<version state>/enrolled.npz`) is imported on first start, in one
 transaction, then renamed `enrolled.npz.migrated`; a start interrupted between the two imports nothing twice.
 
+A store given `faiss_min` (the service's `SERVICE_WELD_FAISS_MIN`) searches a snapshot of at least that many
+references, in its manifest metric, through an exact FAISS index (faiss_index.py) built with the snapshot;
+without faiss installed, or on a GPU, the search stays the exact torch one.
+
 Ids are held as Python strings (an object array) and stored in .npz files as UTF-8 bytes + offsets
 (`ids_utf8`, `ids_offsets`): a fixed-width numpy string array would pad every id to the longest one, and
 would drop trailing NULs. Files with the older fixed-width `ids` array (shipped galleries) still load.
@@ -33,6 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from families.weld import faiss_index
+from families.weld.faiss_index import FaissIndex
 from families.weld.gallery_db import DuplicateIds, GalleryDB, GalleryKey, GalleryUnavailable, Row
 
 __all__ = ["ENROLLED_FILE", "DuplicateIds", "GalleryKey", "GallerySnapshot", "GalleryStore", "GalleryUnavailable",
@@ -52,15 +58,19 @@ class GallerySnapshot:
     label_list: np.ndarray  # (N,) int64 on the host, for responses
     ids: np.ndarray  # (N,) object array of str
     shipped: int  # rows 0..shipped-1 come from the asset, the rest were enrolled
+    index: FaissIndex | None = None  # an exact FAISS index of `embeddings` for `index.metric` (large galleries)
 
     @property
     def size(self) -> int:
         return int(self.embeddings.shape[0])
 
     def search(self, queries: np.ndarray, k: int, metric: str, num_classes: int):
-        """Exact k-NN of `queries` in this snapshot (see knn.knn_search)."""
-        from families.weld.knn import knn_search
+        """Exact k-NN of `queries` in this snapshot (see knn.knn_search), through `index` for its metric."""
+        from families.weld.knn import knn_search, vote
 
+        if self.index is not None and self.index.metric == metric:
+            distances, indices = self.index.search(np.asarray(queries, np.float32), k)
+            return vote(torch.from_numpy(indices), torch.from_numpy(distances), self.labels.cpu(), num_classes)
         cosine = metric == "cosine"
         return knn_search(queries, self.unit_t if cosine else self.embeddings, self.labels, k, metric, num_classes,
                           refs_normalized=cosine, refs_transposed=cosine,
@@ -144,12 +154,18 @@ class GalleryStore:
     """Shipped references + the enrolled rows of `key` in `db`, kept current per `refresh_s`."""
 
     def __init__(self, shipped: Path, db: GalleryDB, key: GalleryKey, device: str = "cpu", num_classes: int = 12,
-                 refresh_s: float = 0.05, legacy_dir: Path | None = None) -> None:
+                 refresh_s: float = 0.05, legacy_dir: Path | None = None, faiss_min: int = 0,
+                 metric: str = "cosine") -> None:
         self.db = db
         self.key = key
         self.device = device
         self.num_classes = num_classes
         self.refresh_s = refresh_s
+        self.metric = metric
+        self.faiss_min = faiss_min
+        if faiss_min and not faiss_index.available():
+            _log.warning("SERVICE_WELD_FAISS_MIN is set but faiss is not installed (pip install .[faiss]): "
+                         "weld gallery %s/%s is searched exactly with torch", key.model, key.version)
         self._base = read_npz(shipped)
         self._shipped_ids = frozenset(self._base[2].tolist())
         if legacy_dir is not None:
@@ -240,8 +256,19 @@ class GalleryStore:
             embeddings=emb_t, unit_t=torch.nn.functional.normalize(emb_t, dim=1).T.contiguous(),
             sq_norms=(emb_t * emb_t).sum(1),
             labels=torch.from_numpy(labels).to(self.device),
-            label_list=labels, ids=ids, shipped=int(self._base[0].shape[0]),
+            label_list=labels, ids=ids, shipped=int(self._base[0].shape[0]), index=self._index(emb),
         )
+
+    def _index(self, emb: np.ndarray) -> FaissIndex | None:
+        """The FAISS index of a gallery of at least `faiss_min` references (CPU serving, faiss installed)."""
+        if not self.faiss_min or len(emb) < self.faiss_min or not self.device.startswith("cpu") \
+                or not faiss_index.available():
+            return None
+        return FaissIndex(emb, self.metric)
+
+    @property
+    def uses_faiss(self) -> bool:
+        return self._snapshot.index is not None
 
     def enroll(self, embeddings: np.ndarray, labels: list[int], ids: list[str]) -> GallerySnapshot:
         """Commit the references (all or none; DuplicateIds when an id is shipped, repeated or enrolled by any

@@ -1,8 +1,9 @@
 """Exact k-nearest-neighbour search and voting, shared by training's evaluation and the service.
 
 Search is one matrix product + top-k on the serving device (GPU when there is one): exact, and fast enough
-up to ~1M references. Voting follows scikit-learn's `KNeighborsClassifier(weights="uniform")`: the class
-with most votes wins, ties go to the lowest class index.
+up to ~1M references (faiss_index.py: the optional FAISS index, same neighbours, voted by `vote`). Voting
+follows scikit-learn's `KNeighborsClassifier(weights="uniform")`: the class with most votes wins, ties go to
+the lowest class index.
 """
 
 from __future__ import annotations
@@ -82,13 +83,20 @@ def knn_search(
             all_idx.append(top_i)
         distances = torch.cat(all_dist) if all_dist else torch.zeros((0, k), device=device)
         indices = torch.cat(all_idx) if all_idx else torch.zeros((0, k), dtype=torch.long, device=device)
-        neighbour_labels = labels_t[indices]
-        counts = torch.zeros((indices.shape[0], classes), device=device, dtype=torch.float32)
+        return vote(indices, distances, labels_t, classes)
+
+
+def vote(indices: torch.Tensor, distances: torch.Tensor, ref_labels: torch.Tensor, num_classes: int) -> KnnResult:
+    """Uniform majority vote of the neighbours `indices` (Q, k), nearest first, whatever found them."""
+    k = indices.shape[1]
+    with torch.no_grad():
+        neighbour_labels = ref_labels[indices]
+        counts = torch.zeros((indices.shape[0], num_classes), device=indices.device, dtype=torch.float32)
         counts.scatter_add_(1, neighbour_labels, torch.ones_like(neighbour_labels, dtype=torch.float32))
         predictions = counts.argmax(dim=1)  # first maximum = lowest class index on ties
     return KnnResult(
         indices=indices.cpu().numpy(),
         distances=distances.float().cpu().numpy(),
         predictions=predictions.cpu().numpy(),
-        votes=(counts / k).cpu().numpy(),
+        votes=(counts / max(k, 1)).cpu().numpy(),
     )

@@ -32,7 +32,8 @@ class WeldPlugin(FamilyPlugin[WeldState]):
         settings = version.settings
         db = open_gallery_db(settings.gallery_url, settings.state_dir)
         gallery = GalleryStore(version.asset_path(pre.knn.gallery), db, GalleryKey(version.name, str(version.version)),
-                               version.device, num_classes=len(CLASSES), legacy_dir=version.state_dir)
+                               version.device, num_classes=len(CLASSES), legacy_dir=version.state_dir,
+                               faiss_min=settings.weld_faiss_min, metric=pre.knn.metric)
         warm_up(pre.params)
         shipped = gallery.snapshot.embeddings[:gallery.snapshot.shipped].cpu().numpy()
         threshold = threshold_from(pre.quality, pre.knn.metric, shipped)
