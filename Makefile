@@ -5,8 +5,10 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 REPOSITORY ?= model_repository
+REPLICAS ?= 1
+RAY_PORT ?= 6379
 
-.PHONY: install models serve test test-all lint bench clean
+.PHONY: install models serve serve-ray stop-ray test test-all lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +25,15 @@ models: install
 
 serve: models
 	SERVICE_MODEL_REPOSITORY=$(REPOSITORY) HOST=$(HOST) PORT=$(PORT) $(PY) -m service
+
+# Ray Serve (deploy/ray, docs/scaling.md): REPLICAS per family on HOST:PORT; a local Ray head unless RAY_ADDRESS.
+serve-ray: models
+	$(PY) -m pip install --quiet -e '.[ray]'
+	$(PY) -m deploy.ray.launch up --repository $(REPOSITORY) --replicas $(REPLICAS) --host $(HOST) --port $(PORT) \
+		--ray-port $(RAY_PORT)
+
+stop-ray:
+	$(PY) -m deploy.ray.launch down
 
 test: install
 	$(PY) -m pytest

@@ -32,7 +32,7 @@ from deploy.ray.forwarding import ForwardedRequest, ForwardedResponse, call_asgi
 from deploy.ray.topology import FamilyPlan, family_of_path, plan_families
 
 log = logging.getLogger("ray.serve")
-PINNED_THREADS = {"SERVICE_CPU_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+PINNED_THREADS = ("SERVICE_CPU_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 # Never re-sent to another replica when the first one died mid-request: writes (enrolment, load/unload).
 NOT_RETRIED = ("/weld/gallery", "/v2/repository/models/")
 READY_TIMEOUT_S = 5.0
@@ -51,19 +51,38 @@ def _error(path: str, status: int, code: str, message: str, replica: str,
     return _json(status, error_body(path, code, message), replica, headers)
 
 
+def threads_for(num_cpus: float) -> int:
+    """Intra-op threads for a replica with `num_cpus` of CPU: its whole share, at least one."""
+    return max(1, int(num_cpus))
+
+
+def pin_threads() -> int:
+    """This replica's threads from the CPUs Ray assigned it (the config's ray_actor_options may replace the
+    runtime_env that carries PINNED_THREADS, so the replica pins them itself): OMP/MKL and the service's
+    intra-op threads (SERVICE_CPU_THREADS -> torch.set_num_threads, ONNX Runtime intra_op_num_threads)."""
+    import ray
+
+    assigned = ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0)
+    threads = int(os.environ.get("SERVICE_CPU_THREADS") or threads_for(assigned))
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(name, str(threads))
+    return threads
+
+
 @serve.deployment
 class FamilyServer:
     """One replica of a family: the service's app (create_app) run in this actor's event loop."""
 
     async def __init__(self, family: str, models: list[str], repository: str, state_dir: str,
                        metrics_dir: str | None, settings: dict[str, Any] | None = None) -> None:
+        threads = pin_threads()  # before torch / ONNX Runtime are imported by the app
         from service.app import create_app
         from service.settings import Settings
 
         context = serve.get_replica_context()
         self.name = f"{context.deployment}#{context.replica_tag}"
         self.settings = Settings(model_repository=Path(repository), models=",".join(models), replica_name=self.name,
-                                 state_dir=Path(state_dir) / family, **(settings or {}))
+                                 state_dir=Path(state_dir) / family, **{"cpu_threads": threads, **(settings or {})})
         self.app = create_app(self.settings)
         self._lifespan = AsyncExitStack()
         await self._lifespan.enter_async_context(self.app.router.lifespan_context(self.app))
@@ -92,7 +111,11 @@ class FamilyServer:
 
     def describe(self) -> dict[str, Any]:
         target = self.metrics_target
-        return {"replica": self.name, "pid": os.getpid(), "metrics": target.address if target else None}
+        import torch
+
+        return {"replica": self.name, "pid": os.getpid(), "metrics": target.address if target else None,
+                "cpu_threads": self.settings.cpu_threads, "torch_threads": torch.get_num_threads(),
+                "omp_threads": os.environ.get("OMP_NUM_THREADS")}
 
     def check_health(self) -> None:
         if not self.app.state.hub.ready:
@@ -201,13 +224,18 @@ def _deadline_s(request: Request) -> float | None:
 
 def family_options(plan: FamilyPlan, args: dict[str, Any]) -> dict[str, Any]:
     """Per-family deployment options (serve_config.yaml's `deployments:` entries override them by name)."""
-    env = {**PINNED_THREADS, **{k: str(v) for k, v in args.get("env", {}).items()}}
-    actor: dict[str, Any] = {"num_cpus": float(args.get("num_cpus", 0.25)), "runtime_env": {"env_vars": env}}
+    num_cpus = float(args.get("num_cpus", 0.25))
+    threads = str(threads_for(num_cpus))
+    env = {**dict.fromkeys(PINNED_THREADS, threads), **{k: str(v) for k, v in args.get("env", {}).items()}}
+    actor: dict[str, Any] = {"num_cpus": num_cpus, "runtime_env": {"env_vars": env}}
     if float(args.get("num_gpus", 0)) > 0:
         actor["num_gpus"] = float(args["num_gpus"])
+    scaling: dict[str, Any] = {"num_replicas": int(args.get("replicas", 1))}
+    if args.get("autoscaling"):  # {min_replicas, max_replicas, target_ongoing_requests (default: a full batch)}
+        scaling = {"autoscaling_config": {"target_ongoing_requests": plan.max_batch_size, **args["autoscaling"]}}
     return {
         "name": plan.family,
-        "num_replicas": int(args.get("replicas", 1)),
+        **scaling,
         "max_ongoing_requests": plan.max_ongoing_requests,
         "max_queued_requests": plan.max_queued_requests,
         "ray_actor_options": actor,
