@@ -8,7 +8,10 @@ behind a thin ingress that routes by path prefix or model name and answers healt
 Application args (serve_config.yaml `args`): repository (absolute, or relative to where the app is built),
 replicas (per family, overridable per deployment), num_cpus / num_gpus (per family replica, fractional),
 state_dir (state shared by the replicas of a family: the weld gallery's SQLite file), metrics_dir (file_sd
-targets of every replica's /metrics), graceful_shutdown_timeout_s, settings (extra `Settings` fields).
+targets of every replica's /metrics), graceful_shutdown_timeout_s, settings (extra `Settings` fields),
+families (only these), ingress_replicas, env (replica environment variables), autoscaling (autoscaling_config
+instead of a fixed count), max_ongoing_requests / max_queued_requests (instead of the manifest-derived sizes).
+The app may sit under any route_prefix: the ingress routes on the path below it.
 """
 
 from __future__ import annotations
@@ -139,7 +142,7 @@ class Ingress:
         self.name = f"{context.deployment}#{context.replica_tag}"
 
     async def __call__(self, request: Request) -> Response:
-        path = request.url.path
+        path = _app_path(request.scope)
         if path == "/v2/health/live":
             return _json(200, {"live": True}, self.name)
         if path == "/v2/health/ready":
@@ -209,6 +212,14 @@ class Ingress:
         return _json(200, merged, self.name)
 
 
+def _app_path(scope: dict[str, Any]) -> str:
+    """The request path below the application's route_prefix (Serve keeps it in the path, adds root_path)."""
+    path, root = scope["path"], scope.get("root_path", "").rstrip("/")
+    if root and (path == root or path.startswith(root + "/")):
+        return path[len(root):] or "/"
+    return path
+
+
 async def _result(response: Any) -> Any:
     return await response
 
@@ -236,8 +247,8 @@ def family_options(plan: FamilyPlan, args: dict[str, Any]) -> dict[str, Any]:
     return {
         "name": plan.family,
         **scaling,
-        "max_ongoing_requests": plan.max_ongoing_requests,
-        "max_queued_requests": plan.max_queued_requests,
+        "max_ongoing_requests": int(args.get("max_ongoing_requests") or plan.max_ongoing_requests),
+        "max_queued_requests": int(args.get("max_queued_requests") or plan.max_queued_requests),
         "ray_actor_options": actor,
         "graceful_shutdown_timeout_s": float(args.get("graceful_shutdown_timeout_s", 30)),
         "graceful_shutdown_wait_loop_s": 0.5,

@@ -43,6 +43,12 @@ def wait_ready(url: str, timeout: float = 240.0) -> None:
     raise TimeoutError(f"Ray Serve app not ready after {timeout}s")
 
 
+@pytest.fixture(scope="session", name="wait_ready")
+def wait_ready_fixture():
+    """`wait_ready(url, timeout)` for the test modules (importlib mode: `conftest` is tests/conftest.py)."""
+    return wait_ready
+
+
 @pytest.fixture(scope="session")
 def ray_repository(tmp_path_factory: pytest.TempPathFactory, traffic_repository: Path,
                    weld_repository: Path) -> Path:

@@ -37,7 +37,7 @@ def test_config_is_a_valid_serve_config_naming_every_family_deployment() -> None
         assert 0 < cpus < 1, (deployment.name, cpus)  # fractional: every family's replicas fit two cores
     assert set(app.args) <= {"repository", "replicas", "ingress_replicas", "num_cpus", "num_gpus", "state_dir",
                              "metrics_dir", "graceful_shutdown_timeout_s", "settings", "families", "env",
-                             "autoscaling"}
+                             "autoscaling", "max_ongoing_requests", "max_queued_requests"}
 
 
 def test_effective_config_builds_an_app_sized_to_the_batchers(ray_repository: Path, tmp_path: Path) -> None:
