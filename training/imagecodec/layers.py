@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Doubling steps of the WKV scan: covers sequences of up to 2**17 tokens (a 6k x 6k image at s3).
+# Doubling steps of the reference WKV scan (`doubling_scan`): up to 2**17 tokens (a 6k x 6k image at s3).
 WKV_LEVELS = 17
 
 
@@ -50,14 +50,11 @@ def _shift(s: torch.Tensor, d: int, forward: bool) -> torch.Tensor:
     return s.index_select(-1, idx.clamp(0, n - 1)) * valid
 
 
-def decay_scan(b: torch.Tensor, log_rho: torch.Tensor, forward: bool) -> torch.Tensor:
-    """Inclusive linear scan s_t = rho * s_{t-1} + b_t (or the reverse direction) over the last axis.
+def doubling_scan(b: torch.Tensor, log_rho: torch.Tensor, forward: bool) -> torch.Tensor:
+    """Reference scan (the previous `decay_scan`): Hillis-Steele doubling, O(N log N) work, O(N) memory.
 
-    Hillis-Steele doubling: after level k every s_t holds the sum over the 2**(k+1) nearest terms, so a
-    fixed number of levels covers any sequence up to 2**WKV_LEVELS tokens. Memory is O(N), no N x N
-    matrix; only multiplications by rho**d <= 1, so it is numerically stable in float32.
-    `log_rho`: (C, 1) with rho = exp(log_rho) in (0, 1).
-    """
+    After level k every s_t holds the sum over the 2**(k+1) nearest terms, so a fixed number of levels
+    covers any sequence up to 2**WKV_LEVELS tokens; exported graphs keep all WKV_LEVELS levels."""
     s = b
     n = b.shape[-1]
     for level in range(WKV_LEVELS):
@@ -66,6 +63,94 @@ def decay_scan(b: torch.Tensor, log_rho: torch.Tensor, forward: bool) -> torch.T
             break  # eager: later levels add nothing (exported graphs keep all levels for any size)
         s = s + torch.exp(log_rho * d) * _shift(s, d, forward)
     return s
+
+
+@torch.jit.unused
+def _traced_chunk_len(n):
+    # type: (int) -> int
+    """`_chunk_len` on the traced 0-d size tensor, so an exported graph computes the chunk length from its
+    input's shape. (int -> int for the TorchScript compiler, which never runs this: a type comment, as
+    string annotations of unused functions do not resolve.)"""
+    steps = torch.ceil(torch.sqrt(n.to(torch.float32)) / 16)
+    return (steps * 16).clamp(16, 256).to(torch.int64)
+
+
+def _chunk_len(n: int) -> int:
+    """Chunk length of the chunked scans for N tokens: the multiple of 16 at or above sqrt(N), clamped to
+    [16, 256] (so both decay matrices, L x L and N/L x N/L, hold about N entries per channel). Computed
+    from the tensor's shape, in exported graphs too (traced: as graph ops; scripted: as ints)."""
+    if torch.jit.is_tracing():
+        return _traced_chunk_len(n)  # n is a traced 0-d size tensor here
+    steps = int(math.ceil(math.sqrt(float(n)) / 16))
+    return max(16, min(256, steps * 16))
+
+
+def _decay(log_rho: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """rho**steps where steps >= 0 (exp of a non-positive number: every factor <= 1), 0 where steps < 0.
+
+    log_rho: (C, 1); steps: any shape S -> (C, *S)."""
+    shape = [log_rho.shape[0]] + [1] * steps.dim()
+    lr = log_rho.reshape(shape)
+    return torch.exp(lr * steps.clamp(min=0).to(log_rho.dtype)) * (steps >= 0).to(log_rho.dtype)
+
+
+def _chunks(b: torch.Tensor, chunk: int) -> torch.Tensor:
+    """(B, C, N) -> (B, C, nc, chunk), zero padded at the end."""
+    bs, c, n = b.shape
+    nc = (n + chunk - 1) // chunk
+    return F.pad(b, [0, nc * chunk - n]).reshape(bs, c, nc, chunk)
+
+
+def _carries(totals: torch.Tensor, log_rho: torch.Tensor, chunk: int, forward: bool) -> torch.Tensor:
+    """Carry into each chunk from the chunks before it (forward) or after it (backward).
+
+    totals: (B, C, nc, 1), chunk j's state at its far end; returns sum_k rho**(chunk * (|j - k| - 1)) totals_k
+    over k < j (forward) or k > j, as a (C, nc, nc) decay-matrix matmul."""
+    pos = torch.arange(totals.shape[2], device=totals.device)
+    gap = pos[:, None] - pos[None, :] if forward else pos[None, :] - pos[:, None]  # [j, k]: j - k or k - j
+    steps = torch.where(gap >= 1, (gap - 1) * chunk, torch.full_like(gap, -1))
+    return _decay(log_rho, steps) @ totals
+
+
+def decay_scan(b: torch.Tensor, log_rho: torch.Tensor, forward: bool, chunk: int | None = None) -> torch.Tensor:
+    """Inclusive linear scan s_t = rho * s_{t-1} + b_t (or the reverse direction) over the last axis.
+
+    Chunked, O(N * L) work and memory per channel for chunks of L ~ sqrt(N) tokens (`_chunk_len`):
+    in-chunk sums as one batched matmul with the L x L triangular decay matrix rho**(t - i), then the
+    carries between chunks with a (N / L) x (N / L) decay matrix over the chunk ends, then
+    s_t += rho**(offset + 1) * carry. Only multiplications by rho**d <= 1, so it is stable in float32.
+    `b`: (B, C, N); `log_rho`: (C, 1) with rho = exp(log_rho) in (0, 1); `chunk` overrides L."""
+    n = b.shape[-1]
+    size = _chunk_len(n) if chunk is None else chunk
+    x = _chunks(b, size)
+    pos = torch.arange(size, device=b.device)
+    steps = pos[:, None] - pos[None, :] if forward else pos[None, :] - pos[:, None]  # [t, i]
+    inner = x @ _decay(log_rho, steps).transpose(-1, -2)  # (B, C, nc, L): sum within the chunk
+    far = (size - 1 - pos) if forward else pos  # steps from i to the chunk's far end
+    totals = x @ _decay(log_rho, far).unsqueeze(-1)  # (B, C, nc, 1)
+    carry = _carries(totals, log_rho, size, forward)
+    into = pos + 1 if forward else size - pos  # steps from the previous chunk's end to t
+    out = inner + carry * _decay(log_rho, into).unsqueeze(1)
+    return out.reshape(b.shape[0], b.shape[1], -1)[:, :, :n]
+
+
+def _bidirectional_sums(b: torch.Tensor, log_rho: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+    """sum_{i != t} rho**(|t - i| - 1) b_i for every t (both exclusive scans of `bidirectional_wkv` at once).
+
+    Same chunking as `decay_scan`, but one symmetric in-chunk matrix for both directions."""
+    n = b.shape[-1]
+    size = _chunk_len(n) if chunk is None else chunk
+    x = _chunks(b, size)
+    pos = torch.arange(size, device=b.device)
+    dist = (pos[:, None] - pos[None, :]).abs()
+    inner = x @ _decay(log_rho, torch.where(dist >= 1, dist - 1, torch.full_like(dist, -1)))  # symmetric
+    ends = torch.stack([size - 1 - pos, pos], dim=-1)  # (L, 2): steps to the chunk's last / first token
+    totals = x @ _decay(log_rho, ends)  # (B, C, nc, 2)
+    from_left = _carries(totals[..., :1], log_rho, size, True)
+    from_right = _carries(totals[..., 1:], log_rho, size, False)
+    out = inner + from_left * _decay(log_rho, pos).unsqueeze(1)
+    out = out + from_right * _decay(log_rho, size - 1 - pos).unsqueeze(1)
+    return out.reshape(b.shape[0], b.shape[1], -1)[:, :, :n]
 
 
 def bidirectional_wkv(k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -77,8 +162,19 @@ def bidirectional_wkv(k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torc
     a = torch.exp(k.clamp(-15.0, 15.0))
     both = torch.cat([a * v, a], dim=1)  # numerator and denominator scanned together
     log_rho = -torch.cat([w, w]).unsqueeze(-1)
-    fwd = _shift(decay_scan(both, log_rho, True), 1, True)  # sum over i < t
-    bwd = _shift(decay_scan(both, log_rho, False), 1, False)  # sum over i > t
+    sums = _bidirectional_sums(both, log_rho)
+    self_w = torch.exp(u).unsqueeze(-1)
+    c = v.shape[1]
+    return (sums[:, :c] + self_w * a * v) / (sums[:, c:] + self_w * a)
+
+
+def bidirectional_wkv_doubling(k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The previous `bidirectional_wkv` (two doubling scans + shifts): reference for tests and benchmarks."""
+    a = torch.exp(k.clamp(-15.0, 15.0))
+    both = torch.cat([a * v, a], dim=1)
+    log_rho = -torch.cat([w, w]).unsqueeze(-1)
+    fwd = _shift(doubling_scan(both, log_rho, True), 1, True)  # sum over i < t
+    bwd = _shift(doubling_scan(both, log_rho, False), 1, False)  # sum over i > t
     self_w = torch.exp(u).unsqueeze(-1)
     c = v.shape[1]
     num = fwd[:, :c] + bwd[:, :c] + self_w * a * v
