@@ -148,10 +148,11 @@ def overview() -> list[Row]:
                           instant=True, fmt="table")],
                   kind="table", width=12),
             Panel("Model load time (open + warm-up)",
-                  "Seconds from opening the runtimes to the end of warm-up, per version (mean over loads).",
-                  [Target(f"max by (model, version) (model_load_duration_seconds_sum{{{MODEL}}}"
-                          f" / model_load_duration_seconds_count{{{MODEL}}})", "{{model}} v{{version}}",
-                          instant=True)],
+                  "Seconds from opening the runtimes to the end of warm-up, per version (mean over the loads "
+                  "of every replica).",
+                  [Target(f"sum by (model, version) (model_load_duration_seconds_sum{{{MODEL}}})"
+                          f" / sum by (model, version) (model_load_duration_seconds_count{{{MODEL}}})",
+                          "{{model}} v{{version}}", instant=True)],
                   kind="bargauge", unit="s", width=12,
                   options={"displayMode": "basic", "orientation": "horizontal",
                            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}}),
