@@ -2,7 +2,9 @@
 graphs and ONNX Runtime graphs. Run: .venv/bin/python benchmarks/imagecodec_speed.py
 [--checkpoint runs/imagecodec_gpu/q2/checkpoint.pt] [--phase phase2|baseline] [--threads 2] [--onnx]
 Full HPCM-Base size on a GPU (untrained weights: the time does not depend on them):
-    python benchmarks/imagecodec_speed.py --size base --device cuda"""
+    python benchmarks/imagecodec_speed.py --size base --device cuda
+Before/after the chunked WKV scan (issue 15 item 5), both in one run (the doubling scan is swapped in for
+"before", for eager torch and for the ONNX export): add --compare-wkv."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import numpy as np
 import torch
 
 from families.imagecodec.codec import decode, encode
+from training.imagecodec import layers
 from training.imagecodec.config import hpcm_base_config, small_config
 from training.imagecodec.data import heldout_photos
 from training.imagecodec.model import ImageCodec
@@ -30,6 +33,7 @@ def main() -> None:
     parser.add_argument("--onnx", action="store_true", help="also time the exported ONNX graphs")
     parser.add_argument("--size", choices=["small", "base"], default="small", help="untrained config size")
     parser.add_argument("--device", default="cpu", help="device of the eager graphs (cpu, cuda)")
+    parser.add_argument("--compare-wkv", action="store_true", help="time the doubling WKV scan too (before/after)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.checkpoint:
@@ -45,6 +49,35 @@ def main() -> None:
     if args.device.startswith("cuda"):  # FP32 matmuls/convolutions (no TF32): the hints assume FP32 graphs
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
+    chunked = layers.bidirectional_wkv
+    variants = {"doubling": layers.bidirectional_wkv_doubling, "chunked": chunked}
+    if not args.compare_wkv:
+        variants = {"": chunked}
+    times: dict[tuple[str, str], tuple[float, float]] = {}
+    for wkv, fn in variants.items():
+        layers.bidirectional_wkv = fn  # read at call time (eager) and at export time (ONNX)
+        try:
+            for label, nets in _runs(model, args).items():
+                encode(image[:64, :64], nets, cm)  # warm-up
+                data, enc = encode(image, nets, cm)
+                _, dec = decode(data, nets, cm)
+                times[(label, wkv)] = (enc.seconds, dec.seconds)
+                if torch.cuda.is_available():
+                    print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
+                print(f"{label:>12} {wkv:>8} 768x512 {model.cfg.phase}: encode {enc.seconds:.2f} s, decode "
+                      f"{dec.seconds:.2f} s, {8 * len(data) / (768 * 512):.3f} bpp, {enc.hints} scale hints, "
+                      f"threads={args.threads}, {args.size} config, "
+                      f"{sum(p.numel() for p in model.parameters()):,} parameters", flush=True)
+        finally:
+            layers.bidirectional_wkv = chunked
+    if args.compare_wkv:
+        for label in dict.fromkeys(label for label, _ in times):
+            (e0, d0), (e1, d1) = times[(label, "doubling")], times[(label, "chunked")]
+            print(f"{label:>12} doubling/chunked: encode {e0:.2f}/{e1:.2f} s = {e0 / e1:.2f}x, "
+                  f"decode {d0:.2f}/{d1:.2f} s = {d0 / d1:.2f}x")
+
+
+def _runs(model: ImageCodec, args: argparse.Namespace) -> dict:
     runs = {f"torch-{args.device}": TorchNetworks(copy.deepcopy(model), args.device)}
     if args.onnx:
         from export.core import publish
@@ -58,16 +91,7 @@ def main() -> None:
         manifest = Manifest.read(vdir)
         rts = {n: open_runtime(vdir, g, "cpu", args.threads) for n, g in manifest.graphs.items()}
         runs["onnxruntime"] = lambda g, i: rts[g].run(i)
-    for label, nets in runs.items():
-        encode(image[:64, :64], nets, cm)  # warm-up
-        data, enc = encode(image, nets, cm)
-        _, dec = decode(data, nets, cm)
-        if torch.cuda.is_available():
-            print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
-        print(f"{label:>12} 768x512 {model.cfg.phase}: encode {enc.seconds:.2f} s, decode {dec.seconds:.2f} s, "
-              f"{8 * len(data) / (768 * 512):.3f} bpp, {enc.hints} scale hints, threads={args.threads}, "
-              f"{args.size} config, {sum(p.numel() for p in model.parameters()):,} parameters")
-
+    return runs
 
 if __name__ == "__main__":
     main()
