@@ -101,15 +101,13 @@ def _chunks(b: torch.Tensor, chunk: int) -> torch.Tensor:
     return F.pad(b, [0, nc * chunk - n]).reshape(bs, c, nc, chunk)
 
 
-def _carries(totals: torch.Tensor, log_rho: torch.Tensor, chunk: int, forward: bool) -> torch.Tensor:
-    """Carry into each chunk from the chunks before it (forward) or after it (backward).
-
-    totals: (B, C, nc, 1), chunk j's state at its far end; returns sum_k rho**(chunk * (|j - k| - 1)) totals_k
-    over k < j (forward) or k > j, as a (C, nc, nc) decay-matrix matmul."""
-    pos = torch.arange(totals.shape[2], device=totals.device)
-    gap = pos[:, None] - pos[None, :] if forward else pos[None, :] - pos[:, None]  # [j, k]: j - k or k - j
-    steps = torch.where(gap >= 1, (gap - 1) * chunk, torch.full_like(gap, -1))
-    return _decay(log_rho, steps) @ totals
+def _carry_matrix(log_rho: torch.Tensor, chunks: int, chunk: int) -> torch.Tensor:
+    """(C, nc, nc) [j, k] = rho**(chunk * (j - k - 1)) for k < j, else 0: multiplied by the chunk totals (each
+    chunk's state at its last token), the carry into chunk j from the chunks before it; its transpose, with
+    the totals at each chunk's first token, the carry from the chunks after it."""
+    pos = torch.arange(chunks, device=log_rho.device)
+    gap = pos[:, None] - pos[None, :]
+    return _decay(log_rho, torch.where(gap >= 1, (gap - 1) * chunk, torch.full_like(gap, -1)))
 
 
 def decay_scan(b: torch.Tensor, log_rho: torch.Tensor, forward: bool, chunk: int | None = None) -> torch.Tensor:
@@ -128,7 +126,8 @@ def decay_scan(b: torch.Tensor, log_rho: torch.Tensor, forward: bool, chunk: int
     inner = x @ _decay(log_rho, steps).transpose(-1, -2)  # (B, C, nc, L): sum within the chunk
     far = (size - 1 - pos) if forward else pos  # steps from i to the chunk's far end
     totals = x @ _decay(log_rho, far).unsqueeze(-1)  # (B, C, nc, 1)
-    carry = _carries(totals, log_rho, size, forward)
+    carries = _carry_matrix(log_rho, x.shape[2], size)
+    carry = (carries if forward else carries.transpose(-1, -2)) @ totals
     into = pos + 1 if forward else size - pos  # steps from the previous chunk's end to t
     out = inner + carry * _decay(log_rho, into).unsqueeze(1)
     return out.reshape(b.shape[0], b.shape[1], -1)[:, :, :n]
@@ -146,8 +145,9 @@ def _bidirectional_sums(b: torch.Tensor, log_rho: torch.Tensor, chunk: int | Non
     inner = x @ _decay(log_rho, torch.where(dist >= 1, dist - 1, torch.full_like(dist, -1)))  # symmetric
     ends = torch.stack([size - 1 - pos, pos], dim=-1)  # (L, 2): steps to the chunk's last / first token
     totals = x @ _decay(log_rho, ends)  # (B, C, nc, 2)
-    from_left = _carries(totals[..., :1], log_rho, size, True)
-    from_right = _carries(totals[..., 1:], log_rho, size, False)
+    carries = _carry_matrix(log_rho, x.shape[2], size)
+    from_left = carries @ totals[..., :1]
+    from_right = carries.transpose(-1, -2) @ totals[..., 1:]
     out = inner + from_left * _decay(log_rho, pos).unsqueeze(1)
     out = out + from_right * _decay(log_rho, size - 1 - pos).unsqueeze(1)
     return out.reshape(b.shape[0], b.shape[1], -1)[:, :, :n]
