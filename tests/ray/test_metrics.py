@@ -1,8 +1,9 @@
-"""Metrics that add up, through the real Prometheus server: the project's prometheus.yml and alerts.yml with the
-`inference` job reading the Ray replicas' file_sd folder (deploy/ray/metrics_targets.py) instead of a static
-target. 60 forecasts through the ingress; Prometheus' sum over the replicas' request counters must be 60
-exactly, per replica equal to what the X-Replica headers say; every dashboard panel and alert rule must still
-evaluate with one series per replica (no many-to-many matching), and the request panels return data."""
+"""Metrics that add up, through the real Prometheus server with deploy/ray/prometheus.yml: the project's
+prometheus.yml and alerts.yml, the `inference` job reading the Ray replicas' file_sd folder (written by
+deploy/ray/metrics_targets.py) instead of a static target. 60 forecasts through the ingress; Prometheus' sum
+over the replicas' request counters must be 60 exactly, per replica equal to what the X-Replica headers say;
+every dashboard panel and alert rule must still evaluate with one series per replica (no many-to-many
+matching), and the request panels return data."""
 
 from __future__ import annotations
 
@@ -17,8 +18,17 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from deploy_prometheus import SCRAPE_S, Prometheus, free_port, scrape_config_for_test
-from deploy_support import alert_rules, metric_names, panel_queries, prometheus_binary, substitute
+from deploy_prometheus import SCRAPE_S, Prometheus, free_port
+from deploy_support import (
+    ALERTS_YML,
+    PROMETHEUS_YML,
+    alert_rules,
+    metric_names,
+    panel_queries,
+    prometheus_binary,
+    substitute,
+)
+from testkit import ROOT
 
 pytestmark = [pytest.mark.ray, pytest.mark.prometheus]
 N = 60
@@ -28,17 +38,44 @@ REQUEST_METRICS = {"inference_request_duration_seconds_count", "inference_reques
                    "inference_requests_total", "http_requests_in_flight", "up"}
 
 
+RAY_PROMETHEUS_YML = ROOT / "deploy" / "ray" / "prometheus.yml"
+
+
+def ray_scrape_config(targets_dir: Path, prometheus_port: int) -> dict:
+    """deploy/ray/prometheus.yml for this test: its file_sd folder `targets_dir`, 1 s scrapes, absolute paths."""
+    config = yaml.safe_load(RAY_PROMETHEUS_YML.read_text())
+    config["global"].update(scrape_interval=f"{SCRAPE_S}s", evaluation_interval=f"{SCRAPE_S}s")
+    config["rule_files"] = [str((RAY_PROMETHEUS_YML.parent / f).resolve()) for f in config["rule_files"]]
+    for job in config["scrape_configs"]:
+        job.update(scrape_interval=f"{SCRAPE_S}s", scrape_timeout=f"{SCRAPE_S}s")
+        if job["job_name"] == "inference":
+            (sd,) = job["file_sd_configs"]
+            sd.update(files=[str(targets_dir / "*.json")], refresh_interval="1s")
+        else:
+            job["static_configs"] = [{"targets": [f"127.0.0.1:{prometheus_port}"]}]
+    return config
+
+
+def test_ray_prometheus_config_reads_the_default_targets_folder_and_the_project_rules() -> None:
+    config = yaml.safe_load(RAY_PROMETHEUS_YML.read_text())
+    project = yaml.safe_load(PROMETHEUS_YML.read_text())
+    serve_args = yaml.safe_load((ROOT / "deploy" / "ray" / "serve_config.yaml").read_text())["applications"][0]["args"]
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "inference"]
+    (pattern,) = job["file_sd_configs"][0]["files"]
+    assert (RAY_PROMETHEUS_YML.parent / pattern).resolve().parent == (ROOT / serve_args["metrics_dir"]).resolve()
+    assert [(RAY_PROMETHEUS_YML.parent / f).resolve() for f in config["rule_files"]] == [ALERTS_YML.resolve()]
+    (static,) = [j for j in project["scrape_configs"] if j["job_name"] == "inference"]
+    assert {k: v for k, v in job.items() if k != "file_sd_configs"} == {
+        k: v for k, v in static.items() if k != "static_configs"}  # same job, intervals and path
+
+
 class RayPrometheus(Prometheus):
-    """Prometheus with the project's config, the `inference` job discovering targets from `targets_dir`."""
+    """Prometheus with deploy/ray/prometheus.yml, the `inference` job discovering targets from `targets_dir`."""
 
     def __init__(self, binary: str, workdir: Path, targets_dir: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = scrape_config_for_test(0, self.port)
-        for job in config["scrape_configs"]:
-            if job["job_name"] == "inference":
-                del job["static_configs"]
-                job["file_sd_configs"] = [{"files": [str(targets_dir / "*.json")], "refresh_interval": "1s"}]
+        config = ray_scrape_config(targets_dir, self.port)
         path = workdir / "prometheus.yml"
         path.write_text(yaml.safe_dump(config))
         self.log_path = workdir / "prometheus.log"
