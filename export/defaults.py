@@ -3,6 +3,9 @@
 For each family: a committed artifact under `models/<family>/<version>/` is installed as is (for defaults
 that need more training than a first start can afford); otherwise `training.<family>.default.build_default`
 trains it (fixed seeds, synthetic or bundled data, bounded time) and it is exported like any other version.
+A family whose default module has `DEFAULT_LEVELS` ({quality: quantisation step}, the image codec) gets one
+model per level from that one checkpoint, `export.families.<family>.publish_levels` (models named by level);
+it is built when any of those models is missing.
 """
 
 from __future__ import annotations
@@ -60,6 +63,19 @@ def committed_artifacts(family: str) -> list[Path]:
     return sorted(p for p in family_dir.rglob(MANIFEST_FILE) if p.parent.name.isdigit())
 
 
+def default_models(family: str) -> list[str]:
+    """The model names `make serve` installs for a family: one per level where the family has levels."""
+    try:
+        training = importlib.import_module(f"training.{family}.default")
+    except ModuleNotFoundError:
+        return [family]
+    levels = getattr(training, "DEFAULT_LEVELS", None)
+    if not levels:
+        return [family]
+    exporter = registry.family(family).load("export")
+    return [exporter.level_name(q) for q in sorted(levels)]
+
+
 def build_family(family: str, repository: Path, workdir: Path) -> list[Path]:
     committed = committed_artifacts(family)
     if committed:
@@ -67,7 +83,11 @@ def build_family(family: str, repository: Path, workdir: Path) -> list[Path]:
                 if not (repository / Manifest.read(m.parent).name / m.parent.name).exists()]
     training = importlib.import_module(f"training.{family}.default")
     checkpoint = training.build_default(workdir / family)
-    plan = registry.family(family).load("export").plan_from_checkpoint(checkpoint, {})
+    exporter = registry.family(family).load("export")
+    levels = getattr(training, "DEFAULT_LEVELS", None)
+    if levels:
+        return exporter.publish_levels(checkpoint, repository, levels)
+    plan = exporter.plan_from_checkpoint(checkpoint, {})
     return [publish(plan, repository, family)]
 
 
@@ -93,10 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     failures = 0
     for family in args.families:
-        if not args.force and has_version(args.repository, family):
-            log.info("%s: a version exists in %s; nothing to build", family, args.repository)
-            continue
         if not family_available(family):
+            continue
+        if not args.force and all(has_version(args.repository, m) for m in default_models(family)):
+            log.info("%s: a version exists in %s; nothing to build", family, args.repository)
             continue
         started = time.perf_counter()
         try:

@@ -5,6 +5,11 @@ writes in families/imagecodec/contract.py.
 
     python -m export imagecodec --checkpoint runs/ic/q3/checkpoint.pt [--name imagecodec-q3]
         [--option format=onnx|torchscript] [--option max_pixels=N] [--option max_aspect=N] [--option name=M]
+        [--option step=D --option quality=Q]   (a level of the checkpoint at quantisation step D)
+
+A quantisation step changes no graph, only the procedure (families/imagecodec/codec.py): `derive_level`
+makes the version of another level from a published one by linking its graphs and writing a manifest with
+the level's step, quality and hash (what `make serve` does for q1, q3 and q4 from the one checkpoint).
 
 ONNX and TorchScript versions of one checkpoint share the model hash (a hash of the weights), so a
 stream written by one decodes on the other (see the codec module for why that is exact on the latent).
@@ -14,7 +19,11 @@ service loads the version whose hash a stream carries.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -24,8 +33,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from export.core import AssetFile, ExportPlan, GraphExport, parse_options
 from families.imagecodec.codec import GRAPH_INPUTS, GRAPH_OUTPUTS, MAX_ASPECT, PAD_MULTIPLE, encode
-from families.imagecodec.contract import PRIMARY_GRAPH, TABLES_ASSET, Preprocessing
-from families.manifest import Batching, VersionPolicy
+from families.imagecodec.contract import PRIMARY_GRAPH, TABLES_ASSET, Preprocessing, level_hash, level_name
+from families.manifest import MANIFEST_FILE, Batching, Manifest, VersionPolicy, checksum_files
 from training.imagecodec.model import count_parameters, state_hash
 from training.imagecodec.networks import TorchNetworks, build_tables, codec_model, graph_modules
 from training.imagecodec.train import load_checkpoint
@@ -46,10 +55,10 @@ class _Recorder(TorchNetworks):
         return super().__call__(graph, inputs)
 
 
-def _samples(model, name: str) -> dict[str, list[dict[str, torch.Tensor]]]:
+def _samples(model, name: str, step: float = 1.0) -> dict[str, list[dict[str, torch.Tensor]]]:
     rng = np.random.default_rng(0)
     samples: dict[str, list[dict[str, torch.Tensor]]] = {g: [] for g in GRAPH_INPUTS}
-    cm = codec_model(model, name)
+    cm = codec_model(model, name, step=step)
     for h, w in SAMPLE_SIZES:
         image = (rng.random((h, w, 3)) * 255).astype(np.uint8)
         recorder = _Recorder(model)
@@ -68,6 +77,8 @@ class ExportOptions(BaseModel):
     name: str = "imagecodec"  # the model name the parity samples' streams carry
     max_pixels: int = Field(2048 * 2048, gt=0)  # padded area; ~40 s of CPU coding at the limit
     max_aspect: int = Field(MAX_ASPECT, gt=0)  # padded long side / short side
+    step: float = Field(1.0, gt=0, allow_inf_nan=False)  # quantisation step of y (1: the trained point)
+    quality: int | None = Field(None, ge=1, le=6)  # the level served (default: the checkpoint's)
 
 
 def plan_from_checkpoint(checkpoint: Path, options: Mapping[str, str] | None = None) -> ExportPlan:
@@ -76,7 +87,7 @@ def plan_from_checkpoint(checkpoint: Path, options: Mapping[str, str] | None = N
     loaded = load_checkpoint(Path(checkpoint))
     model, extras = loaded.model, loaded.extras
     tables = build_tables(model)
-    samples = _samples(model, opts.name)
+    samples = _samples(model, opts.name, opts.step)
     graphs = []
     for graph, module in graph_modules(model).items():
         axes = {}
@@ -93,9 +104,97 @@ def plan_from_checkpoint(checkpoint: Path, options: Mapping[str, str] | None = N
         version_policy=VersionPolicy(kind="all"),  # every stream ever written stays decodable
         preprocessing=Preprocessing(
             pad_multiple=PAD_MULTIPLE, M=cfg.M, N=cfg.N, max_pixels=opts.max_pixels, max_aspect=opts.max_aspect,
-            model_hash=state_hash(model)[:16], quality=extras["quality"], lmbda=extras["lambda"],
+            model_hash=level_hash(bytes.fromhex(state_hash(model)[:16]), opts.step).hex(),
+            quality=opts.quality if opts.quality is not None else extras["quality"], lmbda=extras["lambda"],
+            step=opts.step,
         ),
         assets={TABLES_ASSET: AssetFile(tables.to_bytes(), "integer pmf tables (y per scale index, z per channel)")},
         provenance={"training": extras.get("provenance", {}), "config": cfg.to_dict(),
-                    "parameters": count_parameters(model), "format": fmt},
+                    "parameters": count_parameters(model), "format": fmt,
+                    "level": _level_note(extras["quality"], opts.step)},
     )
+
+
+def _level_note(trained_quality: int | None, step: float) -> str:
+    if step == 1.0:
+        return f"trained operating point (quality {trained_quality}), quantisation step 1"
+    return (f"step-scaled, not trained: the quality-{trained_quality} checkpoint coding y with quantisation "
+            f"step {step:g}")
+
+
+def derive_level(source: Path, repository: Path, name: str, quality: int, step: float,
+                 version: int | None = None) -> Path:
+    """Publish `repository/name/version`: the published imagecodec version `source` served as level `quality`
+    with quantisation step `step` (relative to the trained point). The graphs are hard links (copies across
+    file systems) of the source's, verified against its checksums; the manifest gets the level's name,
+    quality, step and hash, and the provenance says where it came from. Atomic like `publish`."""
+    from export.core import ExportError, next_version
+
+    manifest = Manifest.read(source)
+    pre = manifest.preprocessing_as(Preprocessing)
+    if manifest.family != "imagecodec":
+        raise ExportError(f"{source} is a {manifest.family} version, not an imagecodec one")
+    if pre.step != 1.0:
+        raise ExportError(f"{source} already codes with step {pre.step}: derive levels from a step-1 version")
+    model_dir = repository / name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    version = version if version is not None else next_version(model_dir)
+    final_dir = model_dir / str(version)
+    if final_dir.exists():
+        raise ExportError(f"{final_dir} already exists; versions are immutable, pick another version")
+    staging = Path(tempfile.mkdtemp(prefix=f".staging-{version}-", dir=model_dir))
+    try:
+        for rel in manifest.files:
+            target = staging / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(source / rel, target)
+            except OSError:
+                shutil.copyfile(source / rel, target)
+        files = checksum_files(staging)
+        if files != manifest.files:
+            raise ExportError(f"{source} does not match its manifest's checksums; refusing to derive from it")
+        derived = pre.model_copy(update={"quality": quality, "step": float(step),
+                                         "model_hash": level_hash(pre.hash_bytes, step).hex()})
+        provenance = {**manifest.provenance, "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                      "derived_from": {"model": manifest.name, "version": manifest.version,
+                                       "model_hash": pre.model_hash},
+                      "level": _level_note(pre.quality, float(step))}
+        out = manifest.model_copy(update={"name": name, "version": version, "files": files, "provenance": provenance,
+                                          "preprocessing": derived.model_dump(mode="json", by_alias=True)})
+        (staging / MANIFEST_FILE).write_text(out.to_json())
+        staging.chmod(0o755)
+        os.rename(staging, final_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return final_dir
+
+
+def _latest(repository: Path, name: str) -> Path | None:
+    model_dir = repository / name
+    if not model_dir.is_dir():
+        return None
+    versions = [int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and (p / MANIFEST_FILE).is_file()]
+    return model_dir / str(max(versions)) if versions else None
+
+
+def publish_levels(checkpoint: Path, repository: Path, levels: Mapping[int, float]) -> list[Path]:
+    """The quality levels {quality: step} of one checkpoint as models `imagecodec-q<quality>`: the step-1
+    level exported (and parity-checked) once, every other level derived from it. Levels already in the
+    repository are left as they are. Returns the versions written."""
+    base = [q for q, step in levels.items() if step == 1.0]
+    if len(base) != 1:
+        raise ValueError(f"levels {dict(levels)} need exactly one level at step 1 (the trained point)")
+    written = []
+    base_dir = _latest(repository, level_name(base[0]))
+    if base_dir is None:
+        from export.core import publish
+
+        plan = plan_from_checkpoint(checkpoint, {"name": level_name(base[0]), "quality": str(base[0])})
+        base_dir = publish(plan, repository, level_name(base[0]))
+        written.append(base_dir)
+    for quality, step in sorted(levels.items()):
+        if step != 1.0 and _latest(repository, level_name(quality)) is None:
+            written.append(derive_level(base_dir, repository, level_name(quality), quality, step))
+    return written

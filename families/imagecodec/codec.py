@@ -11,6 +11,14 @@ indices instead of its own rounding. Any other element is at least HINT_MARGIN a
 the encoder side, so any decoder whose t is within HINT_MARGIN of the encoder's picks the same index.
 Mean differences only shift y_hat by float noise (no discrete decision), so the decoded symbols - the
 latent - are bit-exact across runtimes, and reconstructions agree to float precision.
+
+Variable rate by quantisation step. A model version codes y with its step `step` (Delta, the manifest's
+`step`): symbols are round((y - mu) / Delta) coded with the Gaussian of scale sigma / Delta (the table
+position of log sigma - log Delta), and y_hat = mu + Delta * symbol, so the context steps and the synthesis
+see dequantised latents. z stays at step 1. Delta = 1 is the trained operating point and gives exactly the
+streams of the code before steps existed (x / 1, log 1 = 0 and 1 * s are exact in float32). A stream's
+step is not in the container: the version's hash (in every header) covers the weights and the step
+(`contract.level_hash`), so a stream decoded with another step is refused as a model mismatch.
 """
 
 from __future__ import annotations
@@ -63,6 +71,7 @@ class CodecModel:
     tables: PmfTables
     max_pixels: int = 4096 * 4096  # of the padded image
     max_aspect: int = MAX_ASPECT
+    step: float = 1.0  # quantisation step of y (1 = the trained operating point)
     _y_models: list = field(default_factory=list, repr=False)
     _z_models: list = field(default_factory=list, repr=False)
     _y_min_bits: float = field(default=0.0, repr=False)  # least information any y symbol carries
@@ -71,6 +80,8 @@ class CodecModel:
     def __post_init__(self) -> None:
         if len(self.model_hash) != HASH_BYTES:
             raise ValueError(f"model hash must be {HASH_BYTES} bytes")
+        if not (math.isfinite(self.step) and self.step > 0):
+            raise ValueError(f"quantisation step must be a positive number, got {self.step}")
         self._y_models = [_categorical(p) for p in self.tables.y_pmfs]
         self._z_models = [_categorical(p) for p in self.tables.z_pmfs]
         self._y_min_bits = min(_min_bits(p) for p in self.tables.y_pmfs)
@@ -274,6 +285,8 @@ def _progressive(nets: Networks, model: CodecModel, hp: np.ndarray, coder: _Symb
     collected: dict[int, int] = {}
     y_flat = None if y is None else y.reshape(-1)
     hint_pos, hint_idx = hints if hints is not None else (np.zeros(0, dtype=np.int64),) * 2
+    step = np.float32(model.step)
+    log_step = np.float32(math.log(model.step))
     state = None
     for k in range(NUM_STEPS):
         pos = positions[k]
@@ -288,13 +301,14 @@ def _progressive(nets: Networks, model: CodecModel, hp: np.ndarray, coder: _Symb
             f = STEP_FACTOR[k]
             log_scale = _scatter(out["log_scale"], f, h, w).reshape(-1)[pos]
             mean = _scatter(out["mean"], f, h, w).reshape(-1)[pos]
+        # The pmf of the step-scaled symbol: scale sigma / Delta (log_step is 0 at Delta = 1: exact).
         # Non-finite parameters (only from a crafted stream) map to fixed indices on both sides.
-        t = np.nan_to_num(scale_position(log_scale), nan=0.0, posinf=SCALE_LEVELS - 1, neginf=0.0)
+        t = np.nan_to_num(scale_position(log_scale - log_step), nan=0.0, posinf=SCALE_LEVELS - 1, neginf=0.0)
         index = _table_index(t)
         if y_flat is not None:
             amb = np.flatnonzero(_ambiguous(t))
             collected.update(zip(pos[amb].tolist(), index[amb].tolist(), strict=True))
-            symbols = np.rint(y_flat[pos] - mean).astype(np.int64)
+            symbols = np.rint((y_flat[pos] - mean) / step).astype(np.int64)
             _code_by_index(coder, model._y_models, model.tables.y_pmfs, index, symbols)
         else:
             if hint_pos.size:  # vectorised lookup: hints may cover every element
@@ -302,7 +316,7 @@ def _progressive(nets: Networks, model: CodecModel, hp: np.ndarray, coder: _Symb
                 hit = hint_pos[at] == pos
                 index[hit] = hint_idx[at[hit]]
             symbols = _code_by_index(coder, model._y_models, model.tables.y_pmfs, index, None)
-        y_hat[pos] = symbols.astype(np.float32) + mean
+        y_hat[pos] = step * symbols.astype(np.float32) + mean
         symbols_all[pos] = symbols
     return y_hat.reshape(1, m, h, w), symbols_all.reshape(m, h, w), collected
 

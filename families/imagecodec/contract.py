@@ -3,10 +3,19 @@
 Export (export/families/imagecodec.py) writes `Preprocessing`; the service parses it back with the same class
 (`Manifest.preprocessing_as`) and builds the version's `CodecModel` from it and the shipped pmf tables. Two
 layouts exist on disk: the first exports lack `max_aspect` (then `MAX_ASPECT`); every export writes
-`quality` and `lambda` from the checkpoint, null when the checkpoint had none.
+`quality` and `lambda` from the checkpoint, null when the checkpoint had none. Versions exported before
+quantisation steps existed lack `step` (then 1, the trained operating point).
+
+Quality levels are models named `imagecodec-q<level>` (`level_name`); a request without a level gets the
+model named `imagecodec` when one is served, else `DEFAULT_QUALITY`. A level made from a checkpoint by a
+quantisation step other than 1 carries the hash of (weights, step) (`level_hash`): its streams name it,
+and no other step decodes them.
 """
 
 from __future__ import annotations
+
+import hashlib
+import math
 
 from pydantic import ConfigDict, Field, field_validator
 
@@ -23,6 +32,24 @@ DEFAULT_MAX_PIXELS = 4096 * 4096  # padded area; what versions exported before t
 ENTROPY_MODEL = ("gaussian conditional for y (scale table of 64 levels, 0.11..64), "
                  "per-channel gaussian prior for z")
 INPUT_DESCRIPTION = "RGB uint8, padded (edge) to a multiple of 64, scaled to [0, 1]"
+FAMILY_NAME = "imagecodec"
+DEFAULT_QUALITY = 2  # the level a request without `quality` gets (the trained operating point)
+
+
+def level_name(quality: int) -> str:
+    """The model name of a quality level."""
+    return f"{FAMILY_NAME}-q{quality}"
+
+
+def level_hash(weights_hash: bytes, step: float) -> bytes:
+    """The identity a version's streams carry: the weights' hash at step 1 (streams unchanged from before
+    steps existed), else a hash of (weights, step), so a stream never decodes with another step."""
+    if not (math.isfinite(step) and step > 0):
+        raise ValueError(f"quantisation step must be a positive number, got {step}")
+    if step == 1.0:
+        return bytes(weights_hash)
+    digest = hashlib.sha256(bytes(weights_hash) + f"|step={float(step)!r}".encode()).digest()
+    return digest[: len(weights_hash)]
 
 
 class Preprocessing(PreprocessingSection):
@@ -39,7 +66,8 @@ class Preprocessing(PreprocessingSection):
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0)  # of the padded image
     max_aspect: int = Field(MAX_ASPECT, gt=0)  # padded long side / short side
     model_hash: str = Field(pattern=r"^[0-9a-fA-F]{16}$")
-    quality: int | None = None  # the training quality level (1..6), when the checkpoint said
+    quality: int | None = None  # the quality level (1..6): the checkpoint's, or the level this version serves
+    step: float = Field(1.0, gt=0, allow_inf_nan=False)  # quantisation step of y (1: the trained point)
     lmbda: float | None = Field(None, alias="lambda")
     entropy_model: str = ENTROPY_MODEL
     input: str = INPUT_DESCRIPTION
@@ -58,4 +86,4 @@ class Preprocessing(PreprocessingSection):
     def codec_model(self, name: str, tables: PmfTables) -> CodecModel:
         """The coding procedure's model of a version named `name` with its shipped tables."""
         return CodecModel(name=name, model_hash=self.hash_bytes, M=self.M, N=self.N, tables=tables,
-                          max_pixels=self.max_pixels, max_aspect=self.max_aspect)
+                          max_pixels=self.max_pixels, max_aspect=self.max_aspect, step=self.step)

@@ -12,6 +12,13 @@ reproduced by
     (then store runs/ic3/q2/checkpoint.pt with float16 weights, see store_half below)
 
 `build_default` uses that checkpoint when present and otherwise falls back to the bounded CPU run.
+
+Quality levels (`DEFAULT_LEVELS`, quality -> quantisation step of y): `make serve` installs
+imagecodec-q1 .. imagecodec-q4 from that one checkpoint (export.families.imagecodec.publish_levels). Level 2
+is the trained operating point (step 1, the streams of the trained model); the others are step-scaled, not
+trained: q1 codes y with step 2 (fewer bits), q3 with 0.7 and q4 with 0.5 (more bits, little more PSNR:
+the synthesis, trained at step 1, limits the quality). Steps chosen by measurement so that bpp and PSNR
+both increase with the level (README, "Quality levels"). Trained levels need the GPU run above.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from training.imagecodec.config import load_config
 from training.imagecodec.train import FAMILY, load_checkpoint, read_payload, train
 
 DEFAULT_SECONDS = 75.0
+DEFAULT_LEVELS: dict[int, float] = {1: 2.0, 2: 1.0, 3: 0.7, 4: 0.5}
 SHIPPED = Path(__file__).resolve().parents[2] / "models" / "imagecodec" / "imagecodec-q2.pt"
 
 

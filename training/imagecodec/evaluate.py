@@ -2,7 +2,11 @@
 WebP from Pillow at matched bpp; BD-rate / BD-PSNR vs JPEG; JSON + PNG plot.
 
     python -m training.imagecodec.evaluate --checkpoints runs/ic/q*/checkpoint.pt --out runs/ic/eval
-    (--artifacts model_repository/imagecodec-q1/1 ... evaluates exported versions instead)
+    python -m training.imagecodec.evaluate --checkpoints models/imagecodec/imagecodec-q2.pt --levels default \
+        --out runs/ic/levels   (the served levels: one checkpoint at each level's quantisation step)
+
+JPEG and WebP are compared at matched bpp: their PSNR interpolated (monotone, in log bpp) at our rate on
+each image, so a level's gap is not the gap to the nearest Pillow quality setting.
 """
 
 from __future__ import annotations
@@ -75,6 +79,16 @@ def matched(curve: list[dict], bpp: float) -> dict:
     return min(curve, key=lambda r: abs(np.log(r["bpp"]) - np.log(bpp)))
 
 
+def psnr_at(curve: list[dict], bpp: float) -> float:
+    """PSNR of a Pillow curve at exactly `bpp` (PCHIP in log bpp over its RD front); NaN outside its range."""
+    from scipy.interpolate import PchipInterpolator
+
+    rate, quality = rd_front([r["bpp"] for r in curve], [r["psnr"] for r in curve])
+    if len(rate) < 2 or not rate.min() <= bpp <= rate.max():
+        return float("nan")
+    return float(PchipInterpolator(np.log(rate), quality)(np.log(bpp)))
+
+
 def rd_front(rate, quality) -> tuple[np.ndarray, np.ndarray]:
     """The points of an RD curve that improve on every cheaper point (sorted by rate): Bjontegaard
     integration needs quality increasing with rate, and a point that spends more bits for no gain is
@@ -125,31 +139,56 @@ def _mean_curve(per_image: dict[str, list[dict]]) -> tuple[np.ndarray, np.ndarra
     return rates, np.mean([[r["psnr"] for r in c] for c in rows], axis=0)
 
 
-def evaluate(checkpoints: list[Path], images: dict[str, np.ndarray], out: Path) -> dict:
+def _operating_points(checkpoints: list[Path], levels: dict[int, float] | None):
+    """(checkpoint, loaded, quality, step) per evaluated level: each checkpoint at step 1, or the one
+    checkpoint at every level's step."""
+    if levels:
+        if len(checkpoints) != 1:
+            raise SystemExit("--levels takes one checkpoint (the levels are its quantisation steps)")
+        loaded = load_checkpoint(checkpoints[0])
+        return [(checkpoints[0], loaded, q, step) for q, step in sorted(levels.items())]
+    points = []
+    for path in checkpoints:
+        loaded = load_checkpoint(path)
+        points.append((path, loaded, loaded.extras["quality"], 1.0))
+    return points
+
+
+def evaluate(checkpoints: list[Path], images: dict[str, np.ndarray], out: Path,
+             levels: dict[int, float] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    levels = []
-    for ckpt_path in checkpoints:
-        loaded = load_checkpoint(ckpt_path)
-        quality, model = loaded.extras["quality"], loaded.model
-        nets, cm = TorchNetworks(model), codec_model(model, f"imagecodec-q{quality}")
+    curves = {name: {"JPEG": pillow_curve(img, "JPEG"), "WEBP": pillow_curve(img, "WEBP")}
+              for name, img in images.items()}
+    levels_out = []
+    for ckpt_path, loaded, quality, step in _operating_points(checkpoints, levels):
+        model = loaded.model
+        nets, cm = TorchNetworks(model), codec_model(model, f"imagecodec-q{quality}", step=step)
         rows = []
         for name, image in images.items():
             data, enc = encode(image, nets, cm)
             rec, dec = decode(data, nets, cm)  # the real decoder: the reconstruction the bytes give
             assert np.array_equal(enc.symbols, dec.symbols)
             bpp = 8 * len(data) / (image.shape[0] * image.shape[1])
-            jpeg = matched(pillow_curve(image, "JPEG"), bpp)
-            webp = matched(pillow_curve(image, "WEBP"), bpp)
-            rows.append({"image": name, "bpp": bpp, "psnr": psnr(image, rec), "ms_ssim": ms_ssim(image, rec),
+            ours = psnr(image, rec)
+            rows.append({"image": name, "bpp": bpp, "psnr": ours, "ms_ssim": ms_ssim(image, rec),
                          "encode_s": enc.seconds, "decode_s": dec.seconds, "hints": enc.hints,
-                         "jpeg": jpeg, "webp": webp})
-        levels.append({"checkpoint": str(ckpt_path), "quality": quality, "lambda": loaded.extras["lambda"],
-                       "images": rows, "bpp": float(np.mean([r["bpp"] for r in rows])),
-                       "psnr": float(np.mean([r["psnr"] for r in rows])),
-                       "ms_ssim": float(np.mean([r["ms_ssim"] for r in rows]))})
+                         "jpeg": matched(curves[name]["JPEG"], bpp), "webp": matched(curves[name]["WEBP"], bpp),
+                         "jpeg_psnr_at_bpp": psnr_at(curves[name]["JPEG"], bpp),
+                         "webp_psnr_at_bpp": psnr_at(curves[name]["WEBP"], bpp)})
+        gap_jpeg = [r["psnr"] - r["jpeg_psnr_at_bpp"] for r in rows if np.isfinite(r["jpeg_psnr_at_bpp"])]
+        gap_webp = [r["psnr"] - r["webp_psnr_at_bpp"] for r in rows if np.isfinite(r["webp_psnr_at_bpp"])]
+        levels_out.append({"checkpoint": str(ckpt_path), "quality": quality, "step": step,
+                           "lambda": loaded.extras["lambda"], "images": rows,
+                           "bpp": float(np.mean([r["bpp"] for r in rows])),
+                           "psnr": float(np.mean([r["psnr"] for r in rows])),
+                           "ms_ssim": float(np.mean([r["ms_ssim"] for r in rows])),
+                           "psnr_minus_jpeg_db": float(np.mean(gap_jpeg)) if gap_jpeg else float("nan"),
+                           "psnr_minus_webp_db": float(np.mean(gap_webp)) if gap_webp else float("nan"),
+                           "matched_images": len(gap_jpeg)})
+    levels = levels_out
     levels.sort(key=lambda lv: lv["bpp"])
-    jpeg_rate, jpeg_psnr = _mean_curve({n: pillow_curve(img, "JPEG") for n, img in images.items()})
-    webp_rate, webp_psnr = _mean_curve({n: pillow_curve(img, "WEBP") for n, img in images.items()})
+    jpeg_rate, jpeg_psnr = _mean_curve({n: c["JPEG"] for n, c in curves.items()})
+    webp_rate, webp_psnr = _mean_curve({n: c["WEBP"] for n, c in curves.items()})
     ours_rate = np.array([lv["bpp"] for lv in levels])
     ours_psnr = np.array([lv["psnr"] for lv in levels])
     summary: dict = {"images": sorted(images), "levels": levels,
@@ -190,22 +229,35 @@ def _plot(summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _parse_levels(text: str | None) -> dict[int, float] | None:
+    if not text:
+        return None
+    if text == "default":
+        from training.imagecodec.default import DEFAULT_LEVELS
+
+        return dict(DEFAULT_LEVELS)
+    return {int(q): float(step) for q, step in (item.split(":") for item in text.split(","))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--checkpoints", type=Path, nargs="+", required=True)
     parser.add_argument("--images", type=Path, default=None, help="folder of evaluation images")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--levels", default=None,
+                        help="'default' (the served levels) or q:step,... - one checkpoint at each level's step")
     args = parser.parse_args()
     images = folder_images(args.images) if args.images else heldout_photos()
-    summary = evaluate(args.checkpoints, images, args.out)
-    print(f"{'q':>3} {'bpp':>7} {'PSNR':>7} {'MS-SSIM':>8} | {'JPEG bpp':>8} {'PSNR':>6} | {'WebP bpp':>8} {'PSNR':>6}")
+    summary = evaluate(args.checkpoints, images, args.out, _parse_levels(args.levels))
+    print(f"{'q':>3} {'bpp':>7} {'PSNR':>7} {'MS-SSIM':>8} | {'JPEG bpp':>8} {'PSNR':>6} | {'WebP bpp':>8} {'PSNR':>6}"
+          f" | {'dB vs JPEG':>10} {'vs WebP':>8} (matched bpp)")
     for lv in summary["levels"]:
         jb = np.mean([r["jpeg"]["bpp"] for r in lv["images"]])
         jp = np.mean([r["jpeg"]["psnr"] for r in lv["images"]])
         wb = np.mean([r["webp"]["bpp"] for r in lv["images"]])
         wp = np.mean([r["webp"]["psnr"] for r in lv["images"]])
         print(f"{lv['quality']!s:>3} {lv['bpp']:7.3f} {lv['psnr']:7.2f} {lv['ms_ssim']:8.4f} | {jb:8.3f} {jp:6.2f} | "
-              f"{wb:8.3f} {wp:6.2f}")
+              f"{wb:8.3f} {wp:6.2f} | {lv['psnr_minus_jpeg_db']:+10.2f} {lv['psnr_minus_webp_db']:+8.2f}")
     for key in ("bd_rate_vs_jpeg_percent", "bd_psnr_vs_jpeg_db", "bd_rate_vs_webp_percent"):
         if key in summary:
             print(f"{key}: {summary[key]:.2f}")
@@ -217,3 +269,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+

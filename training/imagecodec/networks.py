@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from families.imagecodec.codec import GRAPH_INPUTS, GRAPH_OUTPUTS, CodecModel
+from families.imagecodec.contract import level_hash
 from families.imagecodec.tables import PmfTables
 from training.imagecodec.model import ImageCodec, state_hash
 
@@ -41,7 +42,8 @@ def build_tables(model: ImageCodec) -> PmfTables:
         return PmfTables.build(model.z_mean.numpy(), model.z_scale().numpy())
 
 
-def codec_model(model: ImageCodec, name: str, tables: PmfTables | None = None) -> CodecModel:
+def codec_model(model: ImageCodec, name: str, tables: PmfTables | None = None, step: float = 1.0) -> CodecModel:
+    """The procedure's model of `model` coding y with quantisation step `step` (1: the trained point)."""
     tables = tables or build_tables(model)
-    return CodecModel(name=name, model_hash=bytes.fromhex(state_hash(model)[:16]), M=model.cfg.M,
-                      N=model.cfg.N, tables=tables)
+    return CodecModel(name=name, model_hash=level_hash(bytes.fromhex(state_hash(model)[:16]), step), M=model.cfg.M,
+                      N=model.cfg.N, tables=tables, step=step)

@@ -27,7 +27,14 @@ from starlette.datastructures import UploadFile
 
 from families.imagecodec.bitstream import BitstreamError, StreamHeader
 from families.imagecodec.codec import CodecModel, PreparedStream, SizeError, check_size, check_stream, prepare_stream
-from families.imagecodec.contract import COMPRESS_PROCEDURE, DECOMPRESS_PROCEDURE, Preprocessing
+from families.imagecodec.contract import (
+    COMPRESS_PROCEDURE,
+    DECOMPRESS_PROCEDURE,
+    DEFAULT_QUALITY,
+    FAMILY_NAME,
+    Preprocessing,
+    level_name,
+)
 from families.manifest import Manifest
 from service.dataplane import Call, hub_of, resolve_version, workpool_of
 from service.errors import BadRequest, InvalidInput, NotFound, PayloadTooLarge, UnsupportedMediaType
@@ -47,8 +54,6 @@ from service.families.imagecodec.schemas import (
     model_headers,
 )
 from service.quality.imagecodec import CodecQuality
-
-FAMILY_NAME = "imagecodec"
 
 
 @dataclass(frozen=True)
@@ -160,11 +165,33 @@ async def _read_upload(request: Request) -> tuple[bytes, int | None]:
         await form.close()
 
 
+def _served_levels(request: Request) -> dict[str, int | None]:
+    """The served codec models and their quality levels (None: a model that names no level)."""
+    return {v.name: v.prepared.preprocessing.quality for v in hub_of(request).serving()
+            if v.manifest.family == FAMILY_NAME and isinstance(v.prepared, CodecState)}
+
+
 def _compress_call(request: Request, model: str | None, quality: int | None, version: int | None) -> CodecCall:
-    """The call to the model asked for (`?model=`, else imagecodec-q<quality>, else the default model); 429
-    before any decoding when its compress queue is full."""
-    name = model or (f"{FAMILY_NAME}-q{quality}" if quality is not None else None)
-    served = resolve_version(request, family=FAMILY_NAME, model=name, version=version)
+    """The call to the model asked for (`?model=`, else imagecodec-q<quality>, else the model `imagecodec` when
+    served, else the default level); 429 before any decoding when its compress queue is full. A level that is
+    not installed is a 404 that names the installed ones."""
+    if model:
+        name = model
+    elif quality is not None:
+        name = level_name(quality)
+    else:
+        served_names = _served_levels(request)
+        name = FAMILY_NAME if FAMILY_NAME in served_names or not served_names else level_name(DEFAULT_QUALITY)
+    try:
+        served = resolve_version(request, family=FAMILY_NAME, model=name, version=version)
+    except NotFound as exc:
+        if model or version is not None:
+            raise
+        levels = _served_levels(request)
+        installed = ", ".join(f"{q} ({n})" if q is not None else n for n, q in sorted(levels.items())) or "none"
+        what = f"quality level {quality}" if quality is not None else f"the default quality level {DEFAULT_QUALITY}"
+        raise NotFound(f"{what} is not installed (no model {name!r}); installed: {installed}",
+                       details={"field": "quality", "installed": sorted(levels)}) from exc
     served.batchers[COMPRESS_PROCEDURE].check_admission()
     return Call(request, served, served.prepared)
 
@@ -216,8 +243,19 @@ async def _decoder_for(request: Request, header: StreamHeader, model: str | None
     try:
         served = resolve_version(request, family=FAMILY_NAME, model=name, version=version)
     except NotFound as exc:
-        raise InvalidInput(f"bitstream was made by model {header.model_name!r}: {exc.message}",
-                           details={"reason": "model"}) from None
+        # A stream of the single default of earlier releases (model `imagecodec`, now served as the level
+        # imagecodec-q2): a served codec version with the stream's hash decodes it exactly. Any other unknown
+        # name stays a mismatch: the name is part of what the stream claims.
+        same = [v for v in hub_of(request).serving() if model is None and version is None
+                and header.model_name == FAMILY_NAME
+                and v.manifest.family == FAMILY_NAME and isinstance(v.prepared, CodecState)
+                and v.prepared.model.model_hash == header.model_hash]
+        if not same:
+            raise InvalidInput(f"bitstream was made by model {header.model_name!r}: {exc.message}",
+                               details={"reason": "model"}) from None
+        served = same[0]
+        request.state.model_name = served.name
+        request.state.model_version = str(served.version)
     state: CodecState = served.prepared
     if version is not None or state.model.model_hash == header.model_hash:
         return Call(request, served, state)
