@@ -73,3 +73,58 @@ def test_unknown_or_malformed_export_options_are_refused(tmp_path: Path) -> None
         plan_from_checkpoint(missing, {"max_pixels": "many"})
     with pytest.raises(ExportError, match="format"):
         plan_from_checkpoint(missing, {"format": "tensorrt"})
+
+
+def _tiny_images(folder: Path) -> Path:
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(2):
+        Image.fromarray((rng.random((80, 96, 3)) * 255).astype(np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+def test_a_run_stopped_by_sigterm_resumes_exactly(tmp_path: Path) -> None:
+    """SIGTERM at step 2 of 4 saves the state; --resume continues to the same weights as a run never stopped."""
+    import os
+    import signal
+
+    images = _tiny_images(tmp_path / "images")
+    config = replace(load_config("tiny"), quality=2, steps=4, batch=1, crop=64, log_every=1)
+    straight = train(config, tmp_path / "straight", images, log=None)
+
+    def stop_at_two(line: str) -> None:
+        if '"step": 2,' in line:
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler only flags: the run saves and ends
+
+    stopped = train(config, tmp_path / "stopped", images, log=stop_at_two)
+    assert stopped.summary["steps"] == 2 and not stopped.summary["finished"]
+    assert (tmp_path / "stopped" / "train_state.pt").exists()
+    resumed_lines: list[str] = []
+    resumed = train(replace(config, resume=True), tmp_path / "stopped", images, log=resumed_lines.append)
+    assert '"resumed"' in resumed_lines[0] and resumed.summary["steps"] == 4 and resumed.summary["finished"]
+    a = load_checkpoint(straight.best_checkpoint).model.state_dict()
+    b = load_checkpoint(resumed.best_checkpoint).model.state_dict()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+    with pytest.raises(ValueError, match="state of another run"):
+        train(replace(config, resume=True, lr=5e-4), tmp_path / "stopped", images, log=None)
+
+
+def test_validation_uses_the_real_bitstream_and_keeps_the_best_step(tmp_path: Path) -> None:
+    images = _tiny_images(tmp_path / "images")
+    rng = np.random.default_rng(2)
+    held_out = {"a": (rng.random((64, 64, 3)) * 255).astype(np.uint8)}
+    config = replace(load_config("tiny"), quality=2, steps=3, batch=1, crop=64, log_every=1, eval_every=2)
+    result = train(config, tmp_path / "run", images, log=None, validation=held_out)
+    validations = load_checkpoint(result.best_checkpoint).extras["provenance"]["validation"]
+    assert [v["step"] for v in validations] in ([2], [2, 3])  # checkpoint.pt is written at its best step
+    best = result.summary["best_validation"]
+    assert best["step"] in (2, 3) and best["bpp"] > 0 and np.isfinite(best["psnr"])
+    assert load_checkpoint(result.best_checkpoint).extras["provenance"]["training"]["steps"] == best["step"]
+    # the stream the validation measured is a real one: encoding the held-out image gives those bytes
+    from families.imagecodec.codec import encode
+    from training.imagecodec.networks import TorchNetworks, codec_model
+
+    model = load_checkpoint(result.best_checkpoint).model
+    data, _ = encode(held_out["a"], TorchNetworks(model), codec_model(model, "validation"))
+    assert abs(8 * len(data) / (64 * 64) - best["bpp"]) < 1e-4

@@ -115,12 +115,17 @@ class ImageCodecConfig:
     device: str = "cpu"
     log_every: int = 50
     init: str | None = None  # start from this checkpoint's weights (a continued round)
+    resume: bool = False  # continue <out>/train_state.pt exactly (weights, optimiser, step, clock, RNGs)
+    save_every_s: float = 300.0  # how often the resumable state is written (and on SIGTERM / SIGINT)
+    eval_every: int = 0  # steps between validations with the real bitstream (0: none; then the last step)
 
     def __post_init__(self) -> None:
         if self.quality not in LAMBDAS:
             raise ValueError(f"quality must be one of {sorted(LAMBDAS)}, got {self.quality!r}")
         if self.steps < 1 or self.batch < 1 or self.crop < 1 or self.log_every < 1:
             raise ValueError("steps, batch, crop and log_every must be positive")
+        if self.save_every_s <= 0 or self.eval_every < 0:
+            raise ValueError("save_every_s must be positive and eval_every >= 0")
 
     @property
     def lambda_(self) -> float:

@@ -2,28 +2,47 @@
 
 One run = one quality level (one lambda) = one exported model version. Random crops/flips from the
 scikit-image photographs by default, or from --images DIR.
+
+Long runs in the background (hours on a CPU): `--seconds` is the training time over every resumed run,
+`<out>/train_state.pt` is written every `--save-every` seconds and on SIGTERM / SIGINT (then the run stops
+after its current step), and `--resume` continues it exactly (weights, optimiser, schedule, step, clock,
+RNGs). With `--eval-every N` the model is validated every N steps with the real coder on held-out
+photographs - bpp from the actual bitstream bytes, PSNR of what those bytes decode to - and
+`checkpoint.pt` is the step with the lowest rate-distortion cost (bpp + lambda * 255^2 * MSE) so measured.
+
+    nohup python -m training.imagecodec.train --quality 2 --out runs/ic/q2 --seconds 36000 --eval-every 500 \
+        --resume > runs/ic/q2.log 2>&1 &
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import math
+import signal
+import threading
 import time
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from training.checkpoints import FAMILY_KEY, Checkpoint, TrainResult, read_checkpoint, save_checkpoint
+from families.imagecodec.codec import decode, encode
+from training.checkpoints import FAMILY_KEY, Checkpoint, TrainResult, read_checkpoint, save_atomic, save_checkpoint
 from training.imagecodec.config import LAMBDAS, SIZES, CodecConfig, ImageCodecConfig, load_config
-from training.imagecodec.data import RandomCrops, folder_images, skimage_photos
+from training.imagecodec.data import RandomCrops, folder_images, heldout_photos, skimage_photos
 from training.imagecodec.model import ImageCodec, count_parameters, rd_loss
+from training.imagecodec.networks import TorchNetworks, codec_model
 
 FAMILY = "imagecodec"
 CHECKPOINT = "checkpoint.pt"
+STATE = "train_state.pt"  # everything `--resume` needs
+VALIDATION_CROP = (256, 384)  # centre crops of the held-out photographs validated with the real coder
 HISTORY_KEPT = 5  # log rows the checkpoint's provenance keeps
 Log = Callable[[str], None] | None
 Schedule = torch.optim.lr_scheduler.LRScheduler
@@ -79,6 +98,98 @@ def checkpoint_payload(model: ImageCodec, config: ImageCodecConfig, *, steps: in
     }
 
 
+# ---- progress, resumable state, validation with the real bitstream --------------------------------------
+
+@dataclass
+class Progress:
+    """Where a run stands; `train_state.pt` holds it with the weights, optimiser and RNGs."""
+
+    step: int = 0
+    seconds: float = 0.0  # training time over every resumed run
+    history: list[dict[str, Any]] = field(default_factory=list)
+    validations: list[dict[str, Any]] = field(default_factory=list)
+    best_cost: float = math.inf  # validation rate-distortion cost of checkpoint.pt (real bitstream)
+    best_step: int = 0
+
+
+def _run_identity(config: ImageCodecConfig) -> dict[str, Any]:
+    """What a resumed run must share with the state it continues."""
+    return {"model": config.model.to_dict(), "quality": config.quality, "lambda": config.lambda_,
+            "batch": config.batch, "crop": config.crop, "lr": config.lr, "seed": config.seed}
+
+
+def _save_state(path: Path, model: ImageCodec, optimiser: torch.optim.Optimizer, schedule: Schedule,
+                crops: RandomCrops, config: ImageCodecConfig, progress: Progress) -> None:
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    save_atomic({FAMILY_KEY: FAMILY, "run": _run_identity(config), "progress": asdict(progress),
+                 "state_dict": model.state_dict(), "optimiser": optimiser.state_dict(),
+                 "schedule": schedule.state_dict(), "torch_rng": torch.get_rng_state(), "cuda_rng": cuda_rng,
+                 "numpy_rng": np.random.get_state(), "crops_rng": crops.rng.bit_generator.state}, path)
+
+
+def _resume(path: Path, model: ImageCodec, optimiser: torch.optim.Optimizer, schedule: Schedule,
+            crops: RandomCrops, config: ImageCodecConfig) -> Progress:
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or state.get(FAMILY_KEY) != FAMILY or "progress" not in state:
+        raise ValueError(f"{path} is not an imagecodec training state")
+    if state["run"] != _run_identity(config):
+        differs = sorted(k for k in state["run"] if state["run"][k] != _run_identity(config).get(k))
+        raise ValueError(f"{path} is the state of another run (differs in {', '.join(differs)}); "
+                         "resume with the same flags or use another --out")
+    model.load_state_dict(state["state_dict"])
+    optimiser.load_state_dict(state["optimiser"])
+    schedule.load_state_dict(state["schedule"])
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    np.random.set_state(state["numpy_rng"])
+    crops.rng.bit_generator.state = state["crops_rng"]
+    return Progress(**state["progress"])
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """An event set by SIGTERM / SIGINT while the block runs (main thread only), so the loop can save and end."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def validation_images() -> dict[str, np.ndarray]:
+    """Centre crops of photographs from another source than the training set (see `heldout_photos`)."""
+    h, w = VALIDATION_CROP
+    crops = {}
+    for name, img in heldout_photos().items():
+        ch, cw = min(h, img.shape[0]), min(w, img.shape[1])
+        top, left = (img.shape[0] - ch) // 2, (img.shape[1] - cw) // 2
+        crops[name] = np.ascontiguousarray(img[top:top + ch, left:left + cw])
+    return crops
+
+
+def validate(model: ImageCodec, images: dict[str, np.ndarray], lmbda: float) -> dict[str, float]:
+    """Rate-distortion with the real coder: bpp of the actual stream bytes, MSE of what they decode to."""
+    cpu_model = copy.deepcopy(model).cpu().eval()
+    nets, cm = TorchNetworks(cpu_model), codec_model(cpu_model, "validation")
+    bits = pixels = 0
+    squared = 0.0
+    for image in images.values():
+        data, _ = encode(image, nets, cm)
+        rec, _ = decode(data, nets, cm)
+        bits += 8 * len(data)
+        pixels += image.shape[0] * image.shape[1]
+        squared += float(np.sum((image.astype(np.float64) / 255 - rec.astype(np.float64) / 255) ** 2)) / 3
+    bpp, mse = bits / pixels, squared / pixels
+    return {"bpp": round(bpp, 5), "psnr": round(float(-10 * np.log10(max(mse, 1e-10))), 3),
+            "cost": round(lmbda * 255.0**2 * mse + bpp, 6)}
+
+
 # ---- training -------------------------------------------------------------------------------------------
 
 def make_optimiser(model: ImageCodec, config: ImageCodecConfig) -> tuple[torch.optim.Optimizer, Schedule]:
@@ -128,9 +239,11 @@ def _continued(model: ImageCodec, init: str | None) -> dict[str, Any] | None:
     return start_from.get("provenance", {}).get("training")
 
 
-def train(config: ImageCodecConfig, out_dir: Path, data: Path | None = None, *, log: Log = print) -> TrainResult:
+def train(config: ImageCodecConfig, out_dir: Path, data: Path | None = None, *, log: Log = print,
+          validation: dict[str, np.ndarray] | None = None) -> TrainResult:
     """Train one quality level on random crops of the images in the folder `data` (None: the photographs
-    bundled with scikit-image) and write `out_dir/checkpoint.pt`."""
+    bundled with scikit-image) and write `out_dir/checkpoint.pt` (with `eval_every`: the best validated step
+    on `validation`, default `validation_images()`)."""
     out_dir = Path(out_dir)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
@@ -141,25 +254,59 @@ def train(config: ImageCodecConfig, out_dir: Path, data: Path | None = None, *, 
     model = model.to(config.device)
     optimiser, schedule = make_optimiser(model, config)
     out_dir.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    history: list[dict[str, Any]] = []
-    step = 0
-    while step < config.steps and (config.seconds is None or time.perf_counter() - start < config.seconds):
-        losses = training_step(model, optimiser, crops.batch(config.batch).to(config.device), config.lambda_)
-        schedule_step(optimiser, schedule, config, time.perf_counter() - start)
-        step += 1
-        if step % config.log_every == 0 or step == 1:
-            history.append(log_row(step, time.perf_counter() - start, losses))
-            if log:
-                log(json.dumps(history[-1]))
-    model = model.cpu().eval()
-    seconds = time.perf_counter() - start
+    state_path = out_dir / STATE
+    progress = Progress()
+    if config.resume and state_path.exists():
+        progress = _resume(state_path, model, optimiser, schedule, crops, config)
+        if log:
+            log(json.dumps({"resumed": str(state_path), "step": progress.step, "seconds": round(progress.seconds, 1)}))
+    if config.eval_every and validation is None:
+        validation = validation_images()
     description = str(data) if data else "scikit-image bundled photographs: " + ", ".join(sorted(photos))
-    payload = checkpoint_payload(model, config, steps=step, seconds=seconds, data_description=description,
-                                 history=history, earlier=earlier)
-    checkpoint = save_checkpoint(FAMILY, payload, out_dir / CHECKPOINT)
-    summary = {"steps": step, "seconds": round(seconds, 1), "quality": config.quality, "lambda": config.lambda_,
-               "parameters": count_parameters(model), "last": history[-1] if history else None}
+
+    def write_checkpoint() -> Path:
+        payload = checkpoint_payload(model, config, steps=progress.step, seconds=progress.seconds,
+                                     data_description=description, history=progress.history, earlier=earlier)
+        payload["state_dict"] = {k: v.detach().cpu() for k, v in payload["state_dict"].items()}
+        payload["provenance"]["validation"] = progress.validations[-HISTORY_KEPT:]
+        return save_checkpoint(FAMILY, payload, out_dir / CHECKPOINT)
+
+    def validate_now() -> None:
+        result = {"step": progress.step, **validate(model, validation, config.lambda_)}
+        progress.validations.append(result)
+        if log:
+            log(json.dumps({"validation": result}))
+        if result["cost"] < progress.best_cost:
+            progress.best_cost, progress.best_step = result["cost"], progress.step
+            write_checkpoint()
+
+    run_start, run_base, last_save = time.perf_counter(), progress.seconds, time.monotonic()
+    with _stop_on_signals() as stop:
+        while (progress.step < config.steps and (config.seconds is None or progress.seconds < config.seconds)
+               and not stop.is_set()):
+            losses = training_step(model, optimiser, crops.batch(config.batch).to(config.device), config.lambda_)
+            progress.step += 1
+            progress.seconds = run_base + time.perf_counter() - run_start
+            schedule_step(optimiser, schedule, config, progress.seconds)
+            if progress.step % config.log_every == 0 or progress.step == 1:
+                progress.history.append(log_row(progress.step, progress.seconds, losses))
+                if log:
+                    log(json.dumps(progress.history[-1]))
+            if config.eval_every and progress.step % config.eval_every == 0:
+                validate_now()
+            if time.monotonic() - last_save >= config.save_every_s:
+                _save_state(state_path, model, optimiser, schedule, crops, config, progress)
+                last_save = time.monotonic()
+    finished = not stop.is_set()
+    if config.eval_every and (not progress.validations or progress.validations[-1]["step"] != progress.step):
+        validate_now()
+    _save_state(state_path, model, optimiser, schedule, crops, config, progress)
+    checkpoint = out_dir / CHECKPOINT if config.eval_every and progress.best_step else write_checkpoint()
+    summary = {"steps": progress.step, "seconds": round(progress.seconds, 1), "quality": config.quality,
+               "lambda": config.lambda_, "parameters": count_parameters(model), "finished": finished,
+               "last": progress.history[-1] if progress.history else None,
+               "best_validation": next((v for v in progress.validations if v["step"] == progress.best_step), None)}
+    model.cpu().eval()
     return TrainResult(best_checkpoint=checkpoint, out_dir=out_dir, summary=summary)
 
 
@@ -181,6 +328,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--images", type=Path, default=None, help="folder of training images")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--init", type=Path, default=None, help="start from this checkpoint's weights")
+    parser.add_argument("--resume", action="store_true", help=f"continue <out>/{STATE} when it exists")
+    parser.add_argument("--save-every", type=float, default=300.0, help="seconds between resumable states")
+    parser.add_argument("--eval-every", type=int, default=0,
+                        help="steps between validations with the real bitstream (checkpoint.pt = the best)")
     return parser.parse_args(argv)
 
 
@@ -189,12 +340,14 @@ def config_from_args(args: argparse.Namespace) -> ImageCodecConfig:
     config = load_config(args.size)
     return replace(config, model=replace(config.model, phase=args.phase), quality=args.quality, lmbda=args.lmbda,
                    steps=args.steps, seconds=args.seconds, batch=args.batch, crop=args.crop, lr=args.lr,
-                   seed=args.seed, device=args.device, init=str(args.init) if args.init else None)
+                   seed=args.seed, device=args.device, init=str(args.init) if args.init else None,
+                   resume=args.resume, save_every_s=args.save_every, eval_every=args.eval_every)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     result = train(config_from_args(args), args.out, args.images, log=lambda line: print(line, flush=True))
+    print(json.dumps(result.summary))
     print(f"checkpoint: {result.best_checkpoint}")
 
 
