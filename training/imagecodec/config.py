@@ -110,6 +110,7 @@ class ImageCodecConfig:
     seconds: float | None = None  # stop after this wall time (the learning rate then decays by time)
     batch: int = 8
     crop: int = 128
+    scales: tuple[float, ...] = (1.0,)  # random crops also from the images downscaled by these factors
     lr: float = 1e-3
     seed: int = 0
     device: str = "cpu"
@@ -124,6 +125,9 @@ class ImageCodecConfig:
             raise ValueError(f"quality must be one of {sorted(LAMBDAS)}, got {self.quality!r}")
         if self.steps < 1 or self.batch < 1 or self.crop < 1 or self.log_every < 1:
             raise ValueError("steps, batch, crop and log_every must be positive")
+        self.scales = tuple(float(s) for s in self.scales)
+        if not self.scales or any(not 0 < s <= 1 for s in self.scales):
+            raise ValueError(f"scales must be in (0, 1], got {self.scales!r}")
         if self.save_every_s <= 0 or self.eval_every < 0:
             raise ValueError("save_every_s must be positive and eval_every >= 0")
 

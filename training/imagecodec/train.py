@@ -248,7 +248,7 @@ def train(config: ImageCodecConfig, out_dir: Path, data: Path | None = None, *, 
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     photos = folder_images(Path(data)) if data else skimage_photos()
-    crops = RandomCrops(list(photos.values()), config.crop, seed=config.seed)
+    crops = RandomCrops(list(photos.values()), config.crop, seed=config.seed, scales=config.scales)
     model = ImageCodec(config.model)
     earlier = _continued(model, config.init)
     model = model.to(config.device)
@@ -323,6 +323,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=None, help="stop after this wall time")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--crop", type=int, default=128)
+    parser.add_argument("--scales", type=float, nargs="+", default=[1.0],
+                        help="crop from the images downscaled by these factors too (e.g. 1 0.5 0.25)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--images", type=Path, default=None, help="folder of training images")
@@ -339,7 +341,8 @@ def config_from_args(args: argparse.Namespace) -> ImageCodecConfig:
     """The --size preset with the phase and the training flags given."""
     config = load_config(args.size)
     return replace(config, model=replace(config.model, phase=args.phase), quality=args.quality, lmbda=args.lmbda,
-                   steps=args.steps, seconds=args.seconds, batch=args.batch, crop=args.crop, lr=args.lr,
+                   steps=args.steps, seconds=args.seconds, batch=args.batch, crop=args.crop,
+                   scales=tuple(args.scales), lr=args.lr,
                    seed=args.seed, device=args.device, init=str(args.init) if args.init else None,
                    resume=args.resume, save_every_s=args.save_every, eval_every=args.eval_every)
 
