@@ -364,6 +364,9 @@ def deduplicate(entries: list[dict[str, Any]], excluded: list[dict[str, str]]) -
 def build(manifest: dict[str, Any], out: Path, debs: Path, scratch: Path) -> dict[str, Any]:
     for split in ("train", "heldout"):
         (out / split).mkdir(parents=True, exist_ok=True)
+        listed = {e["name"] for e in manifest["images"] if e["split"] == split}
+        for stale in (p for p in (out / split).iterdir() if p.name not in listed):
+            stale.unlink()  # from an older manifest (another split or left out since)
     for entry in manifest["images"]:
         target = out / entry["split"] / entry["name"]
         if target.exists() and sha256(target) == entry["sha256"]:
