@@ -3,7 +3,8 @@ WebP from Pillow at matched bpp; BD-rate / BD-PSNR vs JPEG; JSON + PNG plot.
 
     python -m training.imagecodec.evaluate --checkpoints runs/ic/q*/checkpoint.pt --out runs/ic/eval
     python -m training.imagecodec.evaluate --checkpoints models/imagecodec/imagecodec-q2.pt --levels default \
-        --out runs/ic/levels   (the served levels: one checkpoint at each level's quantisation step)
+        --corpus /work/corpus --out runs/ic/levels   (the served levels: one checkpoint at each level's
+        quantisation step, on the corpus's held-out photographs at 768x512)
 
 JPEG and WebP are compared at matched bpp: their PSNR interpolated (monotone, in log bpp) at our rate on
 each image, so a level's gap is not the gap to the nearest Pillow quality setting.
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from families.imagecodec.codec import decode, encode
-from training.imagecodec.data import folder_images, heldout_photos
+from training.imagecodec.data import corpus_heldout, folder_images, heldout_photos
 from training.imagecodec.networks import TorchNetworks, codec_model
 from training.imagecodec.train import load_checkpoint
 
@@ -243,11 +244,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--checkpoints", type=Path, nargs="+", required=True)
     parser.add_argument("--images", type=Path, default=None, help="folder of evaluation images")
+    parser.add_argument("--corpus", type=Path, default=None,
+                        help="a built corpus folder (scripts/build_codec_corpus.py): its held-out photographs, "
+                             "centre-cropped to 768x512")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--levels", default=None,
                         help="'default' (the served levels) or q:step,... - one checkpoint at each level's step")
     args = parser.parse_args()
-    images = folder_images(args.images) if args.images else heldout_photos()
+    if args.corpus:
+        images = corpus_heldout(args.corpus)
+    else:
+        images = folder_images(args.images) if args.images else heldout_photos()
     summary = evaluate(args.checkpoints, images, args.out, _parse_levels(args.levels))
     print(f"{'q':>3} {'bpp':>7} {'PSNR':>7} {'MS-SSIM':>8} | {'JPEG bpp':>8} {'PSNR':>6} | {'WebP bpp':>8} {'PSNR':>6}"
           f" | {'dB vs JPEG':>10} {'vs WebP':>8} (matched bpp)")
