@@ -1,5 +1,6 @@
 """WKV scan alone, before/after issue 15 item 5: the doubling scan (O(N log N); exported graphs keep all 17
-levels) vs the chunked scan (O(N * L), L ~ sqrt(N) from the shape; and a fixed L = 64 variant), one
+levels) vs the chunked scan (O(N * L), L = 16 * ceil(1.7 * N**(1/3) / 16) from the shape; and fixed L = 16
+and L = 64 variants, to check that choice), one
 `bidirectional_wkv(k, v, w, u)` call at the token counts of the context grids of a 768x512 image (s1 12x8,
 s2 24x16, s3 48x32) and of the service's largest image (2048x2048: 32x32, 64x64, 128x128), 2M = 192
 channels (the small config). Eager torch and ONNX Runtime (one exported graph per variant, dynamic N).
@@ -20,16 +21,20 @@ GRIDS = (("768x512 s1", 12, 8), ("768x512 s2", 24, 16), ("768x512 s3", 48, 32),
          ("2048^2 s1", 32, 32), ("2048^2 s2", 64, 64), ("2048^2 s3", 128, 128))
 
 
-def _fixed64(k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    a = torch.exp(k.clamp(-15.0, 15.0))
-    both = torch.cat([a * v, a], dim=1)
-    sums = layers._bidirectional_sums(both, -torch.cat([w, w]).unsqueeze(-1), 64)
-    c = v.shape[1]
-    self_w = torch.exp(u).unsqueeze(-1)
-    return (sums[:, :c] + self_w * a * v) / (sums[:, c:] + self_w * a)
+def _fixed(chunk: int):
+    def wkv(k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        a = torch.exp(k.clamp(-15.0, 15.0))
+        both = torch.cat([a * v, a], dim=1)
+        sums = layers._bidirectional_sums(both, -torch.cat([w, w]).unsqueeze(-1), chunk)
+        c = v.shape[1]
+        self_w = torch.exp(u).unsqueeze(-1)
+        return (sums[:, :c] + self_w * a * v) / (sums[:, c:] + self_w * a)
+
+    return wkv
 
 
-VARIANTS = {"doubling": layers.bidirectional_wkv_doubling, "chunked": layers.bidirectional_wkv, "fixed64": _fixed64}
+VARIANTS = {"doubling": layers.bidirectional_wkv_doubling, "chunked": layers.bidirectional_wkv, "L16": _fixed(16),
+            "L64": _fixed(64)}
 
 
 class Scan(nn.Module):
@@ -81,9 +86,9 @@ def main() -> None:
             sessions[name] = ort.InferenceSession(buffer.getvalue(), opts, providers=["CPUExecutionProvider"])
         print("ONNX nodes: " + ", ".join(f"{n} {c}" for n, c in nodes.items()))
     print(f"bidirectional_wkv, {args.dim} channels, threads={args.threads}, best of {args.repeats}; ms")
-    head = f"{'grid':>11} {'tokens':>6} {'L':>4} | {'eager dbl':>9} {'chunked':>8} {'fix64':>7} {'ratio':>6}"
+    head = f"{'grid':>11} {'tokens':>6} {'L':>4} | {'eager dbl':>9} {'chunked':>8} {'L16':>7} {'L64':>7} {'ratio':>6}"
     if sessions:
-        head += f" | {'ORT dbl':>8} {'chunked':>8} {'fix64':>7} {'ratio':>6}"
+        head += f" | {'ORT dbl':>8} {'chunked':>8} {'L16':>7} {'L64':>7} {'ratio':>6}"
     print(head)
     for label, gh, gw in GRIDS:
         n = gh * gw
@@ -91,12 +96,12 @@ def main() -> None:
         with torch.inference_mode():
             eager = {name: _time(lambda m=mod, k=k, v=v: m(k, v), args.repeats) * 1e3 for name, mod in mods.items()}
         row = (f"{label:>11} {n:>6} {layers._chunk_len(n):>4} | {eager['doubling']:9.2f} {eager['chunked']:8.2f} "
-               f"{eager['fixed64']:7.2f} {eager['doubling'] / eager['chunked']:5.2f}x")
+               f"{eager['L16']:7.2f} {eager['L64']:7.2f} {eager['doubling'] / eager['chunked']:5.2f}x")
         if sessions:
             feeds = {"k": k.numpy(), "v": v.numpy()}
             ortt = {name: _time(lambda s=s, f=feeds: s.run(None, f), args.repeats) * 1e3
                     for name, s in sessions.items()}
-            row += (f" | {ortt['doubling']:8.2f} {ortt['chunked']:8.2f} {ortt['fixed64']:7.2f} "
+            row += (f" | {ortt['doubling']:8.2f} {ortt['chunked']:8.2f} {ortt['L16']:7.2f} {ortt['L64']:7.2f} "
                     f"{ortt['doubling'] / ortt['chunked']:5.2f}x")
         print(row, flush=True)
 
