@@ -83,6 +83,10 @@ def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if not env.get("RAY_ADDRESS"):
+        # The head `ray start --head` starts enables token authentication (~/.ray/auth_token) while the CLI and
+        # drivers default to none: our own probes, `serve run` and shutdown must use the token too.
+        env.setdefault("RAY_AUTH_MODE", "token")
     return env
 
 
