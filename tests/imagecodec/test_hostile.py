@@ -2,7 +2,7 @@
 each is answered with the right 4xx, fast, without blocking the event loop or growing the process.
 
 One module-scoped server over a repository of tiny codecs:
-  imagecodec       max_pixels 1024^2 (padded area), max_aspect 8, compress/decompress queues of 1
+  imagecodec       max_pixels 2048^2 (padded area), max_aspect 8, compress/decompress queues of 1
   imagecodec-vs    version policy `all` (the export default): v2 is published and loaded mid-module
   imagecodec-last  version policy `latest`: its v1 streams stop decoding once v2 serves (422, not 500)
 Inputs are crafted headers rather than giant payloads wherever the point is a header check.
@@ -32,7 +32,7 @@ from families.manifest import Manifest, VersionPolicy
 from training.imagecodec.config import tiny_config
 from training.imagecodec.model import ImageCodec
 
-MAX_PIXELS = 1024 * 1024
+MAX_PIXELS = 2048 * 2048  # large enough that one coding job holds the worker (~0.5 s, tiny model)
 MAX_ASPECT = 8
 OCTET = {"content-type": "application/octet-stream"}
 ADMIN_TOKEN = "codec-hostile-admin"
@@ -121,8 +121,8 @@ def _expect(server: LiveServer, name: str, send, status: int, **bounds: float) -
 # ---- item 1: the pixel cap counts the padded area; the aspect ratio is bounded ----------------------
 
 def test_compress_pixel_cap_counts_padding(server: LiveServer) -> None:
-    strip = _encode(np.zeros((1, 65536, 3), dtype=np.uint8))  # 65536 pixels, 64x65536 once padded
-    r = _expect(server, "compress 1x65536 PNG", _compress(strip), 413)
+    strip = _encode(np.zeros((1, 131072, 3), dtype=np.uint8))  # 131072 pixels, 64x131072 once padded
+    r = _expect(server, "compress 1x131072 PNG", _compress(strip), 413)
     details = r.json()["error"]["details"]
     assert details["padded_height"] == 64 and details["max_pixels"] == MAX_PIXELS
     r = _expect(server, "compress 1x576 PNG (aspect 9:1 padded)", _compress(_encode(np.zeros((1, 576, 3), np.uint8))),
@@ -189,7 +189,7 @@ def test_decompression_bombs_are_413(server: LiveServer, label: str, data: bytes
 # ---- items 7, 13: admission before the upload is read; media types -----------------------------------
 
 def test_full_compress_queue_is_429_before_decoding(server: LiveServer) -> None:
-    big = _encode(_image(1024, 1024, 2))  # ~1 s of coding on one CPU thread
+    big = _encode(_image(2048, 2048, 2))  # ~0.5 s of coding on one CPU thread
     stream = httpx.post(f"{server.url}/image/compress", files=_upload(big), timeout=120)
     assert stream.status_code == 200, stream.text
     # The version's worker thread runs one job at a time: a decode holds it, the first compress waits for
