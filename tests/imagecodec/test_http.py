@@ -12,16 +12,13 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from fixtures.imagecodec import local_codec, png_bytes, smooth_image
 from PIL import Image
 
 from export.core import publish
 from export.families.imagecodec import plan_from_checkpoint
 from families.imagecodec.bitstream import Bitstream
 from families.imagecodec.codec import decode, encode
-from families.imagecodec.contract import TABLES_ASSET, Preprocessing
-from families.imagecodec.tables import PmfTables
-from families.manifest import Manifest
-from service.runtimes import open_runtime
 from training.imagecodec.config import tiny_config
 from training.imagecodec.model import ImageCodec
 
@@ -43,28 +40,6 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     publish(plan_from_checkpoint(ckpt, {"max_pixels": str(MAX_PIXELS), "format": "torchscript"}), repo,
             "imagecodec-ts", version=1)
     return repo
-
-
-def _local(version_dir: Path):
-    """The evaluation CLI's path: the same codec procedure over the artifact's graphs."""
-    manifest = Manifest.read(version_dir)
-    runtimes = {name: open_runtime(version_dir, spec, "cpu") for name, spec in manifest.graphs.items()}
-    pre = manifest.preprocessing_as(Preprocessing)
-    model = pre.codec_model(manifest.name, PmfTables.from_bytes((version_dir / TABLES_ASSET).read_bytes()))
-    return (lambda graph, inputs: runtimes[graph].run(inputs)), model
-
-
-def _image(h: int, w: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w]
-    smooth = np.stack([np.sin(xx / 7 + c) * np.cos(yy / 5 - c) for c in range(3)], axis=-1) * 90 + 128
-    return np.clip(smooth + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8)
-
-
-def _png(image: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -90,12 +65,12 @@ def module_server():  # module-scoped variant of conftest's live_server: one pro
 
 
 def test_round_trip_bit_exact_and_cross_runtime(server, repository: Path) -> None:
-    nets_onnx, model = _local(repository / "imagecodec" / "1")
-    nets_ts, model_ts = _local(repository / "imagecodec-ts" / "1")
+    nets_onnx, model = local_codec(repository / "imagecodec" / "1")
+    nets_ts, model_ts = local_codec(repository / "imagecodec-ts" / "1")
     assert model_ts.model_hash == model.model_hash  # same weights -> same identity in the stream
     for i, (h, w) in enumerate(SIZES):
-        image = _image(h, w, i)
-        r = httpx.post(f"{server.url}/image/compress", files={"image": ("a.png", _png(image), "image/png")},
+        image = smooth_image(h, w, i)
+        r = httpx.post(f"{server.url}/image/compress", files={"image": ("a.png", png_bytes(image), "image/png")},
                        timeout=60)
         assert r.status_code == 200, r.text
         stream = r.content
@@ -132,8 +107,8 @@ def _reseal(stream: Bitstream) -> bytes:
 
 
 def test_bad_streams_are_refused_quickly(server) -> None:
-    image = _image(64, 96, 7)
-    good = httpx.post(f"{server.url}/image/compress", files={"image": ("a.png", _png(image), "image/png")},
+    image = smooth_image(64, 96, 7)
+    good = httpx.post(f"{server.url}/image/compress", files={"image": ("a.png", png_bytes(image), "image/png")},
                       timeout=60).content
     for cut in (3, 10, len(good) // 2, len(good) - 1):
         assert _error(server, good[:cut]).status_code == 400
@@ -171,7 +146,7 @@ def test_bad_streams_are_refused_quickly(server) -> None:
 
 
 def test_oversized_and_wrong_media(server) -> None:
-    big = _png(np.zeros((250, 250, 3), dtype=np.uint8))
+    big = png_bytes(np.zeros((250, 250, 3), dtype=np.uint8))
     r = httpx.post(f"{server.url}/image/compress", files={"image": ("a.png", big, "image/png")}, timeout=30)
     assert r.status_code == 413, r.text
     r = httpx.post(f"{server.url}/image/compress", files={"image": ("a.txt", b"hello", "text/plain")}, timeout=30)

@@ -11,15 +11,14 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from fixtures.imagecodec import local_codec, png_bytes, smooth_image
 from PIL import Image
 
 from export.families.imagecodec import publish_levels
 from families.imagecodec.bitstream import BitstreamError, StreamHeader
 from families.imagecodec.codec import decode, encode
-from families.imagecodec.contract import TABLES_ASSET, Preprocessing, level_hash, level_name
-from families.imagecodec.tables import PmfTables
+from families.imagecodec.contract import Preprocessing, level_hash, level_name
 from families.manifest import Manifest, verify_files
-from service.runtimes import open_runtime
 from training.imagecodec.config import tiny_config
 from training.imagecodec.default import DEFAULT_LEVELS, SHIPPED
 from training.imagecodec.evaluate import psnr
@@ -84,14 +83,6 @@ def levels_repository(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, P
     return repo, ckpt
 
 
-def _local(version_dir: Path):
-    manifest = Manifest.read(version_dir)
-    runtimes = {name: open_runtime(version_dir, spec, "cpu") for name, spec in manifest.graphs.items()}
-    pre = manifest.preprocessing_as(Preprocessing)
-    model = pre.codec_model(manifest.name, PmfTables.from_bytes((version_dir / TABLES_ASSET).read_bytes()))
-    return (lambda graph, inputs: runtimes[graph].run(inputs)), model
-
-
 def test_derived_levels_share_the_graphs_and_name_their_step(levels_repository: tuple[Path, Path]) -> None:
     repo, _ = levels_repository
     base = Manifest.read(repo / level_name(2) / "1")
@@ -115,34 +106,21 @@ def server(levels_repository: tuple[Path, Path], serve):
     return serve(levels_repository[0])
 
 
-def _image(h: int, w: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w]
-    smooth = np.stack([np.sin(xx / 7 + c) * np.cos(yy / 5 - c) for c in range(3)], axis=-1) * 90 + 128
-    return np.clip(smooth + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8)
-
-
-def _png(image: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def _compress(server, image: np.ndarray, **params) -> httpx.Response:
-    return httpx.post(f"{server.url}/image/compress", files={"image": ("a.png", _png(image), "image/png")},
+    return httpx.post(f"{server.url}/image/compress", files={"image": ("a.png", png_bytes(image), "image/png")},
                       params=params, timeout=60)
 
 
 def test_each_level_round_trips_exactly_over_http(server, levels_repository: tuple[Path, Path]) -> None:
     repo, _ = levels_repository
-    image = _image(96, 130, 3)
+    image = smooth_image(96, 130, 3)
     sizes = []
     for level in sorted(LEVELS):
         r = _compress(server, image, quality=level)
         assert r.status_code == 200, r.text
         stream = r.content
         assert StreamHeader.peek(stream).model_name == level_name(level)
-        nets, model = _local(repo / level_name(level) / "1")
+        nets, model = local_codec(repo / level_name(level) / "1")
         local_stream, enc = encode(image, nets, model)
         assert stream == local_stream  # the service codes with the level's step, as the CLI does
         d = httpx.post(f"{server.url}/image/decompress", content=stream, timeout=60)
@@ -157,13 +135,13 @@ def test_each_level_round_trips_exactly_over_http(server, levels_repository: tup
 
 def test_a_stream_decodes_with_its_own_level_only(server, levels_repository: tuple[Path, Path]) -> None:
     repo, _ = levels_repository
-    image = _image(64, 64, 5)
+    image = smooth_image(64, 64, 5)
     stream = _compress(server, image, quality=1).content
     wrong = httpx.post(f"{server.url}/image/decompress", content=stream, params={"model": level_name(3)}, timeout=30)
     assert wrong.status_code == 422, wrong.text
     assert wrong.json()["error"]["details"]["reason"] == "model"
     assert level_name(1) in wrong.json()["error"]["message"]
-    nets, q3 = _local(repo / level_name(3) / "1")
+    nets, q3 = local_codec(repo / level_name(3) / "1")
     with pytest.raises(BitstreamError) as caught:
         decode(stream, nets, q3)
     assert caught.value.kind == "model"
@@ -172,7 +150,7 @@ def test_a_stream_decodes_with_its_own_level_only(server, levels_repository: tup
 def test_default_level_missing_levels_and_streams_of_the_unlevelled_name(
         server, levels_repository: tuple[Path, Path]) -> None:
     repo, ckpt = levels_repository
-    image = _image(64, 128, 6)
+    image = smooth_image(64, 128, 6)
     r = _compress(server, image)  # no level: the default one (2, the trained point)
     assert r.status_code == 200, r.text
     assert StreamHeader.peek(r.content).model_name == level_name(2)
@@ -188,6 +166,6 @@ def test_default_level_missing_levels_and_streams_of_the_unlevelled_name(
     d = httpx.post(f"{server.url}/image/decompress", content=old, timeout=60)
     assert d.status_code == 200, d.text
     assert d.headers["x-model"] == level_name(2)
-    nets, q2 = _local(repo / level_name(2) / "1")
+    nets, q2 = local_codec(repo / level_name(2) / "1")
     _, dec = decode(old, nets, q2)
     np.testing.assert_array_equal(dec.symbols, enc.symbols)

@@ -11,17 +11,14 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from fixtures.imagecodec import local_codec
 from PIL import Image
 from prometheus_client import CollectorRegistry
 from testkit import LiveServer, hostile_request, metric_value, running_server
 
 from families.imagecodec.codec import decode, encode
-from families.imagecodec.contract import TABLES_ASSET, Preprocessing
-from families.imagecodec.tables import PmfTables
-from families.manifest import Manifest
 from service.metrics import QualityMetrics
 from service.quality.imagecodec import PSNR_CAP_DB, CodecQuality, level_of, psnr_db
-from service.runtimes import open_runtime
 
 REPORT: list[tuple[str, int, float, float, float]] = []
 
@@ -47,17 +44,9 @@ def test_psnr() -> None:
     assert psnr_db(a, b) == pytest.approx(0.0)
 
 
-def _local(version_dir: Path):
-    manifest = Manifest.read(version_dir)
-    runtimes = {name: open_runtime(version_dir, spec, "cpu", cpu_threads=1) for name, spec in manifest.graphs.items()}
-    pre = manifest.preprocessing_as(Preprocessing)
-    model = pre.codec_model(manifest.name, PmfTables.from_bytes((version_dir / TABLES_ASSET).read_bytes()))
-    return (lambda graph, inputs: runtimes[graph].run(inputs)), model
-
-
 @pytest.mark.parametrize("fraction", [0.0, 1.0])
 def test_record_bpp_always_psnr_on_sampled(imagecodec_repository: Path, fraction: float) -> None:
-    nets, model = _local(imagecodec_repository / "imagecodec" / "1")
+    nets, model = local_codec(imagecodec_repository / "imagecodec" / "1", cpu_threads=1)
     registry = CollectorRegistry()
     quality = CodecQuality.create(QualityMetrics(registry), "imagecodec", "1", 2, fraction, seed=0)
     image = _image()
