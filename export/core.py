@@ -14,7 +14,8 @@ import shutil
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -263,20 +264,33 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(handle.fileno())
 
 
-def publish(plan: ExportPlan, repository: Path, name: str, version: int | None = None) -> Path:
-    """Export, verify and atomically publish `plan` as `repository/name/version`. Returns the version dir."""
-    if plan.primary_graph not in {g.name for g in plan.graphs}:
-        raise ExportError(f"primary graph {plan.primary_graph!r} is not among the exported graphs")
+@contextmanager
+def staged_version(repository: Path, name: str, version: int | None = None) -> Iterator[tuple[Path, int]]:
+    """(staging folder, version) for a new `repository/name/version`: what the block writes there is fsynced and
+    renamed into place in one step when it ends, removed when it raises. Versions are immutable."""
     model_dir = repository / name
     model_dir.mkdir(parents=True, exist_ok=True)
     version = version if version is not None else next_version(model_dir)
     final_dir = model_dir / str(version)
     if final_dir.exists():
         raise ExportError(f"{final_dir} already exists; versions are immutable, pick another version")
-
     # Dot-prefixed staging folder in the same filesystem: invisible to the service, renamed in one step.
     staging = Path(tempfile.mkdtemp(prefix=f".staging-{version}-{uuid.uuid4().hex[:8]}-", dir=model_dir))
     try:
+        yield staging, version
+        _fsync_tree(staging)
+        staging.chmod(0o755)
+        os.rename(staging, final_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def publish(plan: ExportPlan, repository: Path, name: str, version: int | None = None) -> Path:
+    """Export, verify and atomically publish `plan` as `repository/name/version`. Returns the version dir."""
+    if plan.primary_graph not in {g.name for g in plan.graphs}:
+        raise ExportError(f"primary graph {plan.primary_graph!r} is not among the exported graphs")
+    with staged_version(repository, name, version) as (staging, version):
         graphs = {g.name: _build_graph(g, staging) for g in plan.graphs}
         failed = {n: s.parity for n, s in graphs.items() if s.parity and not s.parity.passed}
         if failed:
@@ -307,10 +321,4 @@ def publish(plan: ExportPlan, repository: Path, name: str, version: int | None =
             files=checksum_files(staging),
         )
         (staging / MANIFEST_FILE).write_text(manifest.to_json())
-        _fsync_tree(staging)
-        staging.chmod(0o755)
-        os.rename(staging, final_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return final_dir
+    return repository / name / str(version)

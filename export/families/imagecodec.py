@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -128,7 +127,7 @@ def derive_level(source: Path, repository: Path, name: str, quality: int, step: 
     with quantisation step `step` (relative to the trained point). The graphs are hard links (copies across
     file systems) of the source's, verified against its checksums; the manifest gets the level's name,
     quality, step and hash, and the provenance says where it came from. Atomic like `publish`."""
-    from export.core import ExportError, next_version
+    from export.core import ExportError, staged_version
 
     manifest = Manifest.read(source)
     pre = manifest.preprocessing_as(Preprocessing)
@@ -136,14 +135,7 @@ def derive_level(source: Path, repository: Path, name: str, quality: int, step: 
         raise ExportError(f"{source} is a {manifest.family} version, not an imagecodec one")
     if pre.step != 1.0:
         raise ExportError(f"{source} already codes with step {pre.step}: derive levels from a step-1 version")
-    model_dir = repository / name
-    model_dir.mkdir(parents=True, exist_ok=True)
-    version = version if version is not None else next_version(model_dir)
-    final_dir = model_dir / str(version)
-    if final_dir.exists():
-        raise ExportError(f"{final_dir} already exists; versions are immutable, pick another version")
-    staging = Path(tempfile.mkdtemp(prefix=f".staging-{version}-", dir=model_dir))
-    try:
+    with staged_version(repository, name, version) as (staging, version):
         for rel in manifest.files:
             target = staging / rel
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -163,12 +155,7 @@ def derive_level(source: Path, repository: Path, name: str, quality: int, step: 
         out = manifest.model_copy(update={"name": name, "version": version, "files": files, "provenance": provenance,
                                           "preprocessing": derived.model_dump(mode="json", by_alias=True)})
         (staging / MANIFEST_FILE).write_text(out.to_json())
-        staging.chmod(0o755)
-        os.rename(staging, final_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return final_dir
+    return repository / name / str(version)
 
 
 def _latest(repository: Path, name: str) -> Path | None:
