@@ -22,7 +22,6 @@ import socket
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
@@ -31,6 +30,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 from loadgen import LoadResult, ServiceProcess, run_load  # noqa: E402
+
+from deploy.ray.launch import wait_ready  # noqa: E402
 
 FAMILIES = ("traffic", "weld")
 
@@ -58,17 +59,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
-
-def wait_ready(url: str, timeout: float = 600.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=10).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} not ready after {timeout}s")
 
 
 def drive(url: str, path: str, body: bytes, concurrency: int, seconds: float) -> LoadResult:
@@ -111,7 +101,7 @@ def main() -> None:
                     "metrics_dir": None, "graceful_shutdown_timeout_s": 2, "settings": {"device": "cpu"}}
         serve.run(build_app(app_args), name=f"r{replicas}", route_prefix=f"/r{replicas}", blocking=False)
     for replicas in (1, 2):
-        wait_ready(f"{base}/r{replicas}")
+        wait_ready(f"{base}/r{replicas}", 600.0)
     single = None if args.no_one_process else ServiceProcess(repository, env={
         "SERVICE_MODELS": ",".join(FAMILIES), "SERVICE_DEVICE": "cpu",
         "SERVICE_STATE_DIR": str(state / "one"), "SERVICE_CPU_THREADS": str(threads_for(args.num_cpus))})

@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 from testkit import ROOT, free_port
 
 ray = pytest.importorskip("ray", reason="ray[serve] is not installed (pip install -e '.[ray]')")
 serve = pytest.importorskip("ray.serve")
 from ray.cluster_utils import Cluster  # noqa: E402
+
+from deploy.ray.launch import wait_ready as launcher_wait_ready  # noqa: E402
 
 ADMIN_TOKEN = "ray-test-token"
 
@@ -32,15 +32,8 @@ class RayService:
 
 
 def wait_ready(url: str, timeout: float = 240.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=10).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"Ray Serve app not ready after {timeout}s")
+    """The app at `url` answers /v2/health/ready 200 (the launcher's wait, with the tests' bound)."""
+    launcher_wait_ready(url, timeout)
 
 
 @pytest.fixture(scope="session", name="wait_ready")
