@@ -47,10 +47,14 @@ def finite(result: list[dict]) -> bool:
 
 class Prometheus:
     def __init__(self, binary: str, workdir: Path, service_port: int) -> None:
+        self._start(binary, workdir, lambda port: scrape_config_for_test(service_port, port))
+
+    def _start(self, binary: str, workdir: Path, config_for: Callable[[int], dict]) -> None:
+        """Run `binary` on a free port with the config `config_for(port)` (written to workdir)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = workdir / "prometheus.yml"
-        config.write_text(yaml.safe_dump(scrape_config_for_test(service_port, self.port)))
+        config.write_text(yaml.safe_dump(config_for(self.port)))
         self.log_path = workdir / "prometheus.log"
         self._log = self.log_path.open("w")
         self.process = subprocess.Popen(

@@ -8,7 +8,6 @@ matching), and the request panels return data."""
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from deploy_prometheus import SCRAPE_S, Prometheus, free_port
+from deploy_prometheus import SCRAPE_S, Prometheus
 from deploy_support import (
     ALERTS_YML,
     PROMETHEUS_YML,
@@ -73,19 +72,7 @@ class RayPrometheus(Prometheus):
     """Prometheus with deploy/ray/prometheus.yml, the `inference` job discovering targets from `targets_dir`."""
 
     def __init__(self, binary: str, workdir: Path, targets_dir: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = ray_scrape_config(targets_dir, self.port)
-        path = workdir / "prometheus.yml"
-        path.write_text(yaml.safe_dump(config))
-        self.log_path = workdir / "prometheus.log"
-        self._log = self.log_path.open("w")
-        self.process = subprocess.Popen(
-            [binary, f"--config.file={path}", f"--storage.tsdb.path={workdir / 'prometheus-data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--storage.tsdb.retention.time=1h",
-             "--log.level=warn"],
-            stdout=self._log, stderr=subprocess.STDOUT,
-        )
+        self._start(binary, workdir, lambda port: ray_scrape_config(targets_dir, port))
 
     def wait_all_scraped_after(self, moment: float, targets: int, intervals: int = 1, timeout: float = 30.0) -> None:
         """Every one of `targets` inference targets up, scraped more than `intervals` intervals after `moment`."""
