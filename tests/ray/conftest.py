@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,10 +37,23 @@ def wait_ready(url: str, timeout: float = 240.0) -> None:
     launcher_wait_ready(url, timeout)
 
 
-@pytest.fixture(scope="session", name="wait_ready")
-def wait_ready_fixture():
-    """`wait_ready(url, timeout)` for the test modules (importlib mode: `conftest` is tests/conftest.py)."""
-    return wait_ready
+@pytest.fixture(scope="session")
+def extra_app(ray_service):
+    """`with extra_app(name, args) as url:` a second application of build_app(args) on the session cluster at
+    route prefix /<name>, ready; deleted when the block ends."""
+    from deploy.ray.serve_app import build_app
+
+    @contextmanager
+    def run(name: str, args: dict) -> Iterator[str]:
+        serve.run(build_app(args), name=name, route_prefix=f"/{name}", blocking=False)
+        url = f"{ray_service.url}/{name}"
+        wait_ready(url)
+        try:
+            yield url
+        finally:
+            serve.delete(name)
+
+    return run
 
 
 @pytest.fixture(scope="session")

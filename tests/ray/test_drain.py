@@ -30,9 +30,7 @@ DELAY_MS = 2000
 
 @pytest.fixture(scope="module")
 def slow(ray_service, ray_repository: Path, tmp_path_factory: pytest.TempPathFactory,
-         wait_ready) -> Iterator[tuple[str, dict]]:
-    from deploy.ray.serve_app import build_app
-
+         extra_app) -> Iterator[tuple[str, dict]]:
     repository = tmp_path_factory.mktemp("slow-repo")
     shutil.copytree(ray_repository / "traffic", repository / "traffic")
     for path in (repository / "traffic").glob("*/manifest.json"):
@@ -45,13 +43,8 @@ def slow(ray_service, ray_repository: Path, tmp_path_factory: pytest.TempPathFac
             "state_dir": str(state), "metrics_dir": str(state / "targets"), "graceful_shutdown_timeout_s": 20,
             # a fresh replica takes the backlog queued while none ran: its preprocessing queue fits it
             "settings": {"device": "cpu", "max_pending_work": 512}}
-    serve.run(build_app(args), name="slow", route_prefix="/slow", blocking=False)
-    url = f"{ray_service.url}/slow"
-    wait_ready(url)
-    try:
+    with extra_app("slow", args) as url:
         yield url, args
-    finally:
-        serve.delete("slow")
 
 
 def _replicas(app: str = "slow", calls: int = 30) -> dict[str, dict]:

@@ -13,7 +13,6 @@ from pathlib import Path
 import httpx
 import pytest
 from fixtures.postgres import postgres_server  # noqa: F401 - the session fixture
-from ray import serve
 
 pytestmark = pytest.mark.ray
 TOKEN = "ray-pg-token"
@@ -21,22 +20,15 @@ TOKEN = "ray-pg-token"
 
 @pytest.fixture(scope="module")
 def pg_app(ray_service, ray_repository: Path, postgres_server, tmp_path_factory: pytest.TempPathFactory,  # noqa: F811
-           wait_ready) -> Iterator[tuple[str, str]]:
-    from deploy.ray.serve_app import build_app
-
+           extra_app) -> Iterator[tuple[str, str]]:
     database = postgres_server.new_database()
     state = tmp_path_factory.mktemp("pg-state")
     args = {"repository": str(ray_repository), "families": ["weld"], "replicas": 2, "ingress_replicas": 1,
             "num_cpus": 0.25, "state_dir": str(state), "metrics_dir": str(state / "targets"),
             "graceful_shutdown_timeout_s": 2, "env": {"SERVICE_GALLERY_URL": database},
             "settings": {"admin_token": TOKEN, "device": "cpu"}}
-    serve.run(build_app(args), name="pg", route_prefix="/pg", blocking=False)
-    url = f"{ray_service.url}/pg"
-    wait_ready(url)
-    try:
+    with extra_app("pg", args) as url:
         yield url, database
-    finally:
-        serve.delete("pg")
 
 
 def _weld_sample(repository: Path, fill: float) -> dict:

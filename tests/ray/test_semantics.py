@@ -25,9 +25,7 @@ pytestmark = pytest.mark.ray
 
 @pytest.fixture(scope="module")
 def tight(ray_service, ray_repository: Path, tmp_path_factory: pytest.TempPathFactory,
-          wait_ready) -> Iterator[str]:
-    from deploy.ray.serve_app import build_app
-
+          extra_app) -> Iterator[str]:
     repository = tmp_path_factory.mktemp("tight-repo")
     shutil.copytree(ray_repository / "traffic", repository / "traffic")
     for path in (repository / "traffic").glob("*/manifest.json"):
@@ -38,13 +36,8 @@ def tight(ray_service, ray_repository: Path, tmp_path_factory: pytest.TempPathFa
     args = {"repository": str(repository), "replicas": 1, "ingress_replicas": 1, "num_cpus": 0.25,
             "state_dir": str(state), "metrics_dir": str(state / "targets"), "max_queued_requests": 2,
             "graceful_shutdown_timeout_s": 2, "settings": {"device": "cpu"}}
-    serve.run(build_app(args), name="tight", route_prefix="/tight", blocking=False)
-    url = f"{ray_service.url}/tight"
-    wait_ready(url)
-    try:
+    with extra_app("tight", args) as url:
         yield url
-    finally:
-        serve.delete("tight")
 
 
 def test_full_queues_answer_429_with_retry_after(tight: str, forecast_body: dict) -> None:
