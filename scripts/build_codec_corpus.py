@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import hashlib
 import json
 import re
 import shutil
@@ -41,6 +40,9 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from families.manifest import sha256_file  # noqa: E402
+
 DEFAULT_MANIFEST = ROOT / "training" / "imagecodec" / "corpus.json"
 PACKAGES = ("plasma-workspace-wallpapers", "mate-backgrounds", "lxqt-themes", "lomiri-wallpapers-16.04",
             "lomiri-wallpapers-20.04", "lomiri-wallpapers", "ukui-wallpapers", "gnome-backgrounds", "desktop-base",
@@ -201,14 +203,6 @@ def plasma_author(package_root: Path, path: str) -> str | None:
 
 # ---- image checks -----------------------------------------------------------------------------------------
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def image_facts(path: Path) -> dict[str, Any]:
     """Size, EXIF camera and the statistics the selection uses (on a copy whose long side is 768)."""
     import warnings
@@ -323,7 +317,7 @@ def _scan(packages: tuple[str, ...], debs: Path, scratch: Path, cache: dict[str,
             licence, holders = licence_of(stanzas, rel)
             author = plasma_author(root, rel) or facts["artist"] or holders
             accepted.append({"package": package, "package_version": version, "file": rel,
-                             "name": output_name(package, rel, file.suffix), "sha256": sha256(file),
+                             "name": output_name(package, rel, file.suffix), "sha256": sha256_file(file),
                              "licence": licence, "author": author, "copyright": holders,
                              "width": facts["width"], "height": facts["height"],
                              "reason": f"{reason}; {stats}", "_thumb": facts["thumb"]})
@@ -369,11 +363,11 @@ def build(manifest: dict[str, Any], out: Path, debs: Path, scratch: Path) -> dic
             stale.unlink()  # from an older manifest (another split or left out since)
     for entry in manifest["images"]:
         target = out / entry["split"] / entry["name"]
-        if target.exists() and sha256(target) == entry["sha256"]:
+        if target.exists() and sha256_file(target) == entry["sha256"]:
             continue
         root = fetch(entry["package"], entry["package_version"], debs, scratch)
         source = root / entry["file"]
-        digest = sha256(source)
+        digest = sha256_file(source)
         if digest != entry["sha256"]:
             raise SystemExit(f"{entry['package']}:{entry['file']}: sha256 {digest} != manifest {entry['sha256']}")
         shutil.copyfile(source, target)
