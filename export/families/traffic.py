@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -46,6 +46,14 @@ def _samples(num_nodes: int, steps: int, pre: Preprocessing, batch: int, seed: i
     return torch.from_numpy(x)
 
 
+def _mae_ratio(metrics: Mapping[str, Any] | None) -> float | None:
+    """The model's average test MAE over the last-value baseline's, from the checkpoint's test table."""
+    tables = (metrics or {}).get("test") or {}
+    if "model" not in tables or "last_value" not in tables:
+        return None
+    return round(tables["model"]["average"]["mae"] / tables["last_value"]["average"]["mae"], 4)
+
+
 def plan_from_checkpoint(checkpoint: Path, options: Mapping[str, str] | None = None) -> ExportPlan:
     opts = parse_options(ExportOptions, options)
     loaded = load_checkpoint(Path(checkpoint))
@@ -66,6 +74,7 @@ def plan_from_checkpoint(checkpoint: Path, options: Mapping[str, str] | None = N
     batching = Batching(max_batch_size=16, max_queue_delay_ms=2.0, max_queue_size=256)
     provenance = {
         "training_config": extras.get("config"),
+        "test_mae_vs_last_value": _mae_ratio(extras.get("metrics")),
         "model_config": extras.get("model_config"),
         "data": extras.get("data"),
         "metrics": extras.get("metrics"),

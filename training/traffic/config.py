@@ -55,7 +55,7 @@ class TrainConfig:
     eval_batch_size: int = 64
     device: str = "cpu"
     test_max_batches: int | None = None  # bounds the final test evaluation (None = the whole split)
-    amp: bool = False  # bf16 autocast for training steps (CUDA only)
+    amp: bool = False  # bf16 autocast for training steps (GPU, or a CPU with bf16 matrix units)
     resume: bool = False  # continue from <out>/latest.pt
 
 

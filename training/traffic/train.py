@@ -171,7 +171,8 @@ def _resume(model: TrafficForecaster, optimizer: torch.optim.Optimizer, path: Pa
 def training_step(model: TrafficForecaster, optimizer: torch.optim.Optimizer, x: torch.Tensor, target: torch.Tensor,
                   amp: bool = False, grad_clip: float = 0.0) -> torch.Tensor:
     """One optimiser step; returns the final stage's prediction (detached, mph)."""
-    # bf16 autocast on GPU lets SDPA take its fused kernels (the cross-stage attention is long)
+    # bf16 autocast: on GPU SDPA takes its fused kernels (the cross-stage attention is long); on a CPU with
+    # AMX it cut the Phase 1 step 2.7 -> 2.3 s (batch 8) and 13.1 -> 8.3 s (batch 32)
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
         outputs = model.forward_all(x)
     outputs = [out.float() for out in outputs]
@@ -190,7 +191,7 @@ def train_epoch(model: TrafficForecaster, optimizer: torch.optim.Optimizer, data
     """The training steps of one epoch: (per-batch MAE, batches planned, whether the time budget ran out)."""
     model.train()
     device = next(model.parameters()).device
-    amp = tcfg.amp and device.type == "cuda"  # training only; evaluation stays FP32
+    amp = tcfg.amp  # training only; evaluation stays FP32 (on CPU bf16 needs AMX/AVX512-BF16 to pay)
     order = np.random.default_rng(tcfg.seed * 1000 + epoch).permutation(len(data.anchors["train"]))
     batches = range(0, len(order), tcfg.batch_size)
     if tcfg.max_batches_per_epoch:
@@ -319,6 +320,7 @@ OVERRIDES: dict[str, tuple[str, str, Any]] = {
     "spatial_encoding": ("model", "spatial_encoding", str),
     "predict_residual": ("model", "predict_residual", _on_off),
     "d_model": ("model", "d_model", int),
+    "dropout": ("model", "dropout", float),
     "day_of_week": ("data", "use_day_of_week", _on_off),
     "nodes": ("data", "nodes", int),
     "days": ("data", "days", int),
