@@ -37,6 +37,7 @@ def test_manifest_records_size_and_test_table() -> None:
     assert provenance["metrics"]["test_windows"] == 2011  # the whole synthetic test split
     ratio = tables["model"]["average"]["mae"] / tables["last_value"]["average"]["mae"]
     assert provenance["test_mae_vs_last_value"] == pytest.approx(ratio, abs=1e-4)
+    assert ratio <= 0.7  # issue 15 target
     # beats last value at every reported horizon and both baselines on average
     for horizon in ("horizon_3", "horizon_6", "horizon_12", "average"):
         assert tables["model"][horizon]["mae"] < tables["last_value"][horizon]["mae"]
