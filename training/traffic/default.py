@@ -21,9 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-from training.checkpoints import FAMILY_KEY, read_checkpoint, save_checkpoint
+from training.checkpoints import save_checkpoint
 from training.traffic.config import load_config
-from training.traffic.train import FAMILY, train
+from training.traffic.train import FAMILY, read_without_training_state, train
 
 SHIPPED = Path(__file__).resolve().parents[2] / "models" / "traffic" / "traffic-research.pt"
 
@@ -37,10 +37,8 @@ def build_default(workdir: Path, use_shipped: bool = True) -> Path:
 
 def ship(checkpoint: Path, target: Path = SHIPPED) -> Path:
     """Write a trained best.pt as the shipped default: the weights and provenance, not the optimizer state."""
-    payload = read_checkpoint(checkpoint, FAMILY)
-    kept = {k: v for k, v in payload.items() if k not in ("optimizer", "torch_rng", FAMILY_KEY)}
     target.parent.mkdir(parents=True, exist_ok=True)
-    return save_checkpoint(FAMILY, kept, target)
+    return save_checkpoint(FAMILY, read_without_training_state(checkpoint), target)
 
 
 def main() -> None:

@@ -138,6 +138,11 @@ def _read(path: Path) -> dict[str, Any]:
     return read_checkpoint(path, FAMILY, legacy=lambda p: p.get("format") == LEGACY_FORMAT)
 
 
+def read_without_training_state(path: Path) -> dict[str, Any]:
+    """A checkpoint's weights and provenance without what only resuming needs (optimizer, RNG) or its tag."""
+    return {k: v for k, v in _read(path).items() if k not in ("optimizer", "torch_rng", FAMILY_KEY)}
+
+
 def _model_of(payload: dict[str, Any]) -> TrafficForecaster:
     scaler = payload["scaler"]
     model = TrafficForecaster(TrafficModelConfig.from_dict(payload["model_config"]), None, scaler["mean"],
@@ -149,8 +154,8 @@ def _model_of(payload: dict[str, Any]) -> TrafficForecaster:
 def load_checkpoint(path: Path) -> Checkpoint:
     """The eval-mode model on the CPU, its training config, and in `extras` the rest of the file but the
     weights and the optimizer: sensor ids, scaler, features, step, data summary, metrics, progress."""
-    payload = _read(path)
-    extras = {k: v for k, v in payload.items() if k not in ("state_dict", "optimizer", "torch_rng", FAMILY_KEY)}
+    payload = read_without_training_state(path)
+    extras = {k: v for k, v in payload.items() if k != "state_dict"}
     return Checkpoint(family=FAMILY, path=Path(path), model=_model_of(payload),
                       config=TrafficConfig.from_dict(payload["config"]), extras=extras)
 
