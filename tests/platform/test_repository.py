@@ -62,8 +62,9 @@ def publish_lookup(repository: Path) -> Path:
                for batch in (2, 5)]
     plan = ExportPlan(family="tiny", task="lookup",
                       graphs=[GraphExport(name="model", module=Lookup(), samples=samples, output_names=["y"])])
-    # A long queue delay so that concurrent requests are batched together.
-    plan.batching = plan.batching.model_copy(update={"max_queue_delay_ms": 300.0})
+    # A long fixed queue delay so that concurrent requests are batched together (the adaptive policy would
+    # send the first of a burst alone when the arrival rate before it was low).
+    plan.batching = plan.batching.model_copy(update={"max_queue_delay_ms": 300.0, "delay_policy": "fixed"})
     return publish(plan, repository, "lookup")
 
 
@@ -218,6 +219,8 @@ def test_one_bad_request_fails_alone_in_its_batch(server: LiveServer, repository
 
     async def burst() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            # Open the five connections first, so that the burst arrives well inside the queue delay.
+            await asyncio.gather(*(client.get("/v2/health/live") for _ in range(5)))
             bodies = [oip_body("ids", ids, "INT64") for ids in [*good[:2], bad, *good[2:]]]
             return await asyncio.gather(*(client.post("/v2/models/lookup/infer", json=b) for b in bodies))
 
