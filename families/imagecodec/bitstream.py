@@ -2,8 +2,10 @@
 
 Layout (little endian):
   magic "HPCM" | format version u8 | name length u8 | model name utf-8 | model hash 8 bytes |
-  image height u32 | image width u32 | 4 substream lengths u32 (z, y, escapes, hints) |
+  image height u32 | image width u32 | substream lengths u32 (z, y, escapes, hints, filter) |
   the substreams | CRC-32 of everything before it (u32).
+Format 2 added the `filter` substream (the adaptive loop filter, empty when the encoder sent none); format 1
+streams (four substreams, no filter) are still read, so streams stored before it stay decodable.
 `StreamHeader.peek` reads the header alone (microseconds, fit for the event loop: model selection and the
 size checks); `Bitstream.parse` adds the checksum over the whole stream and slices the substreams. Both run
 before any network, so truncated or corrupted streams fail fast and cheaply.
@@ -16,10 +18,12 @@ import zlib
 from dataclasses import dataclass
 
 MAGIC = b"HPCM"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the version written
+READABLE_VERSIONS = (1, 2)
 HASH_BYTES = 8
-_FIXED = struct.Struct("<II4I")  # height, width, substream lengths
-SUBSTREAMS = ("z", "y", "escapes", "hints")
+SUBSTREAMS = ("z", "y", "escapes", "hints", "filter")
+_SUBSTREAM_COUNT = {1: 4, 2: 5}  # format version -> substreams it carries (a prefix of SUBSTREAMS)
+_FIXED = {v: struct.Struct(f"<II{n}I") for v, n in _SUBSTREAM_COUNT.items()}  # height, width, lengths
 
 
 class BitstreamError(ValueError):
@@ -40,16 +44,19 @@ class Bitstream:
     y: bytes
     escapes: bytes
     hints: bytes
+    filter: bytes = b""
     format_version: int = FORMAT_VERSION
 
     def to_bytes(self) -> bytes:
         name = self.model_name.encode()
         if len(name) > 255 or len(self.model_hash) != HASH_BYTES:
             raise ValueError("model name too long or hash of the wrong size")
+        if self.format_version not in READABLE_VERSIONS or (self.format_version == 1 and self.filter):
+            raise ValueError(f"format version {self.format_version} cannot carry these substreams")
+        parts = [getattr(self, key) for key in SUBSTREAMS[:_SUBSTREAM_COUNT[self.format_version]]]
         body = b"".join([
             MAGIC, bytes([self.format_version, len(name)]), name, self.model_hash,
-            _FIXED.pack(self.height, self.width, len(self.z), len(self.y), len(self.escapes), len(self.hints)),
-            self.z, self.y, self.escapes, self.hints,
+            _FIXED[self.format_version].pack(self.height, self.width, *(len(p) for p in parts)), *parts,
         ])
         return body + struct.pack("<I", zlib.crc32(body))
 
@@ -78,7 +85,7 @@ class StreamHeader:
     model_hash: bytes
     height: int
     width: int
-    lengths: tuple[int, int, int, int]  # z, y, escapes, hints
+    lengths: tuple[int, int, int, int, int]  # z, y, escapes, hints, filter (0 in format 1)
     payload_offset: int
     crc: int
 
@@ -92,11 +99,12 @@ class StreamHeader:
         if len(data) < 6:
             raise BitstreamError("truncated", "bitstream truncated inside the header")
         version, name_len = data[4], data[5]
-        if version != FORMAT_VERSION:
-            raise BitstreamError(
-                "version", f"bitstream format version {version} is not supported (this service reads {FORMAT_VERSION})")
+        if version not in READABLE_VERSIONS:
+            raise BitstreamError("version", f"bitstream format version {version} is not supported (this service "
+                                 f"reads {', '.join(map(str, READABLE_VERSIONS))})")
+        fixed = _FIXED[version]
         offset = 6
-        header_end = offset + name_len + HASH_BYTES + _FIXED.size
+        header_end = offset + name_len + HASH_BYTES + fixed.size
         if len(data) < header_end + 4:
             raise BitstreamError("truncated", "bitstream truncated inside the header")
         try:
@@ -106,8 +114,9 @@ class StreamHeader:
         offset += name_len
         model_hash = bytes(data[offset:offset + HASH_BYTES])
         offset += HASH_BYTES
-        height, width, *lengths = _FIXED.unpack_from(data, offset)
-        offset += _FIXED.size
+        height, width, *lengths = fixed.unpack_from(data, offset)
+        lengths += [0] * (len(SUBSTREAMS) - len(lengths))
+        offset += fixed.size
         expected = offset + sum(lengths) + 4
         if len(data) < expected:
             raise BitstreamError("truncated", f"bitstream truncated: {len(data)} bytes, header announces {expected}")

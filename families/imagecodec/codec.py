@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 import constriction
 import numpy as np
 
-from families.imagecodec.bitstream import HASH_BYTES, Bitstream, BitstreamError, StreamHeader
+from families.imagecodec import loopfilter
+from families.imagecodec.bitstream import HASH_BYTES, SUBSTREAMS, Bitstream, BitstreamError, StreamHeader
 from families.imagecodec.schedule import LATENT_MULTIPLE, NUM_STEPS, STEP_FACTOR, step_map
 from families.imagecodec.tables import SCALE_LEVELS, PmfTables, scale_position
 
@@ -347,16 +348,28 @@ def encode(image: np.ndarray, nets: Networks, model: CodecModel) -> tuple[bytes,
     z_hat = (z_symbols.astype(np.float32) + zm)[None]
     hp = _run(nets, "h_s", z_hat=z_hat)["hp"]
     y_coder = _SymbolCoder()
-    _, symbols, hints = _progressive(nets, model, hp, y_coder, y[0], None)
+    y_hat, symbols, hints = _progressive(nets, model, hp, y_coder, y[0], None)
     z_bytes, z_esc = z_coder.finish()
     y_bytes, y_esc = y_coder.finish()
     hint_bytes = _pack_hints(np.array(list(hints), dtype=np.int64), np.array(list(hints.values()), dtype=np.int64))
+    # The decoder's own reconstruction, to fit the loop filter on.
+    x_hat = _run(nets, "g_s", y_hat=y_hat)["x_hat"][0, :, :height, :width]
+    filter_bytes = _loop_filter(x[0, :, :height, :width], x_hat)
     stream = Bitstream(model.name, model.model_hash, height, width, z=z_bytes, y=y_bytes,
-                       escapes=z_esc + y_esc + np.uint32(len(z_esc) // 4).tobytes(), hints=hint_bytes)
+                       escapes=z_esc + y_esc + np.uint32(len(z_esc) // 4).tobytes(), hints=hint_bytes,
+                       filter=filter_bytes)
     data = stream.to_bytes()
     info = CodecInfo(bits=8 * len(data), num_pixels=height * width, hints=len(hints),
                      escapes=(len(z_esc) + len(y_esc)) // 4, seconds=time.perf_counter() - start, symbols=symbols)
     return data, info
+
+
+def _loop_filter(original: np.ndarray, x_hat: np.ndarray) -> bytes:
+    """The filter substream: the fitted coefficients when they pay for their bytes, else empty."""
+    coefficients = loopfilter.fit(x_hat, original)
+    if not loopfilter.worth_sending(original, x_hat, loopfilter.apply(x_hat, coefficients)):
+        return b""
+    return loopfilter.to_bytes(coefficients)
 
 
 def minimum_substream_bytes(model: CodecModel, height: int, width: int) -> dict[str, int]:
@@ -368,7 +381,7 @@ def minimum_substream_bytes(model: CodecModel, height: int, width: int) -> dict[
     lat_h, lat_w = ph // LATENT_STRIDE, pw // LATENT_STRIDE
     z_bits = model._z_min_bits * (lat_h // LATENT_MULTIPLE) * (lat_w // LATENT_MULTIPLE)
     y_bits = model._y_min_bits * model.M * lat_h * lat_w
-    return {"z": _min_coded_bytes(z_bits), "y": _min_coded_bytes(y_bits), "escapes": 4, "hints": 0}
+    return {"z": _min_coded_bytes(z_bits), "y": _min_coded_bytes(y_bits), "escapes": 4, "hints": 0, "filter": 0}
 
 
 def _min_coded_bytes(bits: float) -> int:
@@ -388,14 +401,17 @@ def check_stream(stream: Bitstream | StreamHeader, model: CodecModel) -> None:
     except SizeError as exc:
         raise BitstreamError("size", f"bitstream announces an unsupported size: {exc}") from None
     header = stream if isinstance(stream, StreamHeader) else None
-    lengths = header.lengths if header else tuple(len(getattr(stream, k)) for k in ("z", "y", "escapes", "hints"))
+    lengths = header.lengths if header else tuple(len(getattr(stream, k)) for k in SUBSTREAMS)
     floors = minimum_substream_bytes(model, stream.height, stream.width)
     for (key, floor), length in zip(floors.items(), lengths, strict=True):
         if length < floor:
             raise BitstreamError("corrupted", f"{key} substream has {length} bytes; an image of "
                                  f"{stream.width}x{stream.height} needs at least {floor}")
-        if key != "hints" and length % 4:
+        if key in ("z", "y", "escapes") and length % 4:
             raise BitstreamError("corrupted", f"{key} substream length {length} is not a multiple of 4")
+        if key == "filter" and length not in (0, loopfilter.FILTER_BYTES):
+            raise BitstreamError("corrupted", f"filter substream has {length} bytes, expected 0 or "
+                                 f"{loopfilter.FILTER_BYTES}")
 
 
 @dataclass
@@ -407,6 +423,7 @@ class PreparedStream:
     hints: tuple[np.ndarray, np.ndarray]
     z_escapes: bytes
     y_escapes: bytes
+    loop_filter: np.ndarray | None = None  # (3, 28) coefficients, None when the stream carries none
 
     @property
     def latent_size(self) -> tuple[int, int]:
@@ -424,7 +441,11 @@ def prepare_stream(data: bytes, model: CodecModel) -> PreparedStream:
     n_z_esc = int(np.frombuffer(esc[-4:], dtype="<u4")[0])
     if 4 * n_z_esc > len(esc) - 4:
         raise BitstreamError("corrupted", "escape substream has the wrong length")
-    return PreparedStream(stream, len(data), hints, esc[: 4 * n_z_esc], esc[4 * n_z_esc: -4])
+    try:
+        coefficients = loopfilter.from_bytes(stream.filter)
+    except ValueError as exc:
+        raise BitstreamError("corrupted", str(exc)) from None
+    return PreparedStream(stream, len(data), hints, esc[: 4 * n_z_esc], esc[4 * n_z_esc: -4], coefficients)
 
 
 def decode(data: bytes | PreparedStream, nets: Networks, model: CodecModel) -> tuple[np.ndarray, CodecInfo]:
@@ -442,7 +463,9 @@ def decode(data: bytes | PreparedStream, nets: Networks, model: CodecModel) -> t
     hp = _run(nets, "h_s", z_hat=z_hat)["hp"]
     y_coder = _SymbolCoder(stream.y, prepared.y_escapes)
     y_hat, symbols, _ = _progressive(nets, model, hp, y_coder, None, prepared.hints)
-    x_hat = _run(nets, "g_s", y_hat=y_hat)["x_hat"]
+    x_hat = _run(nets, "g_s", y_hat=y_hat)["x_hat"][:, :, :stream.height, :stream.width]
+    if prepared.loop_filter is not None:
+        x_hat = loopfilter.apply(x_hat[0], prepared.loop_filter)[None]
     image = to_uint8(x_hat, stream.height, stream.width)
     info = CodecInfo(bits=8 * prepared.nbytes, num_pixels=stream.height * stream.width,
                      hints=int(prepared.hints[0].size), escapes=0, seconds=time.perf_counter() - start,
