@@ -333,8 +333,9 @@ def _code_z(coder: _SymbolCoder, model: CodecModel, z_symbols: np.ndarray | None
     return out
 
 
-def encode(image: np.ndarray, nets: Networks, model: CodecModel) -> tuple[bytes, CodecInfo]:
-    """uint8 (H, W, 3) RGB -> bitstream bytes."""
+def encode(image: np.ndarray, nets: Networks, model: CodecModel, loop_filter: bool = True) -> tuple[bytes, CodecInfo]:
+    """uint8 (H, W, 3) RGB -> bitstream bytes. `loop_filter=False` never sends the adaptive loop filter (one
+    synthesis pass fewer; for measuring what the filter costs and gains)."""
     start = time.perf_counter()
     height, width = image.shape[:2]
     check_size(height, width, model)
@@ -352,9 +353,10 @@ def encode(image: np.ndarray, nets: Networks, model: CodecModel) -> tuple[bytes,
     z_bytes, z_esc = z_coder.finish()
     y_bytes, y_esc = y_coder.finish()
     hint_bytes = _pack_hints(np.array(list(hints), dtype=np.int64), np.array(list(hints.values()), dtype=np.int64))
-    # The decoder's own reconstruction, to fit the loop filter on.
-    x_hat = _run(nets, "g_s", y_hat=y_hat)["x_hat"][0, :, :height, :width]
-    filter_bytes = _loop_filter(x[0, :, :height, :width], x_hat)
+    filter_bytes = b""
+    if loop_filter:  # fitted on the decoder's own reconstruction
+        x_hat = _run(nets, "g_s", y_hat=y_hat)["x_hat"][0, :, :height, :width]
+        filter_bytes = loopfilter.to_bytes(loopfilter.choose(x_hat, x[0, :, :height, :width]))
     stream = Bitstream(model.name, model.model_hash, height, width, z=z_bytes, y=y_bytes,
                        escapes=z_esc + y_esc + np.uint32(len(z_esc) // 4).tobytes(), hints=hint_bytes,
                        filter=filter_bytes)
@@ -362,14 +364,6 @@ def encode(image: np.ndarray, nets: Networks, model: CodecModel) -> tuple[bytes,
     info = CodecInfo(bits=8 * len(data), num_pixels=height * width, hints=len(hints),
                      escapes=(len(z_esc) + len(y_esc)) // 4, seconds=time.perf_counter() - start, symbols=symbols)
     return data, info
-
-
-def _loop_filter(original: np.ndarray, x_hat: np.ndarray) -> bytes:
-    """The filter substream: the fitted coefficients when they pay for their bytes, else empty."""
-    coefficients = loopfilter.fit(x_hat, original)
-    if not loopfilter.worth_sending(original, x_hat, loopfilter.apply(x_hat, coefficients)):
-        return b""
-    return loopfilter.to_bytes(coefficients)
 
 
 def minimum_substream_bytes(model: CodecModel, height: int, width: int) -> dict[str, int]:

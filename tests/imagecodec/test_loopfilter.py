@@ -40,14 +40,36 @@ def test_fit_undoes_a_colour_cast_and_blur() -> None:
     before = np.mean((blurred - original) ** 2)
     after = np.mean((filtered - original) ** 2)
     assert after < 0.05 * before, (before, after)
-    assert loopfilter.worth_sending(original, blurred, filtered)
+    plain_error, filtered_error = loopfilter.squared_errors(original, blurred, coefficients)
+    assert filtered_error < 0.05 * plain_error
+    assert loopfilter.worth_sending(plain_error, filtered_error, 96 * 128)
+    np.testing.assert_array_equal(loopfilter.choose(blurred, original), coefficients)
     np.testing.assert_array_equal(loopfilter.from_bytes(loopfilter.to_bytes(coefficients)), coefficients)
 
 
 def test_a_filter_that_gains_nothing_is_not_sent() -> None:
     original = _photo_like(64, 64, seed=1)
     coefficients = loopfilter.fit(original, original)  # the identity, up to float16 rounding
-    assert not loopfilter.worth_sending(original, original, loopfilter.apply(original, coefficients))
+    assert not loopfilter.worth_sending(*loopfilter.squared_errors(original, original, coefficients), 64 * 64)
+    assert loopfilter.choose(original, original) is None
+
+
+def test_strips_give_the_whole_image_answer(monkeypatch) -> None:
+    """Fitting and filtering strip by strip (bounded memory) equals doing it on the whole image at once."""
+    original = _photo_like(37, 23, seed=3)
+    cast = 0.8 * original[[1, 2, 0]] + 0.1
+    whole_fit, whole_out = loopfilter.fit(cast, original), loopfilter.apply(cast, loopfilter.fit(cast, original))
+    monkeypatch.setattr(loopfilter, "STRIP_PIXELS", 2 * 23)  # strips of 2 rows, the last one shorter
+    # float16 coefficients: sums in another order may round the last bit the other way
+    np.testing.assert_allclose(loopfilter.fit(cast, original).astype(np.float32), whole_fit, rtol=2e-3, atol=1e-4)
+    np.testing.assert_allclose(loopfilter.apply(cast, whole_fit), whole_out, atol=1e-6)
+    # the 3x3 neighbourhood of a pixel at a strip's edge reaches into the next strip: a direct reference
+    padded = np.pad(cast, ((0, 0), (1, 1), (1, 1)), mode="edge")
+    weights = whole_fit.astype(np.float64)
+    r, c = 2, 5  # the first row of the second strip
+    patch = padded[:, r: r + 3, c: c + 3].transpose(1, 2, 0).reshape(-1)  # (dy, dx, channel) order
+    expected = weights[:, :-1] @ patch + weights[:, -1]
+    np.testing.assert_allclose(loopfilter.apply(cast, whole_fit)[:, r, c], expected, atol=1e-5)
 
 
 @pytest.mark.parametrize(("data", "needle"), [
