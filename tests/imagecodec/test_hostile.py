@@ -199,21 +199,24 @@ def test_full_compress_queue_is_429_before_decoding(server: LiveServer) -> None:
             lambda: httpx.post(f"{server.url}/image/compress", files=_upload(big), timeout=120)]
     statuses: list[int] = []
     workers = [threading.Thread(target=lambda job=job: statuses.append(job().status_code)) for job in jobs]
-    for worker in workers:
-        worker.start()
-        time.sleep(0.25)
-    deadline = time.monotonic() + 10
-    labels = {"model": "imagecodec", "queue": "compress"}
-    while metric_value(httpx.get(f"{server.url}/metrics").text, "inference_queue_depth", labels) < 1:
-        assert time.monotonic() < deadline, "the compress queue never filled"
-        time.sleep(0.02)
-    probe = _encode(_image(256, 256, 3))  # any size: the queue is full (a small upload keeps reading cheap)
-    for params in ({"model": "imagecodec"}, {}):  # the queue known from the query (before reading), or not
-        r = _expect(server, f"compress with a full queue {params or ''}".strip(), _compress(probe, **params), 429,
-                    max_seconds=0.5)
-        assert int(r.headers["retry-after"]) >= 1 and "full" in r.json()["error"]["message"]
-    for worker in workers:
-        worker.join()
+    try:
+        for worker in workers:
+            worker.start()
+            time.sleep(0.25)
+        deadline = time.monotonic() + 10
+        labels = {"model": "imagecodec", "queue": "compress"}
+        while metric_value(httpx.get(f"{server.url}/metrics").text, "inference_queue_depth", labels) < 1:
+            assert time.monotonic() < deadline, "the compress queue never filled"
+            time.sleep(0.02)
+        probe = _encode(_image(256, 256, 3))  # any size: the queue is full (a small upload keeps reading cheap)
+        for params in ({"model": "imagecodec"}, {}):  # the queue known from the query (before reading), or not
+            r = _expect(server, f"compress with a full queue {params or ''}".strip(), _compress(probe, **params),
+                        429, max_seconds=0.5)
+            assert int(r.headers["retry-after"]) >= 1 and "full" in r.json()["error"]["message"]
+    finally:  # the jobs finish even when an assertion failed, so the next tests find an empty queue
+        for worker in workers:
+            if worker.ident is not None:  # started
+                worker.join()
     assert statuses == [200, 200, 200]
 
 
