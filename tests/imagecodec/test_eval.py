@@ -6,7 +6,16 @@ import math
 
 import numpy as np
 
-from training.imagecodec.evaluate import bd_psnr, bd_rate, ms_ssim, pillow_codec, psnr, rd_front
+from training.imagecodec.evaluate import (
+    bd_psnr,
+    bd_rate,
+    below_range_verdict,
+    ms_ssim,
+    pillow_codec,
+    psnr,
+    psnr_at,
+    rd_front,
+)
 
 
 def test_bd_rate_sign_and_size() -> None:
@@ -40,3 +49,14 @@ def test_metrics_on_pillow_jpeg() -> None:
     assert psnr(image, low) < psnr(image, high)
     assert ms_ssim(image, low) < ms_ssim(image, high) <= 1.0 + 1e-9
     assert ms_ssim(image, image) > 0.999
+
+
+def test_below_jpeg_range_is_reported_not_interpolated() -> None:
+    """Under JPEG's cheapest setting there is no matched PSNR: the point is counted as dominating that setting
+    only when it is also better, never extrapolated."""
+    curve = [{"bpp": 0.15, "psnr": 24.0}, {"bpp": 0.3, "psnr": 29.0}, {"bpp": 0.6, "psnr": 33.0}]
+    assert math.isnan(psnr_at(curve, 0.1))
+    assert below_range_verdict(curve, 0.1, 25.0) == "dominates"
+    assert below_range_verdict(curve, 0.1, 23.0) == "below"
+    assert below_range_verdict(curve, 0.2, 30.0) is None  # inside the range: psnr_at answers
+    assert 24.0 < psnr_at(curve, 0.2) < 29.0

@@ -90,6 +90,15 @@ def psnr_at(curve: list[dict], bpp: float) -> float:
     return float(PchipInterpolator(np.log(rate), quality)(np.log(bpp)))
 
 
+def below_range_verdict(curve: list[dict], bpp: float, quality: float) -> str | None:
+    """Where `bpp` is below the Pillow curve's cheapest point (no matched PSNR exists): 'dominates' when our
+    PSNR also beats that cheapest point (fewer bits and better), else 'below'; None inside or above its range."""
+    cheapest = min(curve, key=lambda r: r["bpp"])
+    if bpp >= cheapest["bpp"]:
+        return None
+    return "dominates" if quality > cheapest["psnr"] else "below"
+
+
 def rd_front(rate, quality) -> tuple[np.ndarray, np.ndarray]:
     """The points of an RD curve that improve on every cheaper point (sorted by rate): Bjontegaard
     integration needs quality increasing with rate, and a point that spends more bits for no gain is
@@ -175,6 +184,7 @@ def evaluate(checkpoints: list[Path], images: dict[str, np.ndarray], out: Path,
                          "encode_s": enc.seconds, "decode_s": dec.seconds, "hints": enc.hints,
                          "jpeg": matched(curves[name]["JPEG"], bpp), "webp": matched(curves[name]["WEBP"], bpp),
                          "jpeg_psnr_at_bpp": psnr_at(curves[name]["JPEG"], bpp),
+                         "below_jpeg_range": below_range_verdict(curves[name]["JPEG"], bpp, ours),
                          "webp_psnr_at_bpp": psnr_at(curves[name]["WEBP"], bpp)})
         gap_jpeg = [r["psnr"] - r["jpeg_psnr_at_bpp"] for r in rows if np.isfinite(r["jpeg_psnr_at_bpp"])]
         gap_webp = [r["psnr"] - r["webp_psnr_at_bpp"] for r in rows if np.isfinite(r["webp_psnr_at_bpp"])]
@@ -185,7 +195,8 @@ def evaluate(checkpoints: list[Path], images: dict[str, np.ndarray], out: Path,
                            "ms_ssim": float(np.mean([r["ms_ssim"] for r in rows])),
                            "psnr_minus_jpeg_db": float(np.mean(gap_jpeg)) if gap_jpeg else float("nan"),
                            "psnr_minus_webp_db": float(np.mean(gap_webp)) if gap_webp else float("nan"),
-                           "matched_images": len(gap_jpeg)})
+                           "matched_images": len(gap_jpeg),
+                           "dominates_cheapest_jpeg": sum(r["below_jpeg_range"] == "dominates" for r in rows)})
     levels = levels_out
     levels.sort(key=lambda lv: lv["bpp"])
     jpeg_rate, jpeg_psnr = _mean_curve({n: c["JPEG"] for n, c in curves.items()})
@@ -257,14 +268,15 @@ def main() -> None:
         images = folder_images(args.images) if args.images else heldout_photos()
     summary = evaluate(args.checkpoints, images, args.out, _parse_levels(args.levels))
     print(f"{'q':>3} {'bpp':>7} {'PSNR':>7} {'MS-SSIM':>8} | {'JPEG bpp':>8} {'PSNR':>6} | {'WebP bpp':>8} {'PSNR':>6}"
-          f" | {'dB vs JPEG':>10} {'vs WebP':>8} (matched bpp)")
+          f" | {'dB vs JPEG':>10} {'(n)':>4} {'vs WebP':>8} (matched bpp) | under JPEG's cheapest, better")
     for lv in summary["levels"]:
         jb = np.mean([r["jpeg"]["bpp"] for r in lv["images"]])
         jp = np.mean([r["jpeg"]["psnr"] for r in lv["images"]])
         wb = np.mean([r["webp"]["bpp"] for r in lv["images"]])
         wp = np.mean([r["webp"]["psnr"] for r in lv["images"]])
         print(f"{lv['quality']!s:>3} {lv['bpp']:7.3f} {lv['psnr']:7.2f} {lv['ms_ssim']:8.4f} | {jb:8.3f} {jp:6.2f} | "
-              f"{wb:8.3f} {wp:6.2f} | {lv['psnr_minus_jpeg_db']:+10.2f} {lv['psnr_minus_webp_db']:+8.2f}")
+              f"{wb:8.3f} {wp:6.2f} | {lv['psnr_minus_jpeg_db']:+10.2f} {lv['matched_images']:4d} "
+              f"{lv['psnr_minus_webp_db']:+8.2f} | {lv['dominates_cheapest_jpeg']}")
     for key in ("bd_rate_vs_jpeg_percent", "bd_psnr_vs_jpeg_db", "bd_rate_vs_webp_percent"):
         if key in summary:
             print(f"{key}: {summary[key]:.2f}")
