@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from families.images import upright_rgb
+
 MODALITIES: tuple[str, ...] = ("video", "photos", "audio", "sensors")
 SENSOR_COLUMNS: tuple[str, ...] = (
     "Pressure",
@@ -302,7 +304,7 @@ def decode_photo(data: bytes, params: PreprocessParams) -> np.ndarray:
             if width * height > limit:
                 raise MediaTooLarge("photos", f"a photo of {width}x{height} exceeds the limit of {limit} pixels",
                                     limit)
-            rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
+            rgb = upright_rgb(image)  # EXIF orientation applied, as the Hugging Face loaders do
     except ModalityError:
         raise
     except Image.DecompressionBombError as exc:  # Pillow's own, larger cap, raised by open()

@@ -115,3 +115,18 @@ def test_wide_video_frames_are_centre_cropped(tmp_path: Path) -> None:
     width, height = _disc_extent(rgb)
     assert abs(width - height) <= 2, (width, height)  # MJPEG chroma blur: one pixel more of slack
     assert _red(rgb) == 0
+
+
+def test_exif_rotated_photo_is_read_upright() -> None:
+    """A phone stores the upright scene sideways with EXIF orientation 6: the model sees what viewers show (the
+    wide scene cropped at its centre, as an upright PNG of it gives), not the stored, tall pixels."""
+    from families.images import ORIENTATION_TAG
+
+    upright = _scene(WIDE_W, WIDE_H)
+    stored = np.ascontiguousarray(np.rot90(upright, k=1))  # rotate 90 degrees clockwise to show
+    exif = Image.Exif()
+    exif[ORIENTATION_TAG] = 6
+    buffer = io.BytesIO()
+    Image.fromarray(stored).save(buffer, "PNG", exif=exif.tobytes())
+    params = PreprocessParams(photo_size=SIZE)
+    np.testing.assert_allclose(decode_photo(buffer.getvalue(), params), decode_photo(_png(upright), params), atol=1e-6)

@@ -35,6 +35,7 @@ from families.imagecodec.contract import (
     Preprocessing,
     level_name,
 )
+from families.images import upright_rgb
 from families.manifest import Manifest
 from service.dataplane import Call, hub_of, resolve_version, workpool_of
 from service.errors import BadRequest, InvalidInput, NotFound, PayloadTooLarge, UnsupportedMediaType
@@ -88,6 +89,7 @@ def _size_error(exc: SizeError) -> Exception:
     return InvalidInput(f"field 'image': {exc}", details=details)
 
 
+
 def _media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
@@ -112,10 +114,11 @@ def read_image(data: bytes, model: CodecModel) -> np.ndarray:
     except SizeError as exc:
         raise _size_error(exc) from None
     try:
-        rgb = np.asarray(img.convert("RGB"))
+        rgb = upright_rgb(img)  # EXIF orientation applied, 16-bit grey scaled
     except (OSError, ValueError, SyntaxError) as exc:  # truncated or damaged pixel data
         raise InvalidInput(f"field 'image' could not be decoded: {exc}", details={"field": "image"}) from exc
     return np.ascontiguousarray(rgb)
+
 
 
 def png(image: np.ndarray) -> bytes:
