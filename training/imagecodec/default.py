@@ -1,15 +1,19 @@
 """Default model for `make serve`.
 
-A useful codec needs far more training than a first start can afford on CPU: on the shared 2-core
-machine one training step of the small config takes ~20 s, so the bounded CPU run below completes only
-a handful of steps (a working but useless codec). The project therefore ships a GPU-trained checkpoint,
-`models/imagecodec/imagecodec-q2.pt` (small config, Phase 2, quality 2, float16 weights, ~7.8 MB),
-reproduced by
+A useful codec needs far more training than a first start can afford (the bounded CPU run below completes
+a working but useless codec in 75 s). The project therefore ships a trained checkpoint,
+`models/imagecodec/imagecodec-q2.pt` (small config, Phase 2, quality 2, float16 weights, ~7.9 MB), reproduced by
 
     bash benchmarks/imagecodec_gpu_train.sh runs/ic1 430 8                  # one H100, q1..q4 at once
     bash benchmarks/imagecodec_gpu_train.sh runs/ic2 320 16 runs/ic1 5e-4   # continue
     bash benchmarks/imagecodec_gpu_train.sh runs/ic3 330 16 runs/ic2 3e-4   # continue (~18 min in all)
-    (then store runs/ic3/q2/checkpoint.pt with float16 weights, see store_half below)
+    (then store runs/ic3/q2/checkpoint.pt with float16 weights, see store_half below: the weights at
+    commit 3a2cfcd, ~5,100 steps on scikit-image's 15 photographs)
+    # then 90 min on the 2-core CPU on the corpus (scripts/build_codec_corpus.py), 5,900 steps, resumable:
+    python -m training.imagecodec.train --out runs/ic_ft/q2 --quality 2 --init <the weights above> \
+        --images /work/corpus/train --scales 1 0.5 0.25 --crop 256 --batch 4 --steps 1000000 --seconds 5400 \
+        --lr 3e-4 --eval-every 1000 --save-every 300 --resume
+    (store runs/ic_ft/q2/checkpoint.pt with store_half: the best validated step, here the last)
 
 `build_default` uses that checkpoint when present and otherwise falls back to the bounded CPU run.
 
