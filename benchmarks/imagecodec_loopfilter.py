@@ -3,18 +3,21 @@ PSNR of 768x512 held-out photographs with the filter and with it switched off (`
 an empty filter substream), eager torch graphs of the shipped checkpoint.
 
     .venv/bin/python benchmarks/imagecodec_loopfilter.py --corpus /work/corpus [--images 3] [--threads 2]
+    .venv/bin/python benchmarks/imagecodec_loopfilter.py --memory 2048   (the filter's own peak memory and time
+        at 2048x2048: the encoder's fit-and-decide, the decoder's filtering; numpy reports to tracemalloc)
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from families.imagecodec import codec
+from families.imagecodec import codec, loopfilter
 from training.imagecodec.data import corpus_heldout
 from training.imagecodec.evaluate import psnr
 from training.imagecodec.networks import TorchNetworks, codec_model
@@ -33,13 +36,38 @@ def _run(image: np.ndarray, nets, model, loop_filter: bool) -> tuple[float, floa
     return encoded - start, done - encoded, bpp, psnr(image, decoded)
 
 
+def _peak(label: str, run) -> None:
+    tracemalloc.start()
+    start = time.perf_counter()
+    run()
+    seconds = time.perf_counter() - start
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    print(f"{label}: peak {peak / 2**20:.0f} MB above the inputs, {seconds:.2f} s")
+
+
+def memory(side: int) -> None:
+    rng = np.random.default_rng(0)
+    original = rng.random((3, side, side), dtype=np.float32)
+    reconstruction = (0.8 * original + 0.05 * rng.random((3, side, side), dtype=np.float32)).astype(np.float32)
+    coefficients = loopfilter.fit(reconstruction, original)
+    _peak(f"encoder fit + decision {side}x{side}", lambda: loopfilter.choose(reconstruction, original))
+    _peak(f"decoder filtering {side}x{side} (output included)", lambda: loopfilter.apply(reconstruction, coefficients))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--corpus", type=Path, required=True, help="a built corpus (scripts/build_codec_corpus.py)")
+    parser.add_argument("--corpus", type=Path, help="a built corpus (scripts/build_codec_corpus.py)")
+    parser.add_argument("--memory", type=int, default=0, help="measure the filter alone at this square size")
     parser.add_argument("--checkpoint", type=Path, default=SHIPPED)
     parser.add_argument("--images", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    if args.memory:
+        memory(args.memory)
+        return
+    if args.corpus is None:
+        parser.error("--corpus is needed (or --memory)")
     torch.set_num_threads(args.threads)
     loaded = load_checkpoint(args.checkpoint).model.eval()
     nets, model = TorchNetworks(loaded), codec_model(loaded, "imagecodec-q2")
