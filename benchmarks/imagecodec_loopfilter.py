@@ -19,11 +19,10 @@ import torch
 
 from families.imagecodec import codec, loopfilter
 from training.imagecodec.data import corpus_heldout
+from training.imagecodec.default import SHIPPED
 from training.imagecodec.evaluate import psnr
 from training.imagecodec.networks import TorchNetworks, codec_model
 from training.imagecodec.train import load_checkpoint
-
-SHIPPED = Path(__file__).resolve().parents[1] / "models" / "imagecodec" / "imagecodec-q2.pt"
 
 
 def _run(image: np.ndarray, nets, model, loop_filter: bool) -> tuple[float, float, float, float]:

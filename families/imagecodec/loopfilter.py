@@ -22,6 +22,7 @@ import numpy as np
 
 TAPS = 3  # neighbourhood side
 FEATURES = 3 * TAPS * TAPS + 1  # per output channel: 27 weights and a bias
+CENTRE = slice(3 * (TAPS * TAPS // 2), 3 * (TAPS * TAPS // 2) + 3)  # the features of the pixel itself (RGB)
 FILTER_BYTES = 3 * FEATURES * 2  # float16 coefficients
 MAX_COEFFICIENT = 64.0  # |c| above this is no filter a fit makes: the stream is corrupted
 RIDGE = 1e-6  # relative to the mean diagonal: keeps the normal equations solvable on flat images
@@ -80,7 +81,7 @@ def squared_errors(original: np.ndarray, reconstruction: np.ndarray, coefficient
     plain = filtered = 0.0
     for rows, features in _strips(reconstruction, np.float32):
         target = _to_levels(original[:, rows].reshape(3, -1).T)
-        plain += float(np.sum((_to_levels(features[:, 4 * 3: 4 * 3 + 3]) - target) ** 2))  # the centre tap
+        plain += float(np.sum((_to_levels(features[:, CENTRE]) - target) ** 2))
         filtered += float(np.sum((_to_levels(features @ weights) - target) ** 2))
     return plain, filtered
 
