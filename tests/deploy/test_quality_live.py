@@ -32,6 +32,7 @@ from training.weld.data import read_manifest
 
 pytestmark = pytest.mark.prometheus
 BOARD = "model-quality.json"
+ADMIN_TOKEN = "quality-live-token"
 
 
 @pytest.fixture
@@ -43,7 +44,8 @@ def stack(live_server: Callable, traffic_repository: Path, weld_repository: Path
         for model_dir in source.iterdir():
             shutil.copytree(model_dir, repository / model_dir.name)
     server = live_server(repository, env={"SERVICE_QUALITY_WATER_SELFCHECK_FRACTION": "1.0",
-                                          "SERVICE_QUALITY_CODEC_PSNR_FRACTION": "1.0"})
+                                          "SERVICE_QUALITY_CODEC_PSNR_FRACTION": "1.0",
+                                          "SERVICE_ADMIN_TOKEN": ADMIN_TOKEN})  # observations are a write
     prometheus = Prometheus(binary, tmp_path, server.port)
     try:
         prometheus.wait_scraped()
@@ -60,7 +62,7 @@ def drive_quality(client: httpx.Client, repository: Path, weld_data: Path, round
     assert client.post("/traffic/forecast", json={"windows": [window]}).status_code == 200
     stamps = [(origin + timedelta(minutes=5 * h)).isoformat() for h in range(1, 13)]
     actual = {"windows": [{"sensor_ids": sensors, "timestamps": stamps, "values": [[45.0] * 12] * len(sensors)}]}
-    observed = client.post("/traffic/observations", json=actual)
+    observed = client.post("/traffic/observations", json=actual, headers={"authorization": f"Bearer {ADMIN_TOKEN}"})
     assert observed.status_code == 200 and observed.json()["matched"] > 0, observed.text
 
     record = [r for r in read_manifest(weld_data) if r.split == "TRAIN"][0]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ from service.quality.traffic import ForecastStore, last_non_missing
 STEP_NS = 300 * 10**9
 REPORT: list[tuple[str, int, float, float, float]] = []
 ORIGIN = datetime(2012, 3, 5, 8, 55)
+TOKEN = "observations-token"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
 
 
 # ---- the store, directly --------------------------------------------------------------------------------
@@ -98,7 +101,7 @@ def test_last_value_and_training_statistics() -> None:
 
 @pytest.fixture(scope="module")
 def server(serve, traffic_repository: Path) -> LiveServer:
-    return serve(traffic_repository)
+    return serve(traffic_repository, env={"SERVICE_ADMIN_TOKEN": TOKEN})
 
 
 @pytest.fixture(scope="module")
@@ -114,10 +117,10 @@ def _metric(text: str, name: str, **labels: str) -> float:
     return total
 
 
-def _observe(payload: Any, content_type: str = "application/json"):
+def _observe(payload: Any, content_type: str = "application/json", auth: dict[str, str] | None = None):
     content = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
     return lambda client: client.post("/traffic/observations", content=content,
-                                      headers={"content-type": content_type})
+                                      headers={"content-type": content_type, **(AUTH if auth is None else auth)})
 
 
 def test_forecast_then_observations_export_error_per_horizon(server: LiveServer, sensor_ids: list[str]) -> None:
@@ -131,7 +134,7 @@ def test_forecast_then_observations_export_error_per_horizon(server: LiveServer,
     answer = hostile_request(server, _observe(actual), max_seconds=5, report=REPORT, name="observations 12 steps")
     assert answer.status_code == 200, answer.text
     assert answer.json()["matched"] == 12 * len(sensor_ids) and answer.json()["late"] == 0
-    repeat = httpx.post(f"{server.url}/traffic/observations", json=actual, timeout=30).json()
+    repeat = httpx.post(f"{server.url}/traffic/observations", json=actual, headers=AUTH, timeout=30).json()
     assert repeat["duplicate"] == 12 * len(sensor_ids) and repeat["matched"] == 0
     text = httpx.get(f"{server.url}/metrics").text
     for h in range(1, 13):
@@ -179,3 +182,60 @@ def test_oversized_and_non_json_observations(server: LiveServer) -> None:
     answer = hostile_request(server, _observe(huge), max_seconds=10, report=REPORT, name="16 MB of observations")
     assert answer.status_code == 413, answer.text
     assert hostile_request(server, _observe(b"a,b", "text/csv"), report=REPORT, name="csv").status_code == 415
+
+
+# ---- issue 26: observations are an authenticated, bounded write -------------------------------------------
+
+def test_observations_need_the_admin_token(server: LiveServer, sensor_ids: list[str]) -> None:
+    """Issue 26 item 6: without the token nothing is scored (the metrics, and so the alerts, do not move)."""
+    body = {"windows": [{"sensor_ids": sensor_ids[:1], "last_timestamp": "2031-01-01T00:00:00", "values": [[50]]}]}
+    before = _metric(httpx.get(f"{server.url}/metrics").text, "quality_observations_total")
+    missing = hostile_request(server, _observe(body, auth={}), report=REPORT, name="observations without token")
+    assert missing.status_code == 401, missing.text
+    assert missing.headers["www-authenticate"] == "Bearer"
+    wrong = hostile_request(server, _observe(body, auth={"authorization": "Bearer nope"}), report=REPORT,
+                            name="observations with a wrong token")
+    assert wrong.status_code == 403, wrong.text
+    basic = hostile_request(server, _observe(body, auth={"authorization": f"Basic {TOKEN}"}), report=REPORT,
+                            name="observations with another scheme")
+    assert basic.status_code == 401, basic.text
+    assert _metric(httpx.get(f"{server.url}/metrics").text, "quality_observations_total") == before
+    assert hostile_request(server, _observe(body), report=REPORT, name="observations with the token").status_code == 200
+    assert _metric(httpx.get(f"{server.url}/metrics").text, "quality_observations_total") == before + 1
+
+
+def test_observations_are_off_without_a_configured_token(asgi_service, traffic_repository: Path,
+                                                         sensor_ids: list[str]) -> None:
+    """As for enrolment: a server without SERVICE_ADMIN_TOKEN has no observation route (404), whatever is sent."""
+    service = asgi_service(traffic_repository)
+    body = {"windows": [{"sensor_ids": sensor_ids[:1], "last_timestamp": "2031-01-01T00:00:00", "values": [[50]]}]}
+    for headers in ({}, AUTH):
+        answer = service.post("/traffic/observations", json=body, headers=headers)
+        assert answer.status_code == 404 and "admin API is disabled" in answer.text, answer.text
+    assert service.get("/traffic/sensors").status_code == 200  # the read-only routes stay open
+
+
+def test_observation_value_cap_is_the_forecasts_absolute_cap(traffic_repository: Path) -> None:
+    """Issue 26 item 7: with METR-LA's 207 sensors the per-model bound (~7.7M values) was above the absolute
+    cap, so a 4.5M-value body was parsed (8.5 s) before its 422. It must be 413 before parsing, fast."""
+    from families.traffic.contract import Preprocessing
+    from service.dataplane import _validate_json
+    from service.errors import PayloadTooLarge
+    from service.families.traffic.routes import TrafficState
+    from service.families.traffic.schemas import MAX_JSON_VALUES, ObservationRequest
+
+    tiny = Preprocessing.model_validate(Manifest.read(traffic_repository / "traffic" / "1").preprocessing)
+    metr_la = tiny.model_copy(update={"sensor_ids": [str(700_000 + i) for i in range(207)]})
+    state = TrafficState(preprocessing=metr_la, store=None)  # type: ignore[arg-type] - the bound reads no store
+    assert state.max_observation_values <= MAX_JSON_VALUES
+    assert state.max_json_values <= MAX_JSON_VALUES
+    # A body of 4.5M readings in the observation format (64 windows of 207 sensors x ~340 steps).
+    row = b"[" + b",".join([b"50.0"] * 340) + b"]"
+    window = (b'{"sensor_ids": [' + b",".join(b'"%d"' % (700_000 + i) for i in range(207))
+              + b'], "last_timestamp": "2012-03-05T08:55:00", "values": [' + b",".join([row] * 207) + b"]}")
+    body = b'{"windows": [' + b",".join([window] * 64) + b"]}"
+    started = time.perf_counter()
+    with pytest.raises(PayloadTooLarge) as refused:
+        _validate_json(ObservationRequest, body, state.max_observation_values, "traffic observations")
+    assert time.perf_counter() - started < 1.0  # counted on the raw bytes, never parsed
+    assert refused.value.details["values"] > 4_500_000 and refused.value.details["limit"] <= MAX_JSON_VALUES

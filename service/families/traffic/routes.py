@@ -8,7 +8,8 @@ linear in the request size), and bodies larger than any valid request to the ser
 parsing.
 
 Observations: actual readings as they arrive, scored against the forecasts served for their times
-(service/quality/traffic.py).
+(service/quality/traffic.py). They move the live error metrics and the "worse than naive" alert, so writing
+them needs the admin bearer token (as gallery enrolment does; without a configured token the route is off).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pydantic_core import to_json
 
 from families.traffic.contract import INPUT, OUTPUT, Preprocessing
 from families.traffic.preprocessing import MAX_TIMESTAMP, MIN_TIMESTAMP, build_features
+from service.auth import require_admin
 from service.dataplane import Call, json_body_openapi, task_call
 from service.errors import InvalidInput
 from service.families.traffic.schemas import (
@@ -64,9 +66,10 @@ class TrafficState:
 
     @property
     def max_observation_values(self) -> int:
-        """The same bound for an observations body (windows of up to MAX_OBSERVATION_STEPS readings)."""
+        """The same bound for an observations body (windows of up to MAX_OBSERVATION_STEPS readings), under the
+        same absolute cap: a large sensor set must not let 4.5M values through to be parsed and then refused."""
         per_window = len(self.preprocessing.sensor_ids) * (MAX_OBSERVATION_STEPS + 1) + MAX_OBSERVATION_STEPS + 8
-        return 2 * MAX_WINDOWS * per_window + 64
+        return min(2 * MAX_WINDOWS * per_window + 64, MAX_JSON_VALUES)
 
 
 TrafficCall = Annotated[Call[TrafficState], Depends(task_call("traffic"))]
@@ -301,12 +304,18 @@ async def sensors(call: TrafficCall) -> SensorsResponse:
                            step_seconds=pre.step_seconds, input_steps=pre.input_steps, horizon=pre.horizon)
 
 
-@router.post("/observations", response_model=ObservationResponse, openapi_extra=json_body_openapi(ObservationRequest))
+# A write to the quality metrics (and so to alerts): admin token, checked before the body is read.
+@router.post("/observations", response_model=ObservationResponse, dependencies=[Depends(require_admin)],
+             openapi_extra=json_body_openapi(ObservationRequest))
 async def observations(call: TrafficCall) -> dict[str, Any]:
     """Actual readings (ground truth) for times the service forecast: scored against the kept forecasts
     of the version (default: the served one) into the `quality_forecast_*` metrics (MAE / RMSE / MAPE
     per horizon step, beside the last-value baseline). Late, duplicate and unmatched readings are
-    counted in the answer and in `quality_observations_total`, not refused."""
+    counted in the answer and in `quality_observations_total`, not refused.
+
+    Needs the admin bearer token (`Authorization: Bearer <SERVICE_ADMIN_TOKEN>`): 401 without it, 403 with
+    a wrong one, 404 when the server has no token configured. A body with more values than a valid request
+    can hold (at most 4,000,000) gets 413 before it is parsed."""
     body = await call.json(ObservationRequest, "traffic observations", max_values=call.state.max_observation_values)
     counts = await call.work(score_request, body, call.state, what="scoring traffic observations")
     return call.envelope(**counts)
