@@ -21,8 +21,10 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__, gc_tuning
+from service.docs_ui import install_docs
 from service.errors import PayloadTooLarge, ServiceError, error_body
 from service.families import plugins
+from service.landing import router as landing_router
 from service.metrics import Metrics
 from service.oip.fastpath import InferFastPath
 from service.oip.routes import repository_router
@@ -235,11 +237,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         # FastAPI's native OpenTelemetry checks the global providers on every request; off unless asked for.
         telemetry=None if settings.otel_telemetry else {"tracing": False, "metrics": False, "logs": False},
+        docs_url=None, redoc_url=None,  # service/docs_ui.py: the same pages with assets served from here
     )
     app.state.settings = settings
     app.state.metrics = metrics
     install_error_handlers(app)
     install_openapi(app, families)  # error statuses and shapes, examples from the served versions
+    install_docs(app, settings)  # /docs and /redoc without a CDN
+    app.include_router(landing_router)  # / : models and their states, links
     app.include_router(stats_router)  # before oip_router: /v2/models/stats is not a model named "stats"
     app.include_router(oip_router)
     app.include_router(repository_router)

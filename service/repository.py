@@ -609,6 +609,14 @@ class ModelHub:
         """Why an older version is served when the latest failed to load at start-up (None: it did not)."""
         return self._fallback.get(name)
 
+    def version_states(self) -> dict[str, dict[int, VersionState]]:
+        """Read-only view from memory (no disk scan; the landing page reads it per request): every version this
+        hub has tried to load, by model, and each model to load that has no version tried yet (empty)."""
+        found: dict[str, dict[int, VersionState]] = {name: {} for name in self._wanted}
+        for (name, version), state in self._states.items():
+            found.setdefault(name, {})[version] = state
+        return found
+
     @property
     def ready(self) -> bool:
         if not self.startup_complete:

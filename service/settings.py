@@ -72,6 +72,12 @@ class Settings(BaseSettings):
     weld_faiss_min: int = Field(0, ge=0)
     # Triton serves the repository index to anyone; set true to put it behind the admin token too.
     restrict_repository_index: bool = False
+    # /docs and /redoc load Swagger UI and Redoc from the service itself (service/docs_ui.py, works offline);
+    # true = from the public CDN, as stock FastAPI does.
+    docs_cdn: bool = False
+    # Base URL of the Grafana that shows this service's dashboards (docker/grafana), e.g. http://localhost:3000;
+    # the landing page at / links to them when it is set.
+    grafana_url: str = ""
     # The X-Replica header of every response (deploy/ray sets `<deployment>#<replica id>`); empty = `<host>:<pid>`.
     replica_name: str = ""
 
