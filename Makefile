@@ -8,7 +8,7 @@ REPOSITORY ?= model_repository
 REPLICAS ?= 1
 RAY_PORT ?= 6379
 
-.PHONY: install models serve serve-ray stop-ray test test-all lint bench clean
+.PHONY: install models serve serve-ray stop-ray test test-all lint bench clean grpc-protos
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ test-all: install
 
 lint: install
 	$(PY) -m ruff check .
+
+# The committed gRPC code of service/grpc/protos/ from its vendored .proto files (needs the dev extra).
+grpc-protos: install
+	$(PY) scripts/generate_grpc.py
 
 clean:
 	rm -rf $(VENV) runs state .pytest_cache

@@ -150,7 +150,7 @@ class ServiceMiddleware:
             series = self._series.get(key)
             if series is None:  # labels() costs a lock and a kwargs walk: once per series, not per request
                 series = self._series[key] = self.metrics.request_duration.labels(
-                    endpoint=key[0], method=key[1], code=str(key[2]), model=key[3], version=key[4])
+                    endpoint=key[0], method=key[1], code=str(key[2]), model=key[3], version=key[4], protocol="http")
             series.observe(time.perf_counter() - started)
 
     def _stamp(self, send: Send) -> Send:
@@ -201,7 +201,8 @@ async def watch_loop_lag(metrics: Metrics, interval_s: float = LOOP_LAG_INTERVAL
         metrics.loop_lag.observe(max(0.0, loop.time() - due))
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, grpc_listen: tuple[str, int] | None = None) -> FastAPI:
+    """The app; with `grpc_listen` (host, port), its lifespan also serves gRPC on that address (service/grpc)."""
     settings = settings or Settings()
     metrics = Metrics()
     families = plugins()
@@ -216,6 +217,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         hub = ModelHub(settings, metrics, families, resolve_device(settings.device))
         app.state.hub = hub
         app.state.workpool = WorkPool(metrics, workers=settings.work_threads, max_pending=settings.max_pending_work)
+        grpc_server = None
+        if grpc_listen is not None:  # `python -m service` only: Ray replicas and in-process apps serve HTTP alone
+            from service.grpc.server import GrpcServer  # grpcio is imported only where gRPC is served
+
+            grpc_server = app.state.grpc = GrpcServer(app, *grpc_listen, grace_s=settings.graceful_timeout_s)
+            await grpc_server.start()
         # Load in the background so that liveness answers at once; readiness waits for warm-up.
         loading = asyncio.get_running_loop().create_task(hub.start())
         lag_watch = asyncio.get_running_loop().create_task(watch_loop_lag(metrics))
@@ -225,6 +232,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             lag_watch.cancel()
             if not loading.done():
                 loading.cancel()
+            if grpc_server is not None:  # calls in flight finish (the SIGTERM handler already stopped new ones)
+                await grpc_server.stop()
             await hub.shutdown()
             app.state.workpool.shutdown()
             metrics.gc_pauses.uninstall()

@@ -27,8 +27,9 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.request_duration = Histogram(
-            "inference_request_duration_seconds", "End-to-end HTTP request duration.",
-            ("endpoint", "method", "code", "model", "version"), buckets=LATENCY_BUCKETS, registry=r,
+            "inference_request_duration_seconds", "End-to-end request duration (protocol: http or grpc; "
+            "code: the HTTP status, for gRPC the one the same outcome gets over HTTP).",
+            ("endpoint", "method", "code", "model", "version", "protocol"), buckets=LATENCY_BUCKETS, registry=r,
         )
         self.queue_wait = Histogram(
             "inference_queue_wait_seconds", "Time a request waited in the batcher queue.",

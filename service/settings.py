@@ -20,6 +20,8 @@ class Settings(BaseSettings):
     graceful_timeout_s: float = Field(60.0, ge=0, description="seconds to finish accepted requests after SIGTERM",
                                       validation_alias="GRACEFUL_TIMEOUT_S")
     access_log: bool = Field(False, validation_alias="ACCESS_LOG")
+    # gRPC (service/grpc): inference.GRPCInferenceService on HOST:GRPC_PORT beside HTTP (Triton's 8001); 0 = off.
+    grpc_port: int = Field(8001, ge=0, le=65535, validation_alias="GRPC_PORT")
 
     model_repository: Path = Path("model_repository")
     state_dir: Path = Path("state")

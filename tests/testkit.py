@@ -33,7 +33,8 @@ class LiveServer:
         self.log_path = log_path
         full_env = {**os.environ, "SERVICE_MODEL_REPOSITORY": str(repository), "SERVICE_DEVICE": "cpu",
                     "SERVICE_STATE_DIR": str(log_path.parent / f"state-{self.port}"), "SERVICE_CPU_THREADS": "1",
-                    "PYTHONUNBUFFERED": "1", **(env or {})}
+                    # gRPC off unless a test asks for it: servers running side by side would share Triton's 8001.
+                    "PYTHONUNBUFFERED": "1", "GRPC_PORT": "0", **(env or {})}
         self._log = log_path.open("w")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(self.port)],
