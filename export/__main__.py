@@ -30,13 +30,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="export option (repeatable): batching limits (max_batch_size, max_queue_delay_ms, "
                              "max_queue_size, default_timeout_ms) for every family, plus the family's own")
+    parser.add_argument("--no-torchscript", dest="torchscript", action="store_false",
+                        help="write the ONNX graphs without their TorchScript twins (GraphSpec.torchscript)")
     args = parser.parse_args(argv)
     if not args.checkpoint.is_file():
         parser.error(f"checkpoint {args.checkpoint} does not exist")
     batching, options = split_batching_options(parse_options(args.option))
     try:
         plan = family(args.family).load("export").plan_from_checkpoint(args.checkpoint, options)
-        path = publish(with_batching(plan, batching), args.repository, args.name or args.family, args.version)
+        path = publish(with_batching(plan, batching), args.repository, args.name or args.family, args.version,
+                       torchscript=args.torchscript)
     except ExportError as exc:
         print(f"export refused: {exc}", file=sys.stderr)
         return 1

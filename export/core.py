@@ -35,12 +35,14 @@ from families.manifest import (
     Parity,
     RuntimeFormat,
     TensorSpec,
+    TorchScriptCompanion,
     VersionPolicy,
     checksum_files,
     is_version_name,
     sha256_file,
 )
-from service.runtimes import open_runtime
+from service.runtimes import Runtime, open_runtime
+from service.runtimes.torchscript import TorchScriptRuntime
 
 ONNX_OPSET = 18
 
@@ -198,17 +200,42 @@ def _write_onnx(graph: GraphExport, path: Path) -> None:
     path.write_bytes(buffer.getvalue())
 
 
-def _write_torchscript(graph: GraphExport, path: Path) -> None:
+def _device_follows_input(module: torch.jit.ScriptModule) -> int:
+    """Make a frozen TorchScript graph device-agnostic: tracing records every tensor created inside the graph
+    (torch.zeros(..., device=x.device), arange) with the export machine's device as a constant, and such a
+    graph fails on CUDA (a CPU tensor meets CUDA ones). Each device constant is replaced by the device of the
+    first tensor input, where the runtime puts every input. Returns the number of constants replaced."""
+    graph = module.graph
+    inputs = [v for v in graph.inputs() if v.type().isSubtypeOf(torch._C.TensorType.get())]
+    constants = [n for n in graph.findAllNodes("prim::Constant", True)  # nested blocks too
+                 if n.output().type().kind() == "DeviceObjType"]
+    if not inputs or not constants:
+        return 0
+    device = graph.create("prim::device", [inputs[0]])
+    device.output().setType(torch._C.DeviceObjType.get())
+    device.insertBefore(next(iter(graph.nodes())))
+    for constant in constants:
+        constant.output().replaceAllUsesWith(device.output())
+        constant.destroy()
+    return len(constants)
+
+
+def _write_torchscript(graph: GraphExport, path: Path) -> str:
+    """Script the module (trace it where scripting cannot handle it), freeze it, save it; "script" or "trace"."""
     try:
         scripted = torch.jit.script(graph.module)
+        method = "script"
     except Exception:  # noqa: BLE001 - fall back to tracing for modules scripting cannot handle
-        scripted = torch.jit.trace(graph.module, tuple(graph.samples[0].values()), check_trace=False)
+        with torch.no_grad():
+            scripted = torch.jit.trace(graph.module, tuple(graph.samples[0].values()), check_trace=False)
+        method = "trace"
     scripted = torch.jit.freeze(scripted.eval())
+    _device_follows_input(scripted)
     torch.jit.save(scripted, str(path))
+    return method
 
 
-def _check_parity(graph: GraphExport, spec: GraphSpec, version_dir: Path) -> Parity:
-    runtime = open_runtime(version_dir, spec, "cpu")
+def _check_parity(graph: GraphExport, runtime: Runtime) -> Parity:
     max_abs = 0.0
     max_rel = 0.0
     passed = True
@@ -234,7 +261,26 @@ def _check_parity(graph: GraphExport, spec: GraphSpec, version_dir: Path) -> Par
                   batch_sizes=batch_sizes, passed=passed)
 
 
-def _build_graph(graph: GraphExport, version_dir: Path) -> GraphSpec:
+def _build_companion(graph: GraphExport, spec: GraphSpec, version_dir: Path) -> TorchScriptCompanion | str:
+    """The TorchScript twin of an ONNX graph, parity-checked on the CPU; the reason when there is none (a
+    graph that torch.jit cannot capture, or whose capture differs from the eager module): the ONNX graph is
+    still published, and the service serves it through ONNX Runtime only."""
+    file_name = f"{graph.name}.torchscript.pt"
+    path = version_dir / file_name
+    try:
+        method = _write_torchscript(graph, path)
+        parity = _check_parity(graph, TorchScriptRuntime(path, spec, "cpu"))
+    except Exception as exc:  # noqa: BLE001 - the companion is optional; the ONNX graph stands on its own
+        path.unlink(missing_ok=True)
+        return f"torch.jit failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+    if not parity.passed:
+        path.unlink()
+        return (f"differs from the eager model beyond tolerance: max abs {parity.max_abs_err:.3g} "
+                f"(atol {parity.atol:g}), max rel {parity.max_rel_err:.3g} (rtol {parity.rtol:g})")
+    return TorchScriptCompanion(file=file_name, method=method, torch_version=torch.__version__, parity=parity)
+
+
+def _build_graph(graph: GraphExport, version_dir: Path, torchscript: bool, notes: dict[str, str]) -> GraphSpec:
     graph.module.eval()
     suffix = "onnx" if graph.format == "onnx" else "pt"
     file_name = f"{graph.name}.{suffix}"
@@ -253,7 +299,13 @@ def _build_graph(graph: GraphExport, version_dir: Path) -> GraphSpec:
         outputs=_tensor_specs(graph.output_names, outputs, axes),
         batchable=graph.batchable,
     )
-    spec.parity = _check_parity(graph, spec, version_dir)
+    spec.parity = _check_parity(graph, open_runtime(version_dir, spec, "cpu", runtime="onnx"))
+    if torchscript and graph.format == "onnx" and spec.parity.passed:
+        companion = _build_companion(graph, spec, version_dir)
+        if isinstance(companion, str):
+            notes[graph.name] = companion
+        else:
+            spec.torchscript = companion
     return spec
 
 
@@ -286,12 +338,17 @@ def staged_version(repository: Path, name: str, version: int | None = None) -> I
         raise
 
 
-def publish(plan: ExportPlan, repository: Path, name: str, version: int | None = None) -> Path:
-    """Export, verify and atomically publish `plan` as `repository/name/version`. Returns the version dir."""
+def publish(plan: ExportPlan, repository: Path, name: str, version: int | None = None,
+            torchscript: bool = True) -> Path:
+    """Export, verify and atomically publish `plan` as `repository/name/version`. Returns the version dir.
+
+    `torchscript`: write a parity-checked TorchScript twin beside each ONNX graph (`GraphSpec.torchscript`),
+    so that the version also serves through torch (CUDA without ONNX Runtime's CUDA provider)."""
     if plan.primary_graph not in {g.name for g in plan.graphs}:
         raise ExportError(f"primary graph {plan.primary_graph!r} is not among the exported graphs")
     with staged_version(repository, name, version) as (staging, version):
-        graphs = {g.name: _build_graph(g, staging) for g in plan.graphs}
+        notes: dict[str, str] = {}
+        graphs = {g.name: _build_graph(g, staging, torchscript, notes) for g in plan.graphs}
         failed = {n: s.parity for n, s in graphs.items() if s.parity and not s.parity.passed}
         if failed:
             details = "; ".join(
@@ -314,6 +371,8 @@ def publish(plan: ExportPlan, repository: Path, name: str, version: int | None =
             "torch_version": torch.__version__,
             **plan.provenance,
         }
+        if notes:  # why a graph has no TorchScript twin
+            provenance["torchscript_missing"] = notes
         manifest = Manifest(
             name=name, version=version, family=plan.family, task=plan.task, primary_graph=plan.primary_graph,
             graphs=graphs, batching=plan.batching, preprocessing=_section(plan.preprocessing), labels=plan.labels,

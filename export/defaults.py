@@ -76,7 +76,7 @@ def default_models(family: str) -> list[str]:
     return [exporter.level_name(q) for q in sorted(levels)]
 
 
-def build_family(family: str, repository: Path, workdir: Path) -> list[Path]:
+def build_family(family: str, repository: Path, workdir: Path, torchscript: bool = True) -> list[Path]:
     committed = committed_artifacts(family)
     if committed:
         return [install_committed(m.parent, repository) for m in committed
@@ -86,9 +86,9 @@ def build_family(family: str, repository: Path, workdir: Path) -> list[Path]:
     exporter = registry.family(family).load("export")
     levels = getattr(training, "DEFAULT_LEVELS", None)
     if levels:
-        return exporter.publish_levels(checkpoint, repository, levels)
+        return exporter.publish_levels(checkpoint, repository, levels, torchscript=torchscript)
     plan = exporter.plan_from_checkpoint(checkpoint, {})
-    return [publish(plan, repository, family)]
+    return [publish(plan, repository, family, torchscript=torchscript)]
 
 
 def family_available(family: str) -> bool:
@@ -109,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path("runs/defaults"))
     parser.add_argument("--families", nargs="*", default=list(FAMILIES), choices=FAMILIES)
     parser.add_argument("--force", action="store_true", help="build a new version even if one exists")
+    parser.add_argument("--no-torchscript", dest="torchscript", action="store_false",
+                        help="ONNX graphs only, without their TorchScript twins (then no torch runtime on CUDA)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     failures = 0
@@ -120,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         started = time.perf_counter()
         try:
-            paths = build_family(family, args.repository, args.workdir)
+            paths = build_family(family, args.repository, args.workdir, args.torchscript)
         except Exception:  # noqa: BLE001 - report and go on with the other families
             log.exception("%s: building the default model failed", family)
             failures += 1

@@ -103,6 +103,19 @@ class Parity(BaseModel):
     passed: bool
 
 
+class TorchScriptCompanion(BaseModel):
+    """A TorchScript graph exported beside an ONNX graph, with the same signature and its own parity check:
+    what the service runs through torch where ONNX Runtime cannot use the device (`SERVICE_RUNTIME`, e.g. a
+    CUDA machine whose onnxruntime has no CUDA execution provider)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    file: str
+    method: Literal["script", "trace"]  # how torch.jit captured the eager module
+    torch_version: str  # a TorchScript file is only trusted on the torch that wrote it (rebuild elsewhere)
+    parity: Parity
+
+
 class GraphSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -113,6 +126,16 @@ class GraphSpec(BaseModel):
     # False for graphs whose axis 0 is not a batch axis (the service then never concatenates requests).
     batchable: bool = True
     parity: Parity | None = None
+    # ONNX graphs only: the same graph as TorchScript (absent in versions exported before it existed).
+    torchscript: TorchScriptCompanion | None = None
+
+    @model_serializer(mode="wrap")
+    def _no_companion_left_out(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Left out rather than null: versions without a companion keep their manifests (and /v2 metadata).
+        data = handler(self)
+        if self.torchscript is None:
+            data.pop("torchscript", None)
+        return data
 
 
 class Asset(BaseModel):
@@ -196,7 +219,8 @@ class Manifest(BaseModel):
     def _every_file_checksummed(self) -> Manifest:
         # Schema 1 predates graph checksums; from 2 on, a graph or asset without one is a broken export.
         if self.schema_version >= 2:
-            named = {g.file for g in self.graphs.values()} | {a.file for a in self.assets.values()}
+            named = ({g.file for g in self.graphs.values()} | {a.file for a in self.assets.values()}
+                     | {g.torchscript.file for g in self.graphs.values() if g.torchscript is not None})
             missing = sorted(named - set(self.files))
             if missing:
                 raise ValueError(f"files {missing} have no checksum in `files`")

@@ -139,7 +139,7 @@ class LoadedVersion:
             threads = max(1, (os.cpu_count() or 1) // self.instance_count)  # N sessions must not oversubscribe
         for graph_name, graph in self.manifest.graphs.items():
             self.instances[graph_name] = [open_runtime(self.path, graph, self.device, threads,
-                                                       self._settings.ort_tensorrt)
+                                                       self._settings.ort_tensorrt, self._settings.runtime)
                                           for _ in range(self.instance_count)]
             self.runtimes[graph_name] = self.instances[graph_name][0]
         if family is not None:

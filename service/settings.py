@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -26,6 +27,9 @@ class Settings(BaseSettings):
     model_repository: Path = Path("model_repository")
     state_dir: Path = Path("state")
     device: str = "auto"
+    # Runtime of ONNX graphs that have a TorchScript twin: `auto` = torch on CUDA when onnxruntime has no CUDA
+    # provider, ONNX Runtime otherwise; `onnx`; `torch` (service/runtimes/__init__.py, choose_format).
+    runtime: Literal["auto", "onnx", "torch"] = "auto"
     # Comma-separated model names to load at start; empty = every model in the repository.
     models: str = ""
     admin_token: str | None = None

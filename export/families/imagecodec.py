@@ -166,7 +166,8 @@ def _latest(repository: Path, name: str) -> Path | None:
     return model_dir / str(max(versions)) if versions else None
 
 
-def publish_levels(checkpoint: Path, repository: Path, levels: Mapping[int, float]) -> list[Path]:
+def publish_levels(checkpoint: Path, repository: Path, levels: Mapping[int, float],
+                   torchscript: bool = True) -> list[Path]:
     """The quality levels {quality: step} of one checkpoint as models `imagecodec-q<quality>`: the step-1
     level exported (and parity-checked) once, every other level derived from it. Levels already in the
     repository are left as they are. Returns the versions written."""
@@ -179,7 +180,7 @@ def publish_levels(checkpoint: Path, repository: Path, levels: Mapping[int, floa
         from export.core import publish
 
         plan = plan_from_checkpoint(checkpoint, {"name": level_name(base[0]), "quality": str(base[0])})
-        base_dir = publish(plan, repository, level_name(base[0]))
+        base_dir = publish(plan, repository, level_name(base[0]), torchscript=torchscript)
         written.append(base_dir)
     for quality, step in sorted(levels.items()):
         if step != 1.0 and _latest(repository, level_name(quality)) is None:
