@@ -32,7 +32,7 @@ REFRESH_S = 5  # the HTML page reloads itself while something is loading
 
 
 def wants_json(accept: str) -> bool:
-    """True when `accept` prefers JSON to HTML (q-values; the most specific range decides; a tie is HTML)."""
+    """True when `accept` prefers JSON to HTML (q-values; for each type the most specific range decides)."""
     best = {"text/html": (-1, 0.0), "application/json": (-1, 0.0)}  # media type -> (specificity, q)
     for part in accept.split(","):
         media, *params = (p.strip() for p in part.split(";"))
@@ -50,7 +50,9 @@ def wants_json(accept: str) -> bool:
             rank = 2 if media == target else 1 if media == f"{kind}/*" else 0 if media == "*/*" else -1
             if rank > specificity:
                 best[target] = (rank, q)
-    return best["application/json"][1] > best["text/html"][1]
+    # Equal q: the type named more precisely wins (`application/json, */*` asks for JSON); a full tie is HTML.
+    (json_rank, json_q), (html_rank, html_q) = best["application/json"], best["text/html"]
+    return json_q > 0 and (json_q, json_rank) > (html_q, html_rank)
 
 
 def _state_name(state: VersionState) -> str:
@@ -128,7 +130,7 @@ border-bottom:1px solid #d0d7de;vertical-align:top}th{background:#f6f8fa}
 .ready{background:#dafbe1;color:#116329}.loading,.unloading{background:#fff8c5;color:#7d4e00}
 .failed{background:#ffebe9;color:#a40e26}.unloaded{background:#eaeef2;color:#57606a}
 .reason{color:#57606a;font-size:.85rem;margin-top:.2rem;max-width:30rem;overflow-wrap:anywhere}
-code{font-size:.85rem}nav a{margin-right:1.2rem}ul{padding-left:1.2rem}
+code{font-size:.85rem}nav a{margin-right:1.2rem}ul{padding-left:1.2rem}.nowrap{white-space:nowrap}
 """
 
 
@@ -147,15 +149,17 @@ def render_html(data: dict[str, Any]) -> str:
         versions = model["versions"] or [{"version": None, "state": model["state"], "reason": "", "default": False,
                                           "device": None, "runtime": None}]
         what = " / ".join(escape(x) for x in (model["family"], model["task"]) if x)
+        # A failed model's reason lists its versions' reasons, which their own rows show.
+        reason = "" if model["state"] == "failed" else model["reason"]
         for i, v in enumerate(versions):
             head = ""
             if i == 0:
                 head = (f'<td rowspan="{len(versions)}"><strong>{escape(model["name"])}</strong>'
                         f'<div class="reason">{what}</div></td>'
-                        f'<td rowspan="{len(versions)}">{_badge(model["state"])}{_reason(model["reason"])}</td>')
+                        f'<td rowspan="{len(versions)}">{_badge(model["state"])}{_reason(reason)}</td>')
             number = "" if v["version"] is None else f'v{v["version"]}' + (" (default)" if v["default"] else "")
             rows.append(f'<tr data-model="{escape(model["name"])}" data-state="{escape(model["state"])}">{head}'
-                        f'<td>{escape(number)}</td><td>{_badge(v["state"])}{_reason(v["reason"])}</td>'
+                        f'<td class="nowrap">{escape(number)}</td><td>{_badge(v["state"])}{_reason(v["reason"])}</td>'
                         f'<td>{escape(v["device"] or "")}</td><td><code>{escape(v["runtime"] or "")}</code></td></tr>')
     grafana = "".join(f'<li><a href="{escape(d["url"])}">{escape(d["title"])}</a></li>' for d in links["grafana"])
     loading = not service["ready"] or any(m["state"] == "loading" for m in data["models"])
