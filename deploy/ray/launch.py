@@ -17,6 +17,7 @@ import contextlib
 import copy
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -32,9 +33,10 @@ ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = Path(__file__).with_name("serve_config.yaml")
 DEFAULT_STATE = ROOT / "state" / "ray"
 APP_ARG_PATHS = ("repository", "state_dir", "metrics_dir")
+AUTH_TOKEN = "auth_token"  # <state>/auth_token: the token of the head `up` starts
 
 
-def effective_config(config: dict[str, Any], *, replicas: int | None = None, host: str | None = None,
+def effective_config(config: dict[str, Any], *, replicas: int | str | None = None, host: str | None = None,
                      port: int | None = None, repository: Path | None = None, base: Path = ROOT,
                      settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """The config to deploy: `config` with the overrides applied, application paths absolute (relative ones
@@ -61,13 +63,16 @@ def effective_config(config: dict[str, Any], *, replicas: int | None = None, hos
         if args.get("families"):
             families &= set(args["families"])
         if replicas is not None:
-            args["replicas"] = int(replicas)
+            args["replicas"] = replicas if replicas == "auto" else int(replicas)
         kept = []
         for entry in app.get("deployments", []):
             if entry["name"] != "Ingress" and entry["name"] not in families:
                 continue
             if replicas is not None and entry["name"] != "Ingress" and "autoscaling_config" not in entry:
-                entry["num_replicas"] = int(replicas)
+                if replicas == "auto":  # the app's autoscaling (args.autoscaling, sized to the batchers) decides
+                    entry.pop("num_replicas", None)
+                else:
+                    entry["num_replicas"] = int(replicas)
             kept.append(entry)
         app["deployments"] = kept
     ServeDeploySchema.model_validate(out)
@@ -78,15 +83,34 @@ def _bin(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
-def _env() -> dict[str, str]:
+def ensure_auth_token(path: Path) -> Path:
+    """A Ray authentication token in a file only this user can read (created once, 256 random bits as Ray's
+    own `ray get-auth-token --generate`). Project-owned instead of ~/.ray/auth_token: `ray start --head` with
+    RAY_AUTH_MODE=token refuses to start without a token and never creates one, and a fresh machine has none."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # O_EXCL + 0600: never readable by others, not even between creation and chmod; a concurrent `up`
+        # that created it first wins and its token is used.
+        with contextlib.suppress(FileExistsError):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_hex(32))
+    path.chmod(0o600)
+    return path
+
+
+def _env(state: Path = DEFAULT_STATE) -> dict[str, str]:
     """The nodes' environment: the repository root importable (deploy.ray is not an installed package)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if not env.get("RAY_ADDRESS"):
-        # The head `ray start --head` starts enables token authentication (~/.ray/auth_token) while the CLI and
-        # drivers default to none: our own probes, `serve run` and shutdown must use the token too.
+        # The head `ray start --head` starts enables token authentication while the CLI and drivers default to
+        # none: the head, our own probes, `serve run` and shutdown all use the token in <state>/auth_token
+        # (RAY_AUTH_TOKEN_PATH, read by Ray's token loader before ~/.ray/auth_token) unless one is given.
         env.setdefault("RAY_AUTH_MODE", "token")
+        if env["RAY_AUTH_MODE"] == "token" and not (env.get("RAY_AUTH_TOKEN") or env.get("RAY_AUTH_TOKEN_PATH")):
+            env["RAY_AUTH_TOKEN_PATH"] = str(ensure_auth_token(state / AUTH_TOKEN))
     return env
 
 
@@ -100,14 +124,15 @@ def start_head(state: Path, port: int, num_cpus: int | None) -> str:
     if num_cpus:
         cmd.append(f"--num-cpus={num_cpus}")
     log = open(state / "ray-head.log", "ab")  # noqa: SIM115 - the head outlives this process
-    head = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=ROOT,
+    head = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env(state), cwd=ROOT,
                             start_new_session=True)
     (state / "head.json").write_text(json.dumps({"pid": head.pid, "pgid": head.pid, "address": address}))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if head.poll() is not None:
             raise RuntimeError(f"ray start exited with {head.returncode}; see {state / 'ray-head.log'}")
-        probe = subprocess.run([_bin("ray"), "status", f"--address={address}"], capture_output=True, env=_env())
+        probe = subprocess.run([_bin("ray"), "status", f"--address={address}"], capture_output=True,
+                               env=_env(state))
         if probe.returncode == 0:
             return address
         time.sleep(1)
@@ -139,7 +164,7 @@ def up(args: argparse.Namespace) -> None:
     address = os.environ.get("RAY_ADDRESS") or start_head(state, args.ray_port, args.num_cpus)
     started = time.monotonic()
     subprocess.run([_bin("serve"), "run", str(path), "--non-blocking", f"--address={address}"], check=True,
-                   env=_env(), cwd=ROOT)
+                   env=_env(state), cwd=ROOT)
     (state / "serve.json").write_text(json.dumps({"address": address}))
     http = effective["http_options"]
     host = "127.0.0.1" if http["host"] in ("0.0.0.0", "::") else http["host"]
@@ -158,7 +183,7 @@ def down(args: argparse.Namespace) -> None:
     if address:
         shut = subprocess.run([sys.executable, "-c", "import ray, sys; from ray import serve; "
                                "ray.init(address=sys.argv[1], namespace='serve', log_to_driver=False); "
-                               "serve.shutdown()", address], env=_env(), timeout=120)
+                               "serve.shutdown()", address], env=_env(state), timeout=120)
         print(f"serve shutdown at {address}: rc {shut.returncode}")
         serve_file.unlink(missing_ok=True)
     if head is not None:
@@ -167,21 +192,44 @@ def down(args: argparse.Namespace) -> None:
         print(f"stopped the Ray head this launcher started (process group {head['pgid']})")
 
 
+def group_alive(pgid: int) -> bool:
+    """Whether a live (not zombie) process is left in the process group. Zombies count for killpg(pgid, 0) until
+    whoever inherited them reaps them, yet they hold no port, memory or CPU."""
+    proc = Path("/proc")
+    if not proc.is_dir():  # not Linux: any member counts
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid pgrp ...
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                return True
+    return False
+
+
 def stop_group(pgid: int, grace_s: float = 20.0) -> None:
-    """SIGTERM the head's process group, SIGKILL what is left after `grace_s`."""
+    """SIGTERM the head's process group, SIGKILL what is left after `grace_s`; returns once none is left."""
     try:
         os.killpg(pgid, signal.SIGTERM)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
+        if not group_alive(pgid):
             return
         time.sleep(0.5)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def _replicas(value: str) -> int | str:
+    return value if value == "auto" else int(value)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -191,7 +239,8 @@ def main(argv: list[str] | None = None) -> None:
     start = commands.add_parser("up")
     start.add_argument("--config", default=str(DEFAULT_CONFIG))
     start.add_argument("--repository", default=str(ROOT / "model_repository"))
-    start.add_argument("--replicas", type=int, default=None, help="per family (default: the config's)")
+    start.add_argument("--replicas", type=_replicas, default=None,
+                       help="per family, or `auto`: the config's autoscaling (default: the config's replicas)")
     start.add_argument("--host", default=None)
     start.add_argument("--port", type=int, default=None)
     start.add_argument("--ray-port", type=int, default=6379, help="GCS port of the head this starts")

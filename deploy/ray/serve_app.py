@@ -33,12 +33,14 @@ from starlette.responses import Response
 
 from deploy.ray.forwarding import ForwardedRequest, ForwardedResponse, call_asgi
 from deploy.ray.topology import FamilyPlan, family_of_path, plan_families
+from service.settings import Settings
 
 log = logging.getLogger("ray.serve")
 PINNED_THREADS = ("SERVICE_CPU_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 # Never re-sent to another replica when the first one died mid-request: writes (enrolment, load/unload).
 NOT_RETRIED = ("/weld/gallery", "/v2/repository/models/")
 READY_TIMEOUT_S = 5.0
+DEFAULT_MAX_BODY: int = Settings.model_fields["max_request_bytes"].default
 
 
 def _json(status: int, body: Any, replica: str, headers: dict[str, str] | None = None) -> Response:
@@ -80,7 +82,6 @@ class FamilyServer:
                        metrics_dir: str | None, settings: dict[str, Any] | None = None) -> None:
         threads = pin_threads()  # before torch / ONNX Runtime are imported by the app
         from service.app import create_app
-        from service.settings import Settings
 
         context = serve.get_replica_context()
         self.name = f"{context.deployment}#{context.replica_tag}"
@@ -135,9 +136,11 @@ class FamilyServer:
 class Ingress:
     """Routes each request to its family deployment and forwards status, headers and body unchanged."""
 
-    def __init__(self, families: dict[str, DeploymentHandle], model_family: dict[str, str]) -> None:
+    def __init__(self, families: dict[str, DeploymentHandle], model_family: dict[str, str],
+                 max_body: int = DEFAULT_MAX_BODY) -> None:
         self.families = families
         self.model_family = model_family
+        self.max_body = max_body  # the replicas' max_request_bytes: enforced here, before anything is buffered
         context = serve.get_replica_context()
         self.name = f"{context.deployment}#{context.replica_tag}"
 
@@ -147,7 +150,10 @@ class Ingress:
             return _json(200, {"live": True}, self.name)
         if path == "/v2/health/ready":
             return await self._ready()
-        body = await request.body()
+        body = await _bounded_body(request, self.max_body)
+        if body is None:
+            return _error(path, 413, "payload_too_large", f"request body exceeds the limit of {self.max_body} "
+                          "bytes", self.name, {"connection": "close"})
         forwarded = ForwardedRequest(request.method, path, request.url.query.encode(), list(request.headers.raw),
                                      body, (request.client.host, request.client.port) if request.client else None)
         if path == "/v2/models/stats" and request.method == "GET":
@@ -220,6 +226,24 @@ def _app_path(scope: dict[str, Any]) -> str:
     return path
 
 
+async def _bounded_body(request: Request, limit: int) -> bytes | None:
+    """The request body, or None once it is known to exceed `limit`: at once from Content-Length, else (chunked)
+    as soon as the chunks read so far pass it, without reading the rest. Serve's proxy streams the body to this
+    replica chunk by chunk, so nothing beyond the limit (plus one chunk) is held here; the 413 then closes the
+    connection (`connection: close`), so the proxy stops reading the rest."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    chunks: list[bytes] = []
+    seen = 0
+    async for chunk in request.stream():
+        seen += len(chunk)
+        if seen > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def _result(response: Any) -> Any:
     return await response
 
@@ -241,9 +265,9 @@ def family_options(plan: FamilyPlan, args: dict[str, Any]) -> dict[str, Any]:
     actor: dict[str, Any] = {"num_cpus": num_cpus, "runtime_env": {"env_vars": env}}
     if float(args.get("num_gpus", 0)) > 0:
         actor["num_gpus"] = float(args["num_gpus"])
-    scaling: dict[str, Any] = {"num_replicas": int(args.get("replicas", 1))}
-    if args.get("autoscaling"):  # {min_replicas, max_replicas, target_ongoing_requests (default: a full batch)}
-        scaling = {"autoscaling_config": {"target_ongoing_requests": plan.max_batch_size, **args["autoscaling"]}}
+    autoscaling = autoscaling_of(plan.family, args)
+    scaling: dict[str, Any] = ({"autoscaling_config": plan.autoscaling_config(autoscaling)} if autoscaling is not None
+                               else {"num_replicas": _count(args.get("replicas"))})
     return {
         "name": plan.family,
         **scaling,
@@ -254,6 +278,20 @@ def family_options(plan: FamilyPlan, args: dict[str, Any]) -> dict[str, Any]:
         "graceful_shutdown_wait_loop_s": 0.5,
         "health_check_period_s": 5,
     }
+
+
+def autoscaling_of(family: str, args: dict[str, Any]) -> dict[str, Any] | None:
+    """The family's autoscaling overrides when it autoscales, else None (a fixed `replicas` count). It autoscales
+    when `autoscaling` is given and `replicas` is "auto" or absent; `autoscaling` holds either one dict for every
+    family ({min_replicas, max_replicas, ...}) or one per family ({traffic: {...}, weld: {...}})."""
+    given = args.get("autoscaling")
+    if not given or args.get("replicas", "auto") != "auto":
+        return None
+    if family in given:
+        return dict(given[family] or {})
+    if any(isinstance(value, dict) for value in given.values()):
+        return {}  # per-family dicts that do not name this family: the defaults sized to its batcher
+    return dict(given)
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:
@@ -275,6 +313,18 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         handles[family] = deployment.bind(family, plan.models, str(repository), state_dir, metrics_dir,
                                           args.get("settings"))
         model_family.update(dict.fromkeys(plan.models, family))
-    ingress = Ingress.options(num_replicas=int(args.get("ingress_replicas", args.get("replicas", 1))),
+    ingress = Ingress.options(num_replicas=_count(args.get("ingress_replicas", args.get("replicas"))),
                               max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0.1})
-    return ingress.bind(handles, model_family)
+    return ingress.bind(handles, model_family, max_body_of(args))
+
+
+def _count(replicas: Any) -> int:
+    """A fixed replica count; "auto" or absent (autoscaled families) -> 1."""
+    return 1 if replicas in (None, "auto") else int(replicas)
+
+
+def max_body_of(args: dict[str, Any]) -> int:
+    """The body limit the ingress enforces: the replicas' `settings.max_request_bytes`, else the environment's
+    SERVICE_MAX_REQUEST_BYTES (as the replicas read it), else the service's default."""
+    configured = (args.get("settings") or {}).get("max_request_bytes") or os.environ.get("SERVICE_MAX_REQUEST_BYTES")
+    return int(configured) if configured else DEFAULT_MAX_BODY
