@@ -7,6 +7,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 # Task route prefixes (service/families/<f>/routes.py) -> family.
 PREFIXES = {"traffic": "traffic", "weld": "weld", "water": "water", "image": "imagecodec"}
@@ -34,6 +35,21 @@ class FamilyPlan:
     def max_queued_requests(self) -> int:
         """Requests waiting in the caller for a replica slot before Ray answers 429 (the batcher's own bound)."""
         return max(self.max_queue_size, self.max_ongoing_requests)
+
+    @property
+    def target_ongoing_requests(self) -> int:
+        """Autoscaling target: one full batch per instance in flight on each replica. Above it requests wait for
+        a second batch (latency grows by a batch's compute time), so Serve adds a replica; below it a replica
+        runs partial batches, so Serve removes one. Half of max_ongoing_requests: a replica at its cap is
+        twice over target, which Serve sees before the caller's queue (max_queued_requests) fills."""
+        return self.max_batch_size * self.instances
+
+    def autoscaling_config(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Serve's autoscaling_config for this family: the batch-sized target, delays short enough to follow a
+        burst of load (Serve's defaults wait 30 s up and 600 s down), then `overrides` (min/max_replicas, ...)."""
+        return {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": self.target_ongoing_requests,
+                "upscale_delay_s": 10.0, "downscale_delay_s": 60.0, "metrics_interval_s": 2.0,
+                "look_back_period_s": 10.0, **(overrides or {})}
 
 
 def _latest_manifest(model_dir: Path) -> dict | None:
