@@ -114,20 +114,38 @@ class ServiceMiddleware:
                                f"request body of {int(declared)} bytes exceeds the limit of {self.max_body} bytes")
             return
         seen = 0
+        over_limit = f"request body exceeds the limit of {self.max_body} bytes"
+        tripped = False  # the body grew past the limit while the app read it (chunked: no Content-Length)
+        replaced = False  # the app's answer was swapped for the 413
 
         async def bounded_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, tripped
+            if tripped:  # a handler that swallowed the error reads no further
+                raise PayloadTooLarge(over_limit)
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_body:
-                    raise PayloadTooLarge(f"request body exceeds the limit of {self.max_body} bytes")
+                    tripped = True
+                    raise PayloadTooLarge(over_limit)
             return message
 
         status = {"code": 500}
 
         async def tracking_send(message: Message) -> None:
+            nonlocal replaced
+            if replaced:
+                return  # the rest of the app's (replaced) answer
             if message["type"] == "http.response.start":
+                if tripped and message["status"] != 413:
+                    # Whatever a handler made of the body-size error (a broad `except` around a form parser
+                    # answers 400), an oversized body is 413 on every route, whatever the transfer encoding.
+                    replaced = True
+                    status["code"] = 413
+                    await _plain_error(scope, send, 413, "payload_too_large", over_limit)
+                    return
+                if tripped:  # the rest of an oversized body is never read: the connection cannot be reused
+                    message["headers"] = [*message.get("headers", ()), (b"connection", b"close")]
                 status["code"] = message["status"]
             await send(message)
 
