@@ -84,6 +84,10 @@ _SQLITE_SCHEMA = (
 )
 
 
+class _CommitFailed(Exception):
+    """The COMMIT of a gallery transaction raised; the transaction was rolled back."""
+
+
 class SQLiteGallery:
     """One file shared by every process of a machine. Two connections: readers never wait for a writer (WAL),
     so the per-request check stays cheap while another process commits."""
@@ -95,13 +99,14 @@ class SQLiteGallery:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
+        self._closed = False
+        self._writer: sqlite3.Connection | None = None  # None: opened again on the next write
         try:
-            self._writer = self._connect()
-            with self._transaction():
+            with self._transaction() as conn:
                 for statement in _SQLITE_SCHEMA:
-                    self._writer.execute(statement)
+                    conn.execute(statement)
             self._reader = self._connect()
-        except sqlite3.OperationalError as exc:
+        except (sqlite3.OperationalError, _CommitFailed) as exc:
             raise GalleryUnavailable(f"gallery database {path}: {exc}") from exc
 
     def _connect(self) -> sqlite3.Connection:
@@ -111,17 +116,39 @@ class SQLiteGallery:
         conn.execute("PRAGMA synchronous = FULL")  # the commit (and so the ack) survives power loss, not only kill -9
         return conn
 
+    def _check_open(self) -> None:
+        if self._closed:  # a request that outlived its model version: retry-safe, the next one is served anew
+            raise GalleryUnavailable(f"gallery database {self.path}: closed (its model version was unloaded)")
+
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self._check_open()
+        if self._writer is None:
+            self._writer = self._connect()
         conn = self._writer
         conn.execute("BEGIN IMMEDIATE")  # take the write lock now: the duplicate check and the insert agree
         try:
             yield conn
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:  # disk full, I/O error, a deferred constraint: nothing was committed
+                raise _CommitFailed(f"commit failed, rolled back: {exc}") from exc
         except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            # Any failure, the COMMIT's included: a connection left inside the transaction would hold the write
+            # lock, and every later enrolment of every process would fail until a restart.
+            self._abort(conn)
             raise
-        conn.execute("COMMIT")
+
+    def _abort(self, conn: sqlite3.Connection) -> None:
+        """Roll back; if even that fails, close the connection (which releases the lock): the next write opens
+        a new one."""
+        if not conn.in_transaction:
+            return
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            conn.close()
+            self._writer = None
 
     def insert(self, key: GalleryKey, rows: Sequence[NewRow], skip_existing: bool = False) -> None:
         ids = [r[0] for r in rows]
@@ -138,6 +165,8 @@ class SQLiteGallery:
                     conn.executemany(f"{verb} INTO weld_gallery (model, version, sample_id, label, embedding) "
                                      "VALUES (?, ?, ?, ?, ?)",
                                      [(key.model, key.version, i, int(label), emb) for i, label, emb in rows])
+            except _CommitFailed as exc:  # not a duplicate: UNIQUE fires on the INSERT, before the commit
+                raise GalleryUnavailable(f"gallery database {self.path}: {exc}") from exc
             except sqlite3.IntegrityError:
                 raise DuplicateIds(ids) from None  # the UNIQUE backstop (the check above names them first)
             except sqlite3.OperationalError as exc:
@@ -145,6 +174,7 @@ class SQLiteGallery:
 
     def rows_after(self, key: GalleryKey, seq: int) -> list[Row]:
         with self._read_lock:
+            self._check_open()
             try:
                 return self._reader.execute(
                     "SELECT seq, sample_id, label, embedding FROM weld_gallery "
@@ -154,9 +184,12 @@ class SQLiteGallery:
                 raise GalleryUnavailable(f"gallery database {self.path}: {exc}") from exc
 
     def close(self) -> None:
-        for conn in (getattr(self, "_reader", None), getattr(self, "_writer", None)):
-            if conn is not None:
-                conn.close()
+        """Close both connections, after any write or read in progress; later calls raise GalleryUnavailable."""
+        with self._write_lock, self._read_lock:
+            self._closed = True
+            for conn in (getattr(self, "_reader", None), self._writer):
+                if conn is not None:
+                    conn.close()
 
 
 # ---- PostgreSQL --------------------------------------------------------------------------------------
@@ -185,6 +218,7 @@ class PostgresGallery:
         self.url = url
         self.timeout_s = timeout_s
         self._conns: dict[str, Any] = {}
+        self._closed = False
         self._locks = {"reader": threading.Lock(), "writer": threading.Lock()}
         with self._locks["writer"], self._session("writer") as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_LOCK_KEY,))  # replicas starting at once
@@ -202,6 +236,8 @@ class PostgresGallery:
         """The role's connection (opened on first use, or again after a failure); database errors other than
         constraint ones become GalleryUnavailable."""
         pg = self._pg
+        if self._closed:  # never reconnect for a retired version: each connection is a server backend
+            raise GalleryUnavailable("gallery database: closed (its model version was unloaded)")
         try:
             conn = self._conns.get(role)
             if conn is None or conn.closed:
@@ -243,6 +279,9 @@ class PostgresGallery:
                 "WHERE model = %s AND version = %s AND seq > %s ORDER BY seq", (key.model, key.version, seq))]
 
     def close(self) -> None:
-        for conn in self._conns.values():
-            conn.close()
-        self._conns.clear()
+        """Close both server connections, after any call in progress; later calls raise GalleryUnavailable."""
+        with self._locks["writer"], self._locks["reader"]:
+            self._closed = True
+            for conn in self._conns.values():
+                conn.close()
+            self._conns.clear()

@@ -9,6 +9,7 @@ an earlier enrolled.npz migrates once.
 from __future__ import annotations
 
 import random
+import sqlite3
 import statistics
 import time
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from fixtures.gallery_worker import KEY, Worker, embeddings
 from fixtures.postgres import postgres_server  # noqa: F401 - the session fixture, used by `gallery_url`
 
 from families.weld.gallery import ENROLLED_FILE, GalleryStore, npz_bytes
-from families.weld.gallery_db import DuplicateIds, GalleryUnavailable, open_gallery_db
+from families.weld.gallery_db import DuplicateIds, GalleryUnavailable, SQLiteGallery, open_gallery_db
 
 DIM = 8
 REFRESH_S = 0.05
@@ -192,3 +193,47 @@ def test_the_event_loop_view_sees_the_other_store_within_the_bound(shipped: Path
     finally:
         a.close()
         b.close()
+
+
+class _StrictSQLiteGallery(SQLiteGallery):
+    """The service's SQLite gallery with foreign keys enforced on its connections: a deferred foreign key then
+    fails at the COMMIT itself, the one failure SQLite leaves its transaction open on (an I/O error at COMMIT
+    is rolled back by SQLite itself)."""
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = super()._connect()
+        conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+
+def test_a_failed_commit_rolls_back_and_later_enrolments_work(shipped: Path, tmp_path: Path) -> None:
+    """Issue 26 item 10: a COMMIT that raises must not leave the writer inside its transaction (holding the
+    database's write lock): the same store and another connection (another process's) enrol afterwards."""
+    path = tmp_path / "gallery.sqlite3"
+    strict = GalleryStore(shipped, _StrictSQLiteGallery(path, timeout_s=1.0), KEY, refresh_s=0)
+    other = GalleryStore(shipped, SQLiteGallery(path, timeout_s=1.0), KEY, refresh_s=0)
+    setup = sqlite3.connect(path, isolation_level=None)
+    try:
+        # A real constraint that only the COMMIT checks: a poisoned id inserts a dangling deferred reference.
+        setup.executescript("""
+            CREATE TABLE audit_parent (id INTEGER PRIMARY KEY);
+            CREATE TABLE audit (parent INTEGER REFERENCES audit_parent (id) DEFERRABLE INITIALLY DEFERRED);
+            CREATE TRIGGER audit_poison AFTER INSERT ON weld_gallery WHEN NEW.sample_id LIKE 'poison-%'
+            BEGIN INSERT INTO audit (parent) VALUES (-1); END;""")
+    finally:
+        setup.close()
+    try:
+        with pytest.raises(GalleryUnavailable, match="commit failed"):  # not a DuplicateIds: no id is taken
+            strict.enroll(embeddings(["poison-1", "p-2"], DIM), [1, 2], ["poison-1", "p-2"])
+        assert not strict.db._writer.in_transaction  # type: ignore[attr-defined] - the lock is released
+        strict.enroll(embeddings(["after-1"], DIM), [1], ["after-1"])
+        started = time.monotonic()
+        other.enroll(embeddings(["after-2"], DIM), [2], ["after-2"])  # another connection: not "database locked"
+        assert time.monotonic() - started < 1.0
+        for store in (strict, other):
+            snap = store.refresh(force=True)
+            assert snap.ids[snap.shipped:].tolist() == ["after-1", "after-2"]  # nothing of the failed batch
+        strict.enroll(embeddings(["p-2"], DIM), [2], ["p-2"])  # its ids were never taken
+    finally:
+        strict.close()
+        other.close()
