@@ -7,6 +7,8 @@ family folder has the same files: `family.py` (the plug-in), `schemas.py` (reque
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from fastapi import APIRouter
@@ -15,6 +17,7 @@ if TYPE_CHECKING:
     from service.repository import LoadedVersion
 
 StateT = TypeVar("StateT")
+log = logging.getLogger(__name__)
 
 
 class FamilyPlugin(Generic[StateT]):
@@ -34,3 +37,21 @@ class FamilyPlugin(Generic[StateT]):
         """JSON request bodies that `version` (the family's served default) accepts, by route path (POST):
         the OpenAPI document shows them, so that "Try it out" in /docs answers 200. Keep them small."""
         return {}
+
+    def teardown(self, version: LoadedVersion, state: StateT) -> None:
+        """Release what `prepare` opened (database connections, files, threads) once `version` is retired:
+        unloaded, replaced by another load, or at shutdown. Called once per prepared version, on a worker
+        thread, after its queues drained (a request still holding `state` may find it closed); an exception
+        is logged, not raised. Default: nothing to release."""
+
+
+async def teardown_version(family: FamilyPlugin | None, version: LoadedVersion) -> None:
+    """The repository's hook when it retires `version` (after its drain): the family's `teardown` off the event
+    loop (closing a database connection can wait on the network); failures are logged, the retirement goes on.
+    `version.prepared` stays: a request that resolved the version before the swap may still read it."""
+    if family is None or version.prepared is None:
+        return
+    try:
+        await asyncio.to_thread(family.teardown, version, version.prepared)
+    except Exception:  # noqa: BLE001 - a plug-in's clean-up must not stop the others or the shutdown
+        log.exception("teardown of %s v%d (family %s) failed", version.name, version.version, family.name)

@@ -31,6 +31,7 @@ from service import gc_tuning
 from service.batching import ComputePhases, DynamicBatcher, QueueStats, RequestContext, redact_paths, split_rows
 from service.errors import InvalidInput, NotFound, NotReady, ServiceError
 from service.metrics import Metrics
+from service.plugin import teardown_version
 from service.runtimes import Runtime, open_runtime
 from service.settings import Settings
 
@@ -495,6 +496,8 @@ class ModelHub:
 
         async def retire() -> None:
             await loaded.drain()
+            # What the plug-in opened for the version (e.g. weld's gallery connections) is released with it.
+            await teardown_version(self.families.get(loaded.manifest.family), loaded)
             self._states[key] = VersionState(VersionStatus.UNAVAILABLE, "unloaded")
 
         task = asyncio.get_running_loop().create_task(retire())

@@ -171,6 +171,7 @@ class GalleryStore:
         if legacy_dir is not None:
             migrate_enrolled_npz(db, key, legacy_dir, self.dim)
         self._refresh_lock = threading.Lock()
+        self._closed = False
         self._seq = 0  # the highest seq folded into the snapshot
         self._checked = float("-inf")  # monotonic time the last check started
         self._inflight: asyncio.Task[None] | None = None  # a check running for `current`
@@ -223,8 +224,8 @@ class GalleryStore:
         """Fold the rows committed after the last seen seq into a new snapshot (the change feed)."""
         with self._refresh_lock:
             started = time.monotonic()
-            if not force and started - self._checked < self.refresh_s:
-                return self._snapshot  # another thread checked while this one waited
+            if self._closed or (not force and started - self._checked < self.refresh_s):
+                return self._snapshot  # closed (a retired version): the last snapshot, no database query
             self._checked = started  # a failing database is retried per refresh_s, not per request
             rows = self.db.rows_after(self.key, self._seq)
             if rows:
@@ -298,4 +299,8 @@ class GalleryStore:
             return self._snapshot
 
     def close(self) -> None:
+        """Close the database connections, after a refresh in progress; the last snapshot stays readable and
+        an enrolment afterwards raises GalleryUnavailable (retry-safe: the next request reaches the new version)."""
+        with self._refresh_lock:
+            self._closed = True
         self.db.close()

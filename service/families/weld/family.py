@@ -31,15 +31,24 @@ class WeldPlugin(FamilyPlugin[WeldState]):
         pre = version.manifest.preprocessing_as(Preprocessing)
         settings = version.settings
         db = open_gallery_db(settings.gallery_url, settings.state_dir)
-        gallery = GalleryStore(version.asset_path(pre.knn.gallery), db, GalleryKey(version.name, str(version.version)),
-                               version.device, num_classes=len(CLASSES), legacy_dir=version.state_dir,
-                               faiss_min=settings.weld_faiss_min, metric=pre.knn.metric)
-        warm_up(pre.params)
-        shipped = gallery.snapshot.embeddings[:gallery.snapshot.shipped].cpu().numpy()
-        threshold = threshold_from(pre.quality, pre.knn.metric, shipped)
-        quality = WeldQuality.create(version.metrics.quality, version.name, str(version.version), CLASSES,
-                                     pre.knn.metric, threshold, version.settings.quality_ood_window)
+        try:
+            gallery = GalleryStore(version.asset_path(pre.knn.gallery), db,
+                                   GalleryKey(version.name, str(version.version)), version.device,
+                                   num_classes=len(CLASSES), legacy_dir=version.state_dir,
+                                   faiss_min=settings.weld_faiss_min, metric=pre.knn.metric)
+            warm_up(pre.params)
+            shipped = gallery.snapshot.embeddings[:gallery.snapshot.shipped].cpu().numpy()
+            threshold = threshold_from(pre.quality, pre.knn.metric, shipped)
+            quality = WeldQuality.create(version.metrics.quality, version.name, str(version.version), CLASSES,
+                                         pre.knn.metric, threshold, version.settings.quality_ood_window)
+        except BaseException:
+            db.close()  # a failed load is never retired: its connections would stay open for good
+            raise
         return WeldState(preprocessing=pre, gallery=gallery, quality=quality)
+
+    def teardown(self, version: LoadedVersion, state: WeldState) -> None:
+        """The retired version's gallery connections (PostgreSQL: two server backends; SQLite: two file handles)."""
+        state.gallery.close()
 
     def openapi_examples(self, version: LoadedVersion, state: WeldState) -> dict[str, Any]:
         example = classify_example(state.params)
