@@ -15,7 +15,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# The CPU build of torch from the local wheel cache; a bare `torch` would pull a multi-GB CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[cpu,train,dev]'
+	# ray: deploy/ray and the two-node cluster tests in tests/ray, which the default suite runs.
+	$(PY) -m pip install --quiet -e '.[cpu,train,dev,ray]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -26,7 +27,8 @@ models: install
 serve: models
 	SERVICE_MODEL_REPOSITORY=$(REPOSITORY) HOST=$(HOST) PORT=$(PORT) $(PY) -m service
 
-# Ray Serve (deploy/ray, docs/scaling.md): REPLICAS per family on HOST:PORT; a local Ray head unless RAY_ADDRESS.
+# Ray Serve (deploy/ray, docs/scaling.md): REPLICAS per family (or REPLICAS=auto: autoscaling) on HOST:PORT; a
+# local Ray head (its token in state/ray/auth_token) unless RAY_ADDRESS.
 serve-ray: models
 	$(PY) -m pip install --quiet -e '.[ray]'
 	$(PY) -m deploy.ray.launch up --repository $(REPOSITORY) --replicas $(REPLICAS) --host $(HOST) --port $(PORT) \

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 from testkit import ROOT, free_port
 
 ray = pytest.importorskip("ray", reason="ray[serve] is not installed (pip install -e '.[ray]')")
@@ -78,7 +79,9 @@ def ray_service(tmp_path_factory: pytest.TempPathFactory, ray_repository: Path) 
     worker = cluster.add_node(num_cpus=1)
     ray.init(address=cluster.address, log_to_driver=False)
     port = free_port()
-    serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+    # The proxy's limits as shipped (request_timeout_s, keep_alive_timeout_s), on a free loopback port.
+    shipped = yaml.safe_load((ROOT / "deploy" / "ray" / "serve_config.yaml").read_text())["http_options"]
+    serve.start(proxy_location="HeadOnly", http_options={**shipped, "host": "127.0.0.1", "port": port})
     args = {"repository": str(ray_repository), "replicas": 2, "num_cpus": 0.25, "state_dir": str(state),
             "metrics_dir": str(state / "targets"), "graceful_shutdown_timeout_s": 5,
             "settings": {"admin_token": ADMIN_TOKEN, "device": "cpu",

@@ -76,3 +76,25 @@ def test_autoscaling_and_gpu_share(ray_repository: Path, tmp_path: Path) -> None
     assert (scaling.min_replicas, scaling.max_replicas, scaling.target_ongoing_requests) == (1, 4, batch)
     assert traffic.ray_actor_options["num_gpus"] == 0.5
     assert traffic.ray_actor_options["runtime_env"]["env_vars"]["OMP_NUM_THREADS"] == "2"  # the CPU share
+
+
+def test_replicas_auto_autoscales_every_family_sized_to_its_batcher(ray_repository: Path, tmp_path: Path) -> None:
+    config = _config()
+    assert config["http_options"]["request_timeout_s"] > 0 and config["http_options"]["keep_alive_timeout_s"] > 0
+    effective = effective_config(config, replicas="auto", repository=ray_repository, base=tmp_path)
+    (app,) = effective["applications"]
+    # The config's fixed counts give way to the app's autoscaling (a num_replicas here would override it).
+    assert [d for d in app["deployments"] if d["name"] != "Ingress" and "num_replicas" in d] == []
+    built = {d.name: d for d in build_serve_app(build_app(app["args"]), name="service").deployments}
+    assert built["Ingress"].num_replicas == 1
+    for family in ("traffic", "weld"):
+        batching = json.loads((ray_repository / family / "1" / "manifest.json").read_text())["batching"]
+        scaling = built[family]._deployment_config.autoscaling_config
+        assert (scaling.min_replicas, scaling.max_replicas) == tuple(app["args"]["autoscaling"][family].values())
+        assert scaling.target_ongoing_requests == batching["max_batch_size"] * batching.get("instance_count", 1)
+        # Two batches in flight per replica (at least 16): a replica at its cap is twice over target.
+        assert built[family].max_ongoing_requests == max(16, 2 * scaling.target_ongoing_requests)
+        assert scaling.upscale_delay_s < 30 and scaling.downscale_delay_s < 600  # quicker than Serve's defaults
+    fixed = effective_config(config, replicas=2, repository=ray_repository, base=tmp_path)["applications"][0]
+    built = {d.name: d for d in build_serve_app(build_app(fixed["args"]), name="service").deployments}
+    assert built["traffic"].num_replicas == 2 and built["traffic"]._deployment_config.autoscaling_config is None
