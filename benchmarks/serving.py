@@ -1,14 +1,17 @@
 """Serving fast path, side by side in one run: the bare-ASGI ceiling, the raw runtime, and the service with
-JSON and with binary tensors, at concurrency 1 and 64, for (a) the tiny model (hidden 256, 16 floats in,
-max_batch_size 32) and (b) the traffic default (12x207x2 floats); prints the ratios of issue 13.
+JSON and with binary tensors over HTTP and with binary tensors over gRPC, at concurrency 1 and 64, for (a) the
+tiny model (hidden 256, 16 floats in, max_batch_size 32) and (b) the traffic default (12x207x2 floats); prints
+the ratios of issue 13 and gRPC's against HTTP's (issue 29).
 
     python benchmarks/serving.py [--seconds 3] [--traffic DIR] [--device cpu|cuda] [--only tiny|traffic]
 
 `--traffic` is a traffic version folder (default: model_repository/traffic/<latest>, e.g. from
 `make serve` or `python -m export.defaults`); without one part (b) is skipped and says so. Load comes from
 wrk (`apt-get install wrk`), one thread, on the same machine: the ratios, not the absolute figures, are
-what carries between machines. The ceiling is uvicorn (httptools, uvloop) with an ASGI app that reads the
-body, parses the same OIP JSON with orjson and answers a fixed small JSON.
+what carries between machines. gRPC load comes from benchmarks/grpc_load.py (grpc.aio, one channel, the
+request serialised once, answers not parsed) in this process: a Python client, so it takes more of the shared
+CPU than wrk does, which counts against gRPC here. The ceiling is uvicorn (httptools, uvloop) with an ASGI app
+that reads the body, parses the same OIP JSON with orjson and answers a fixed small JSON.
 """
 
 from __future__ import annotations
@@ -30,6 +33,10 @@ import orjson
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from grpc_load import grpc_load, infer_request  # noqa: E402
+
 LUA = """
 local f = io.open(os.getenv("BODY_FILE"), "rb")
 wrk.method = "POST"
@@ -189,8 +196,9 @@ def find_traffic(explicit: Path | None) -> Path | None:
 
 # ---- the run -----------------------------------------------------------------------------------------
 def measure_model(label: str, model: str, x: np.ndarray, service_url: str, ceiling_url: str | None,
-                  raw: dict, seconds: float, workdir: Path) -> dict:
+                  raw: dict, seconds: float, workdir: Path, grpc_address: str) -> dict:
     json_body, (binary_body, header_length) = oip_bodies("x", x)
+    grpc_body = infer_request(model, {"x": x})
     infer = f"{service_url}/v2/models/{model}/infer"
     result: dict = {"raw": raw}
     for concurrency in (1, 64):
@@ -200,6 +208,7 @@ def measure_model(label: str, model: str, x: np.ndarray, service_url: str, ceili
         row["json"] = wrk(infer, json_body, "application/json", None, concurrency, seconds, workdir)
         row["binary"] = wrk(infer, binary_body, "application/octet-stream", header_length, concurrency, seconds,
                             workdir)
+        row["grpc"] = grpc_load(grpc_address, grpc_body, concurrency, seconds)
         result[f"c{concurrency}"] = row
         for kind, figures in row.items():
             print(f"{label:>8} c={concurrency:<3} {kind:>8}: p50 {figures['p50_ms']:7.2f} ms  p99 "
@@ -235,6 +244,16 @@ def ratios(tiny: dict | None, traffic: dict | None) -> list[str]:
                                ">= 0.85", share >= 0.85))
             over = c1[kind]["p50_ms"] - raw["single_p50_ms"]
             lines.append(check(f"traffic c1 {kind} p50 - raw single (ms)", over, f"<= {budget}", over <= budget))
+    for label, result in (("tiny", tiny), ("traffic", traffic)):
+        if not result:
+            continue
+        for concurrency in (1, 64):
+            row = result[f"c{concurrency}"]
+            for kind in ("json", "binary"):
+                lines.append(f"  gRPC / HTTP {kind:<6} {label:>7} c{concurrency:<2}: throughput "
+                             f"{row['grpc']['rps'] / row[kind]['rps']:.2f}x, p50 "
+                             f"{row['grpc']['p50_ms'] / row[kind]['p50_ms']:.2f}x, p99 "
+                             f"{row['grpc']['p99_ms'] / row[kind]['p99_ms']:.2f}x")
     return lines
 
 
@@ -260,11 +279,12 @@ def main() -> None:
             shutil.copytree(traffic_dir, repository / "traffic" / traffic_dir.name)
         elif args.only != "tiny":
             print("traffic: no version folder (pass --traffic DIR or build model_repository); part (b) skipped")
-        ceiling_port, service_port = free_port(), free_port()
+        ceiling_port, service_port, grpc_port = free_port(), free_port(), free_port()
         ceiling = subprocess.Popen([sys.executable, "-m", "uvicorn", "serving:ceiling_app", "--app-dir",
                                     str(ROOT / "benchmarks"), "--port", str(ceiling_port), "--http", "httptools",
                                     "--loop", "uvloop", "--log-level", "warning", "--no-access-log"], cwd=ROOT)
         env = {**os.environ, "SERVICE_MODEL_REPOSITORY": str(repository), "SERVICE_DEVICE": args.device,
+               "GRPC_PORT": str(grpc_port),
                **dict(kv.split("=", 1) for kv in args.env)}
         service = subprocess.Popen([sys.executable, "-m", "service", "--port", str(service_port), "--log-level",
                                     "warning"], cwd=ROOT, env=env)
@@ -279,7 +299,7 @@ def main() -> None:
                 raw = raw_runtime(tiny_dir, args.device, 32, 2.0)
                 x = np.random.default_rng(0).standard_normal((1, 16)).astype(np.float32)
                 results["tiny"] = measure_model("tiny", "tiny", x, f"http://127.0.0.1:{service_port}", ceiling_url,
-                                                raw, seconds, workdir)
+                                                raw, seconds, workdir, f"127.0.0.1:{grpc_port}")
             if traffic_dir is not None:
                 from families.manifest import Manifest
 
@@ -288,7 +308,7 @@ def main() -> None:
                 raw = raw_runtime(version_dir, args.device, max_batch, 3.0)
                 x = np.random.default_rng(0).uniform(0, 1, (1, 12, 207, 2)).astype(np.float32)
                 results["traffic"] = measure_model("traffic", "traffic", x, f"http://127.0.0.1:{service_port}",
-                                                   None, raw, seconds, workdir)
+                                                   None, raw, seconds, workdir, f"127.0.0.1:{grpc_port}")
             print(f"measured in {time.perf_counter() - started:.0f} s; ratios:")
             for line in ratios(results.get("tiny"), results.get("traffic")):
                 print(line)
