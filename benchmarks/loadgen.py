@@ -87,7 +87,8 @@ class ServiceProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
             [sys.executable, "-m", "service", "--port", str(self.port), "--log-level", "warning"],
-            cwd=root, env={**os.environ, "SERVICE_MODEL_REPOSITORY": str(repository), **(env or {})},
+            # GRPC_PORT=0: these benchmarks speak HTTP, and processes side by side would share gRPC's 8001.
+            cwd=root, env={**os.environ, "SERVICE_MODEL_REPOSITORY": str(repository), "GRPC_PORT": "0", **(env or {})},
         )
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
