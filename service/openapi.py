@@ -90,10 +90,14 @@ HTTP_LAYER_NOTE = (
 # FastAPI sees no body; this is the protocol's request and response, for the docs and for API fuzzers.
 _PARAMETERS = {"type": "object", "description": "protocol parameters (e.g. timeout in microseconds, "
                "binary_data_output)", "additionalProperties": True}
+# As enforced (issue 26 item 13): at least one input, and in a JSON-only request every input carries its `data`
+# (binary tensors come with the octet-stream framing below); names, shapes and datatypes are the model's
+# (GET /v2/models/{model}).
 OIP_INFER_REQUEST = {"type": "object", "required": ["inputs"], "properties": {
     "id": {"type": "string"},
     "parameters": _PARAMETERS,
-    "inputs": {"type": "array", "items": {"type": "object", "required": ["name", "shape", "datatype"], "properties": {
+    "inputs": {"type": "array", "minItems": 1, "items": {"type": "object", "required": ["name", "shape", "datatype",
+                                                                                       "data"], "properties": {
         "name": {"type": "string"},
         "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
         "datatype": {"type": "string", "enum": sorted(OIP_TO_NUMPY)},

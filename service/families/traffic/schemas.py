@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
 from families.traffic.preprocessing import MAX_TIMESTAMP, MIN_TIMESTAMP
 
@@ -13,6 +14,26 @@ MAX_SENSORS = 20_000  # sensor ids in one window
 MAX_SPEED = 250.0  # mph; anything above is a unit or data error, not a reading
 MAX_JSON_VALUES = 4_000_000  # absolute cap per request (~300 MB of parsed JSON), whatever the model's size
 MAX_OBSERVATION_STEPS = 288  # one day of 5-minute readings per observation window
+
+# The routes check readings, row lengths and sensor ids themselves (422 naming the window, row and sensor), so the
+# pydantic types stay loose; these annotations put the same rules into the OpenAPI document, so that what it
+# documents is what the service enforces (issue 26 item 13). Only rules that hold for every served model are
+# here; the model's sensor set and step count are in GET /traffic/sensors.
+Reading = Annotated[float | None, WithJsonSchema({"anyOf": [
+    {"type": "number", "minimum": 0, "maximum": MAX_SPEED}, {"type": "null"}]})]
+SensorIds = Annotated[list[str], Field(min_length=1, max_length=MAX_SENSORS, json_schema_extra={"uniqueItems": True})]
+ONE_TIME_REFERENCE: dict[str, Any] = {"oneOf": [{"required": ["timestamps"]}, {"required": ["last_timestamp"]}]}
+
+
+def _rows(max_steps: int | None = None) -> Any:
+    """`values`: one row of readings per sensor (at least one reading each; at most `max_steps`)."""
+    row = {"minItems": 1} if max_steps is None else {"minItems": 1, "maxItems": max_steps}
+    return Annotated[list[Annotated[list[Reading], Field(json_schema_extra=row)]],
+                     Field(min_length=1, max_length=MAX_SENSORS)]
+
+
+ForecastRows = _rows()
+ObservationRows = _rows(MAX_OBSERVATION_STEPS)
 
 _EXAMPLE_STAMPS = [f"2012-06-04T07:{m:02d}:00" for m in range(0, 60, 5)]
 _EXAMPLE_REQUEST = {
@@ -41,20 +62,20 @@ _EXAMPLE_REQUEST = {
 class ForecastWindow(BaseModel):
     """The last `input_steps` readings (oldest first) of every sensor of the served model."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=ONE_TIME_REFERENCE)
 
     id: str | None = Field(None, max_length=200, description="client id, echoed in the result")
-    sensor_ids: list[str] = Field(
-        ..., min_length=1, max_length=MAX_SENSORS,
-        description="sensor ids, in any order; must be exactly the served model's sensor set",
+    sensor_ids: SensorIds = Field(
+        ..., description="sensor ids, in any order, each once; must be exactly the served model's sensor set",
     )
-    values: list[list[float | None]] = Field(
-        ..., description="per sensor (same order as sensor_ids), the readings in mph, oldest first; "
-        "null or 0 = missing",
+    values: ForecastRows = Field(
+        ..., description="per sensor (same order as sensor_ids), the model's `input_steps` readings in mph "
+        f"(0..{MAX_SPEED:g}), oldest first; null or 0 = missing",
     )
     timestamps: list[datetime] | None = Field(
-        None, description="timestamp of each reading (strictly increasing, one step apart); sensors' local "
-        "wall-clock time: a UTC offset, if given, is kept in the response, not converted; the readings and "
+        None, json_schema_extra={"minItems": 1},
+        description="timestamp of each reading (strictly increasing, one step apart); sensors' local wall-clock "
+        "time: a UTC offset, if given, is kept in the response, not converted; the readings and "
         f"the forecast must lie within {MIN_TIMESTAMP.isoformat()} .. {MAX_TIMESTAMP.isoformat()}",
     )
     last_timestamp: datetime | None = Field(
@@ -120,17 +141,16 @@ _OBSERVATION_EXAMPLE = {"windows": [{"sensor_ids": ["773869", "767541"], "last_t
 # Actual readings as they arrive: `/traffic/forecast`'s window format, except that a window may hold any subset
 # of the sensors and any number of steps (1..MAX_OBSERVATION_STEPS). No docstring: it would change the OpenAPI.
 class ObservationWindow(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=ONE_TIME_REFERENCE)
 
-    sensor_ids: list[str] = Field(..., min_length=1, max_length=MAX_SENSORS,
-                                  description="any subset of the served model's sensors, in any order")
-    values: list[list[float | None]] = Field(
-        ..., description="per sensor (same order as sensor_ids), the actual readings in mph, oldest first; "
-        "null or 0 = missing")
+    sensor_ids: SensorIds = Field(..., description="any subset of the served model's sensors, in any order, each once")
+    values: ObservationRows = Field(
+        ..., description="per sensor (same order as sensor_ids), the actual readings in mph "
+        f"(0..{MAX_SPEED:g}), oldest first, 1..{MAX_OBSERVATION_STEPS} per sensor; null or 0 = missing")
     timestamps: list[datetime] | None = Field(
-        None, max_length=MAX_OBSERVATION_STEPS, description="time of each reading (strictly increasing, one "
-        f"model step apart; sensors' local wall-clock time, as for forecasts), within {MIN_TIMESTAMP.isoformat()}"
-        f" .. {MAX_TIMESTAMP.isoformat()}")
+        None, max_length=MAX_OBSERVATION_STEPS, json_schema_extra={"minItems": 1},
+        description="time of each reading (strictly increasing, one model step apart; sensors' local wall-clock "
+        f"time, as for forecasts), within {MIN_TIMESTAMP.isoformat()} .. {MAX_TIMESTAMP.isoformat()}")
     last_timestamp: datetime | None = Field(None, description="alternative to `timestamps`: the newest reading's time")
 
     @model_validator(mode="after")

@@ -7,7 +7,7 @@ served version's manifest (routes.py).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -20,29 +20,48 @@ MAX_JSON_VALUES = 4_000_000  # absolute cap per request (~300 MB parsed): 2 full
 MAX_EXAMPLE_GRID_VALUES = 4096  # larger grids are left out of the example (a missing modality is allowed)
 GridValues = list[list[list[float | None]]]
 SeriesValues = list[float | None]
+# What the routes enforce on every model (routes.py checks shapes against the manifest, 422 naming the field),
+# in the OpenAPI document only: no empty axis (a grid is [T][H][W], a series [T_v]), and the static attributes
+# are numbers, at most the known ones (issue 26 item 13). The served sizes vary by model; see the example.
+_NON_EMPTY = {"minItems": 1}
+
+
+def _nested(leaf: Any, depth: int) -> Any:
+    """`depth` nested non-empty lists of `leaf` (as documented; validation by the route)."""
+    kind = leaf
+    for _ in range(depth):
+        kind = Annotated[list[kind], Field(json_schema_extra=_NON_EMPTY)]  # type: ignore[valid-type]
+    return kind
+
+
+GridDoc = _nested(float | None, 3)
+SeriesDoc = _nested(float | None, 1)
+MaskGridDoc = _nested(bool, 3)
+MaskSeriesDoc = _nested(bool, 1)
 
 
 class WaterMasks(BaseModel):
     """Optional explicit masks (true = missing, reconstruct it), same shapes as the fields."""
 
     model_config = ConfigDict(extra="forbid")
-    precip: list[list[list[bool]]] | None = None
-    soil: list[list[list[bool]]] | None = None
-    temp: list[list[list[bool]]] | None = None
-    evap: list[bool] | None = None
-    riverflow: list[bool] | None = None
+    precip: MaskGridDoc | None = None
+    soil: MaskGridDoc | None = None
+    temp: MaskGridDoc | None = None
+    evap: MaskSeriesDoc | None = None
+    riverflow: MaskSeriesDoc | None = None
 
 
 class WaterSample(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    precip: GridValues | None = Field(None, description="precipitation [T][H][W] in mm/day; null = missing "
-                                      "(omit the field when the whole grid is missing)")
-    soil: GridValues | None = Field(None, description="soil moisture [T][H][W] in m3/m3")
-    temp: GridValues | None = Field(None, description="temperature [T][H][W] in degC")
-    evap: SeriesValues | None = Field(None, description="evaporation series [T_v] in mm/day")
-    riverflow: SeriesValues | None = Field(None, description="river flow series [T_v] in mm/day")
-    static: list[float] = Field(..., description=f"the {len(STATIC_NAMES)} static attributes: "
-                                + ", ".join(STATIC_NAMES))
+    precip: GridDoc | None = Field(None, description="precipitation [T][H][W] in mm/day; null = missing "
+                                   "(omit the field when the whole grid is missing)")
+    soil: GridDoc | None = Field(None, description="soil moisture [T][H][W] in m3/m3")
+    temp: GridDoc | None = Field(None, description="temperature [T][H][W] in degC")
+    evap: SeriesDoc | None = Field(None, description="evaporation series [T_v] in mm/day")
+    riverflow: SeriesDoc | None = Field(None, description="river flow series [T_v] in mm/day")
+    static: list[float] = Field(..., json_schema_extra={"minItems": 1, "maxItems": len(STATIC_NAMES)},
+                                description=f"the model's static attributes (at most {len(STATIC_NAMES)}, in "
+                                "this order): " + ", ".join(STATIC_NAMES))
     masks: WaterMasks | None = None
 
 

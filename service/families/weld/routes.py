@@ -341,7 +341,7 @@ async def classify(call: WeldCall, k: int | None = Query(None, ge=1, le=MAX_K),
     return ClassifyResponse(**call.envelope(k=use_k, metric=use_metric, gallery_size=gallery.size), results=results)
 
 
-@router.post("/gallery", response_model=EnrolResponse, dependencies=[Depends(require_admin)],
+@router.post("/gallery", response_model=EnrolResponse, dependencies=[Depends(require_admin)], openapi_extra=_BODY_DOC,
              responses={409: {"description": "an id is already enrolled"},
                         503: {"description": "the gallery database did not answer; a retry is safe (409: it had "
                                                "committed)"}})
