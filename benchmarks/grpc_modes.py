@@ -5,9 +5,9 @@ that owns the model hub and batchers (`run_coroutine_threadsafe`), at concurrenc
     python benchmarks/grpc_modes.py [--seconds 3] [--threads 64]
 
 Both servers run the same app (create_app, uvloop, one process each, SERVICE_CPU_THREADS=1) on the same
-repository, one at a time; the load is benchmarks/grpc_load.py (grpc.aio, one channel, raw tensors) from
-this process. Decoding and encoding run in the handler thread in thread-pool mode (only `infer` goes to the
-loop), so the thread-pool design is given its best case.
+repository, one at a time; the load is h2load (C, see benchmarks/serving.py) or, without it,
+benchmarks/grpc_load.py (grpc.aio, raw tensors) from this process. Decoding and encoding run in the handler
+thread in thread-pool mode (only `infer` goes to the loop), so the thread-pool design is given its best case.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from grpc_load import grpc_load, infer_request  # noqa: E402
-from serving import build_tiny, free_port, stop, wait_port  # noqa: E402
+from serving import build_tiny, free_port, h2load_grpc, stop, wait_port  # noqa: E402
 
 
 def serve(mode: str, repository: Path, port: int, threads: int) -> None:
@@ -106,10 +107,12 @@ def measure(mode: str, repository: Path, workdir: Path, seconds: float, threads:
         results = {}
         for concurrency in (1, 64):
             cpu_before, wall_before = cpu_seconds(process.pid), time.perf_counter()
-            results[concurrency] = figures = grpc_load(f"127.0.0.1:{port}", body, concurrency, seconds)
+            address = f"127.0.0.1:{port}"
+            results[concurrency] = figures = h2load_grpc(address, body, concurrency, seconds, workdir) \
+                if shutil.which("h2load") else grpc_load(address, body, concurrency, seconds)
             wall = time.perf_counter() - wall_before
             # Server CPU per second of the run (1.0 = one core busy) and per answered call: the run includes the
-            # load generator's 0.5 s warm-up, so CPU per call is a slight overestimate, the same in both modes.
+            # load generator's warm-up, so CPU per call is a slight overestimate, the same in both modes.
             figures["cores"] = (cpu_seconds(process.pid) - cpu_before) / wall
             figures["cpu_us_per_call"] = figures["cores"] * 1e6 / figures["rps"]
             print(f"{mode:>8} c={concurrency:<3}: p50 {figures['p50_ms']:7.2f} ms  p99 {figures['p99_ms']:7.2f} ms  "

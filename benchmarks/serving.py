@@ -8,9 +8,11 @@ the ratios of issue 13 and gRPC's against HTTP's (issue 29).
 `--traffic` is a traffic version folder (default: model_repository/traffic/<latest>, e.g. from
 `make serve` or `python -m export.defaults`); without one part (b) is skipped and says so. Load comes from
 wrk (`apt-get install wrk`), one thread, on the same machine: the ratios, not the absolute figures, are
-what carries between machines. gRPC load comes from benchmarks/grpc_load.py (grpc.aio, one channel, the
-request serialised once, answers not parsed) in this process: a Python client, so it takes more of the shared
-CPU than wrk does, which counts against gRPC here. The ceiling is uvicorn (httptools, uvloop) with an ASGI app
+what carries between machines. gRPC load comes from h2load (nghttp2's HTTP/2 load generator in C, `apt-get install
+nghttp2-client`; one thread, one stream per connection, as wrk) posting the same length-prefixed gRPC message
+with `content-type: application/grpc`, so both protocols meet a C client; without h2load, from
+benchmarks/grpc_load.py (grpc.aio in this process), a Python client that takes more of the shared CPU than wrk
+does, which then counts against gRPC. The ceiling is uvicorn (httptools, uvloop) with an ASGI app
 that reads the body, parses the same OIP JSON with orjson and answers a fixed small JSON.
 """
 
@@ -35,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from grpc_load import grpc_load, infer_request  # noqa: E402
+from grpc_load import METHOD, grpc_load, infer_request  # noqa: E402
 
 LUA = """
 local f = io.open(os.getenv("BODY_FILE"), "rb")
@@ -137,6 +139,31 @@ def wrk(url: str, body: bytes, content_type: str, header_length: int | None, con
             **({"socket_errors": socket_errors.group(1)} if socket_errors else {})}
 
 
+def h2load_grpc(address: str, body: bytes, concurrency: int, seconds: float, workdir: Path) -> dict:
+    """Closed-loop gRPC load with h2load: {p50_ms, p99_ms, rps, errors, client}. One gRPC call is checked with
+    grpcio first: h2load sees HTTP statuses only, and gRPC puts its own status in the trailers."""
+    import grpc
+
+    with grpc.insecure_channel(address) as channel:
+        channel.unary_unary(METHOD)(body, timeout=60)  # raises unless the call succeeds
+    frame = workdir / f"grpc-{abs(hash(body))}.bin"
+    frame.write_bytes(b"\x00" + len(body).to_bytes(4, "big") + body)  # gRPC framing: uncompressed, length
+    log = workdir / "h2load.log"
+    log.unlink(missing_ok=True)
+    out = subprocess.run(["h2load", "-t1", f"-c{concurrency}", "-m1", f"-D{seconds}", "--warm-up-time=1",
+                          "-d", str(frame), "-H", "content-type: application/grpc", "-H", "te: trailers",
+                          "--log-file", str(log), f"http://{address}{METHOD}"],
+                         capture_output=True, text=True, check=True).stdout
+    rows = [line.split("\t") for line in log.read_text().splitlines() if line]
+    ms = np.asarray([int(duration) / 1000 for _, status, duration in rows if status == "200"])
+    failed = re.search(r"(\d+) failed, (\d+) errored", out)
+    return {"p50_ms": float(np.percentile(ms, 50)) if ms.size else float("nan"),
+            "p99_ms": float(np.percentile(ms, 99)) if ms.size else float("nan"),
+            "rps": ms.size / seconds,
+            "errors": (len(rows) - ms.size) + (int(failed.group(1)) + int(failed.group(2)) if failed else 0),
+            "client": "h2load"}
+
+
 def oip_bodies(name: str, x: np.ndarray) -> tuple[bytes, tuple[bytes, int]]:
     """(JSON body, (binary body, header length)) of one OIP request for input `name`."""
     entry = {"name": name, "datatype": "FP32", "shape": list(x.shape)}
@@ -208,12 +235,14 @@ def measure_model(label: str, model: str, x: np.ndarray, service_url: str, ceili
         row["json"] = wrk(infer, json_body, "application/json", None, concurrency, seconds, workdir)
         row["binary"] = wrk(infer, binary_body, "application/octet-stream", header_length, concurrency, seconds,
                             workdir)
-        row["grpc"] = grpc_load(grpc_address, grpc_body, concurrency, seconds)
+        row["grpc"] = h2load_grpc(grpc_address, grpc_body, concurrency, seconds, workdir) if shutil.which("h2load") \
+            else {**grpc_load(grpc_address, grpc_body, concurrency, seconds), "client": "grpc.aio"}
         result[f"c{concurrency}"] = row
         for kind, figures in row.items():
             print(f"{label:>8} c={concurrency:<3} {kind:>8}: p50 {figures['p50_ms']:7.2f} ms  p99 "
                   f"{figures['p99_ms']:7.2f} ms  {figures['rps']:8.0f} req/s  errors {figures['errors']}"
-                  + (f" socket {figures['socket_errors']}" if "socket_errors" in figures else ""), flush=True)
+                  + (f" socket {figures['socket_errors']}" if "socket_errors" in figures else "")
+                  + (f" ({figures['client']})" if "client" in figures else ""), flush=True)
     print(f"{label:>8} raw runtime: single p50 {raw['single_p50_ms']:.3f} ms p99 {raw['single_p99_ms']:.3f} ms; "
           f"batch {raw['batch']}: {raw['samples_per_s']:.0f} samples/s", flush=True)
     return result
@@ -250,6 +279,9 @@ def ratios(tiny: dict | None, traffic: dict | None) -> list[str]:
         for concurrency in (1, 64):
             row = result[f"c{concurrency}"]
             for kind in ("json", "binary"):
+                if not (row["grpc"]["rps"] and row[kind]["rps"]):  # nothing answered within the run: no ratio
+                    lines.append(f"  gRPC / HTTP {kind:<6} {label:>7} c{concurrency:<2}: n/a (nothing answered)")
+                    continue
                 lines.append(f"  gRPC / HTTP {kind:<6} {label:>7} c{concurrency:<2}: throughput "
                              f"{row['grpc']['rps'] / row[kind]['rps']:.2f}x, p50 "
                              f"{row['grpc']['p50_ms'] / row[kind]['p50_ms']:.2f}x, p99 "
