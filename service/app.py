@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__, gc_tuning
 from service.docs_ui import install_docs
-from service.errors import PayloadTooLarge, ServiceError, error_body
+from service.errors import PayloadTooLarge, ServiceError, error_body, is_oip_path
 from service.families import plugins
 from service.landing import router as landing_router
 from service.metrics import Metrics
@@ -43,7 +43,10 @@ LOOP_LAG_INTERVAL_S = 0.05
 
 def error_response(request: Request, status: int, code: str, message: str, details: Any = None,
                    headers: dict[str, str] | None = None) -> JSONResponse:
-    """Task endpoints: {"error": {"code", "message", "details"}}; OIP routes: {"error": "message"}."""
+    """Task endpoints: {"error": {"code", "message", "details"}}; OIP routes: {"error": "message"}, and a request
+    the server rejects there is a 400, as Triton and KServe answer it (task endpoints keep 422)."""
+    if status == 422 and is_oip_path(request.url.path):
+        status = 400
     return JSONResponse(error_body(request.url.path, code, message, details), status_code=status, headers=headers)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import math
@@ -30,6 +31,9 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Generic, TypeVar
+
+import numpy as np
+from prometheus_client import Gauge
 
 from service.errors import DeadlineExceeded, InferenceFailed, NotReady, Overloaded, ServiceError
 from service.metrics import Metrics
@@ -170,14 +174,26 @@ class ItemState(StrEnum):
     DROPPED = "dropped"
 
 
+class _Dropped:
+    """What a dropped item holds in place of its request's future: always done, never awaited."""
+
+    @staticmethod
+    def done() -> bool:
+        return True
+
+
+_DROPPED: asyncio.Future = _Dropped()  # type: ignore[assignment]
+
+
 @dataclass(eq=False)
 class _Item(Generic[P]):
-    payload: P
+    payload: P | None  # None once dropped: a request that gave up releases its tensors at once
     rows: int
     key: Hashable
     deadline: float
-    future: asyncio.Future
+    future: asyncio.Future  # the waiter's; a dropped item lets go of it (see _drop)
     enqueued_at: float = 0.0
+    nbytes: int = 0
     state: ItemState = ItemState.QUEUED
 
 
@@ -230,6 +246,42 @@ class ArrivalRate:
 DELAY_POLICIES = ("adaptive", "fixed")
 
 
+def payload_nbytes(payload: object) -> int:
+    """Bytes a queued payload holds in arrays and buffers (numpy arrays, bytes, and containers or dataclasses
+    of them): what the queue's byte bound counts. Small Python objects count as nothing."""
+    if isinstance(payload, np.ndarray):
+        return payload.nbytes
+    if isinstance(payload, bytes | bytearray | memoryview):
+        return len(payload)
+    if isinstance(payload, dict):
+        return sum(payload_nbytes(v) for v in payload.values())
+    if isinstance(payload, list | tuple):
+        return sum(payload_nbytes(v) for v in payload)
+    if dataclasses.is_dataclass(payload) and not isinstance(payload, type):
+        return sum(payload_nbytes(getattr(payload, f.name)) for f in dataclasses.fields(payload))
+    return 0
+
+
+class QueueBytes:
+    """The bytes held by every queued request of the service, against one bound (`SERVICE_MAX_QUEUED_BYTES`):
+    a queue of decoded 4096x4096 images is bounded by memory, not only by its count of requests. Shared by
+    every batcher; event loop only."""
+
+    def __init__(self, limit: int, gauge: Gauge | None = None) -> None:
+        self.limit = limit
+        self.held = 0
+        self._gauge = gauge
+
+    def fits(self, nbytes: int) -> bool:
+        # One request larger than the whole bound is still admitted into an empty service.
+        return self.held == 0 or self.held + nbytes <= self.limit
+
+    def change(self, nbytes: int) -> None:
+        self.held += nbytes
+        if self._gauge is not None:
+            self._gauge.set(self.held)
+
+
 class DynamicBatcher(Generic[P, R]):
     """`run_batch` is one batch function, or one per model instance (each with its own session): up to that
     many batches run at once on `executor` (which needs as many threads), so batch k+1 computes while batch
@@ -256,6 +308,8 @@ class DynamicBatcher(Generic[P, R]):
         delay_policy: str = "adaptive",
         inline_below_s: float = 0.0,
         cost: Callable[[P], int] | None = None,
+        queue_bytes: QueueBytes | None = None,
+        nbytes: Callable[[P], int] = payload_nbytes,
     ) -> None:
         if delay_policy not in DELAY_POLICIES:
             raise ValueError(f"delay_policy must be one of {DELAY_POLICIES}, got {delay_policy!r}")
@@ -275,7 +329,10 @@ class DynamicBatcher(Generic[P, R]):
         self._key = key
         self._executor = executor
         self._queue: deque[_Item[P]] = deque()
-        self._queued = 0  # items in state "queued" (dropped ones may still sit in the deque)
+        self._queued = 0  # items in state "queued" (dropped ones may still sit in the deque, payload released)
+        self._dead = 0  # dropped items still in the deque: compacted once they outnumber the live ones
+        self._queue_bytes = queue_bytes or QueueBytes(limit=1 << 62)
+        self._nbytes = nbytes
         self._rows_by_key: dict[Hashable, int] = {}  # queued rows per bucket: the fill check is O(1)
         self._wake = asyncio.Event()
         self._closing = False
@@ -297,7 +354,7 @@ class DynamicBatcher(Generic[P, R]):
         self._m_requests = {o: metrics.requests.labels(**labels, outcome=o)
                             for o in ("success", "error", "rejected", "timeout", "cancelled")}
         self._m_rejections = {r: metrics.rejections.labels(**labels, reason=r)
-                              for r in ("queue_full", "deadline", "disconnected", "shutting_down")}
+                              for r in ("queue_full", "deadline", "disconnected", "shutting_down", "request_failed")}
         self._name = f"{model}/{version}/{queue}"
 
     @property
@@ -317,41 +374,58 @@ class DynamicBatcher(Generic[P, R]):
             await self._worker
 
     # ---- submission ------------------------------------------------------------------------------
-    def check_admission(self) -> None:
-        """Raise now what `submit` would for a closing batcher or a full queue: cheap, so a handler can
-        call it before reading or decoding a request body (a 429 then costs nothing)."""
+    def check_admission(self, requests: int = 1, nbytes: int = 0) -> None:
+        """Raise now what `submit` would for a closing batcher, a full queue or a queue whose requests hold
+        too many bytes: cheap, so a handler can call it before reading or decoding a request body (a 429 then
+        costs nothing). `requests` slots are asked for at once (the chunks of one request)."""
         if self._closing:
             self._reject("shutting_down", "rejected")
             raise NotReady(f"{self._name} is shutting down")
-        if self._queued >= self.max_queue_size:
+        if self._queued + requests > self.max_queue_size:
+            self._reject("queue_full", "rejected")
+            what = f"{requests} slots" if requests > 1 else "a slot"
+            raise Overloaded(
+                f"queue of {self._name} is full ({self.max_queue_size} requests, {self._queued} queued; this request "
+                f"needs {what}); retry later", retry_after_s=self._retry_after_s())
+        if not self._queue_bytes.fits(nbytes):
             self._reject("queue_full", "rejected")
             raise Overloaded(
-                f"queue of {self._name} is full ({self.max_queue_size} requests); retry later",
-                retry_after_s=self._retry_after_s(),
-            )
+                f"queued requests hold {self._queue_bytes.held} bytes; {nbytes} more would pass the bound of "
+                f"{self._queue_bytes.limit} bytes (SERVICE_MAX_QUEUED_BYTES) on {self._name}; retry later",
+                retry_after_s=self._retry_after_s())
 
     async def submit(self, payload: P, ctx: RequestContext) -> R:
+        return (await self.submit_all([payload], ctx))[0]
+
+    async def submit_all(self, payloads: Sequence[P], ctx: RequestContext) -> list[R]:
+        """Queue the parts of one request (e.g. the row chunks of a large OIP request): all are admitted or
+        none is (429 before any is queued), and when one fails or the request gives up, the parts still
+        queued are dropped with their payloads."""
         loop = asyncio.get_running_loop()
-        self.check_admission()
-        rows = self._rows(payload)
-        if rows > self.max_batch_size:
-            raise ValueError(f"{rows} rows exceed max_batch_size {self.max_batch_size}; split the request")
+        sizes = [self._nbytes(p) for p in payloads]
+        self.check_admission(len(payloads), sum(sizes))
+        rows = [self._rows(p) for p in payloads]
+        if max(rows) > self.max_batch_size:
+            raise ValueError(f"{max(rows)} rows exceed max_batch_size {self.max_batch_size}; split the request")
         now = time.monotonic()
         deadline = ctx.deadline if ctx.deadline is not None else now + self.default_timeout_s
         if now >= deadline:
             self._reject("deadline", "timeout")
             raise DeadlineExceeded("request deadline already passed before queueing")
-        item = _Item(payload, rows, self._key(payload), deadline, loop.create_future(), now)
-        self._queue.append(item)
-        self._queued += 1
-        self._rows_by_key[item.key] = self._rows_by_key.get(item.key, 0) + rows
-        self.arrivals.arrive(now)
+        items = [_Item(p, r, self._key(p), deadline, loop.create_future(), now, n)
+                 for p, r, n in zip(payloads, rows, sizes, strict=True)]
+        for item in items:
+            self._queue.append(item)
+            self._queued += 1
+            self._queue_bytes.change(item.nbytes)
+            self._rows_by_key[item.key] = self._rows_by_key.get(item.key, 0) + item.rows
+            self.arrivals.arrive(now)
         self._m_depth.set(self._queued)
-        # One timer and one callback per request (no waiter tasks): either drops the item while queued.
-        timer = loop.call_later(deadline - now, self._expire, item)
+        # One timer and one callback per request (no waiter tasks): either drops its items while queued.
+        timer = loop.call_later(deadline - now, self._expire_all, items)
         signal = ctx.disconnected
         watch = None
-        on_disconnect = functools.partial(self._disconnected, item)
+        on_disconnect = functools.partial(self._disconnected_all, items)
         if isinstance(signal, DisconnectSignal):
             signal.add_callback(on_disconnect)
         else:  # a plain asyncio.Event: watch it with a task
@@ -360,12 +434,17 @@ class DynamicBatcher(Generic[P, R]):
         if signal.is_set():
             on_disconnect()
         # With every instance busy the worker waits for one to finish (`_finished` wakes it), not for arrivals.
-        if self._idle and not self._dispatched_at_once(item, now, loop):
+        if self._idle and not (len(items) == 1 and self._dispatched_at_once(items[0], now, loop)):
             self._wake.set()
         try:
-            return await item.future
+            if len(items) == 1:
+                return [await items[0].future]
+            return list(await asyncio.gather(*(i.future for i in items)))
         except asyncio.CancelledError:
-            self._drop(item, "disconnected", "cancelled")
+            self._drop_all(items, "disconnected", "cancelled")
+            raise
+        except Exception:
+            self._drop_all(items, "request_failed", "cancelled")  # a sibling part failed: the rest is moot
             raise
         finally:
             timer.cancel()
@@ -373,20 +452,33 @@ class DynamicBatcher(Generic[P, R]):
                 watch.cancel()
             elif isinstance(signal, DisconnectSignal):
                 signal.remove_callback(on_disconnect)
-            self.arrivals.leave(time.monotonic())
+            later = time.monotonic()
+            for _ in items:
+                self.arrivals.leave(later)
+
+    def _expire_all(self, items: list[_Item[P]]) -> None:
+        for item in items:
+            self._expire(item)
+
+    def _disconnected_all(self, items: list[_Item[P]]) -> None:
+        for item in items:
+            self._disconnected(item)
+
+    def _drop_all(self, items: list[_Item[P]], reason: str, outcome: str) -> None:
+        for item in items:
+            self._drop(item, reason, outcome)
 
     def _expire(self, item: _Item[P]) -> None:
         # A computing item is delivered anyway: the work is done.
-        if item.state is ItemState.QUEUED and not item.future.done():
-            self._drop(item, "deadline", "timeout")
-            item.future.set_exception(DeadlineExceeded(
+        if item.state is ItemState.QUEUED:
+            self._drop(item, "deadline", "timeout", DeadlineExceeded(
                 f"deadline passed after {time.monotonic() - item.enqueued_at:.3f}s in the queue of {self._name}; "
                 "the request was not computed"))
 
     def _disconnected(self, item: _Item[P]) -> None:
-        if item.state is ItemState.QUEUED and not item.future.done():
-            self._drop(item, "disconnected", "cancelled")
-            item.future.set_exception(ClientDisconnected("client disconnected before its batch started"))
+        if item.state is ItemState.QUEUED:
+            self._drop(item, "disconnected", "cancelled",
+                       ClientDisconnected("client disconnected before its batch started"))
 
     def _retry_after_s(self) -> int:
         backlog_batches = self._queued / self.max_batch_size / len(self._instances)
@@ -397,14 +489,32 @@ class DynamicBatcher(Generic[P, R]):
         self._m_requests[outcome].inc()
         self.stats.fail.add(waited_s)
 
-    def _drop(self, item: _Item[P], reason: str, outcome: str) -> None:
+    def _drop(self, item: _Item[P], reason: str, outcome: str, error: BaseException | None = None) -> None:
+        """Take a queued item out of the queue's accounting and answer its waiter with `error` (None: cancel).
+        The item may sit on in the deque until compacted, but holds nothing of its request: not the payload,
+        and not the future, whose exception's traceback holds the waiting frame and with it the payload."""
         if item.state is not ItemState.QUEUED:
             return
         item.state = ItemState.DROPPED
+        future, item.future = item.future, _DROPPED
+        item.payload = None
+        if not future.done():
+            if error is None:
+                future.cancel()
+            else:
+                future.set_exception(error)
         self._queued -= 1
-        self._unqueue_rows(item)
+        self._dead += 1
+        self._leave_queue(item)
         self._m_depth.set(self._queued)
         self._reject(reason, outcome, time.monotonic() - item.enqueued_at)
+        if self._dead > 64 and self._dead > self._queued:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Drop dead items from the deque: behind a long-running head, givers-up must not pile up."""
+        self._queue = deque(i for i in self._queue if i.state is ItemState.QUEUED)
+        self._dead = 0
 
     # ---- worker ----------------------------------------------------------------------------------
     async def _work(self) -> None:
@@ -482,11 +592,14 @@ class DynamicBatcher(Generic[P, R]):
     def _purge_head(self) -> None:
         while self._queue and self._queue[0].state is not ItemState.QUEUED:
             self._queue.popleft()
+            self._dead -= 1
 
     def _ready_rows(self, key: Hashable) -> int:
         return self._rows_by_key.get(key, 0)
 
-    def _unqueue_rows(self, item: _Item[P]) -> None:
+    def _leave_queue(self, item: _Item[P]) -> None:
+        """Release a request's place in the per-bucket row count and in the byte bound."""
+        self._queue_bytes.change(-item.nbytes)
         left = self._rows_by_key[item.key] - item.rows
         if left:
             self._rows_by_key[item.key] = left
@@ -505,8 +618,7 @@ class DynamicBatcher(Generic[P, R]):
             if item.state is not ItemState.QUEUED:
                 continue
             if now >= item.deadline:
-                self._drop(item, "deadline", "timeout")
-                item.future.set_exception(DeadlineExceeded("deadline passed in the queue; not computed"))
+                self._drop(item, "deadline", "timeout", DeadlineExceeded("deadline passed in the queue; not computed"))
                 continue
             if item.key == key and rows + item.rows <= self.max_batch_size:
                 batch.append(item)
@@ -514,9 +626,10 @@ class DynamicBatcher(Generic[P, R]):
             else:
                 kept.append(item)
         self._queue = kept
+        self._dead = 0
         for item in batch:
             item.state = ItemState.RUNNING
-            self._unqueue_rows(item)
+            self._leave_queue(item)
             self._m_wait.observe(now - item.enqueued_at)
             self.stats.queue.add(now - item.enqueued_at)
         self._queued = len(kept)

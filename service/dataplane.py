@@ -17,12 +17,12 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Generic, TypeVar
 
-import numpy as np
 from fastapi import Query, Request, Response
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from service.batching import RequestContext
-from service.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from service.errors import BadRequest, InvalidInput, UnsupportedMediaType
+from service.jsonbody import validate_json
 
 if TYPE_CHECKING:
     from service.repository import LoadedVersion, ModelHub, Tensors
@@ -92,33 +92,6 @@ def request_context(request: Request) -> RequestContext:
     return ctx
 
 
-_COUNT_CHUNK = 1 << 22  # numpy releases the GIL per chunk: counting a 64 MB body never stalls the loop
-
-
-def json_value_count(raw: bytes) -> int:
-    """Upper bound on the values a JSON text holds (its commas + 1), counted without parsing it."""
-    data = np.frombuffer(raw, np.uint8)
-    return 1 + sum(int(np.count_nonzero(data[i:i + _COUNT_CHUNK] == ord(",")))
-                   for i in range(0, data.size, _COUNT_CHUNK))
-
-
-def _validate_json(schema: type[ModelT], raw: bytes, max_values: int | None = None, what: str = "request") -> ModelT:
-    # Parsed JSON costs ~75 bytes of Python objects per value: refuse bodies no valid request can be first.
-    if max_values is not None and (count := json_value_count(raw)) > max_values:
-        raise PayloadTooLarge(f"request body holds about {count} JSON values; a valid {what} holds at most "
-                              f"{max_values}: send fewer or smaller items per request",
-                              details={"values": count, "limit": max_values})
-    try:
-        return schema.model_validate_json(raw)
-    except ValidationError as exc:
-        errors = exc.errors(include_url=False, include_input=False)
-        if any(e.get("type") == "json_invalid" for e in errors):
-            raise BadRequest(f"request body is not valid JSON: {errors[0].get('msg', '')}") from None
-        details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in errors[:20]]
-        where = "; ".join(f"{'.'.join(str(p) for p in d['loc']) or 'body'}: {d['msg']}" for d in details[:5])
-        raise InvalidInput(f"invalid request: {where}", details=details) from None
-
-
 async def parse_json_body(request: Request, schema: type[ModelT], what: str = "request",
                           max_values: int | None = None) -> ModelT:
     """Read a JSON body and validate it against `schema` on the work pool, never on the event loop.
@@ -136,7 +109,7 @@ async def parse_json_body(request: Request, schema: type[ModelT], what: str = "r
     if not raw.strip():
         raise BadRequest("empty body: send a JSON object")
     ctx = RequestContext(deadline=request_deadline(request))
-    return await pool.run(_validate_json, schema, raw, max_values, what, ctx=ctx, what=what)
+    return await pool.run(validate_json, schema, raw, max_values, what, ctx=ctx, what=what)
 
 
 def _inline_defs(schema: dict) -> dict:
@@ -208,7 +181,8 @@ class Call(Generic[StateT]):
                       media_type: str = "application/json", headers: dict[str, str] | None = None) -> Response:
         """The response body rendered by `render(*args) -> bytes` on the work pool (request-sized
         serialisation stays off the event loop)."""
-        content = await self.work(render, *args, what=what)
+        # Admitted already (the answer is computed): rendering it is never refused by the pool's bound.
+        content = await self.pool.run(render, *args, ctx=self.ctx, what=what, admitted=True)
         return Response(content, media_type=media_type, headers=headers)
 
 

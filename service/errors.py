@@ -88,9 +88,13 @@ class InferenceFailed(ServiceError):
     code = "inference_failed"
 
 
+def is_oip_path(path: str) -> bool:
+    return path == "/v2" or path.startswith("/v2/")
+
+
 def error_body(path: str, code: str, message: str, details: Any = None) -> dict[str, Any]:
     """Task endpoints: {"error": {"code", "message"[, "details"]}}; OIP (/v2) routes: {"error": "message"}."""
-    if path.startswith("/v2"):
+    if is_oip_path(path):
         return {"error": message}
     body: dict[str, Any] = {"error": {"code": code, "message": message}}
     if details is not None:

@@ -50,6 +50,8 @@ class Metrics:
             (*QUEUE_LABELS, "reason"), registry=r,
         )
         self.queue_depth = Gauge("inference_queue_depth", "Requests waiting in the queue.", QUEUE_LABELS, registry=r)
+        self.queued_bytes = Gauge("inference_queued_bytes", "Bytes held by queued requests, every queue together "
+                                  "(bounded by SERVICE_MAX_QUEUED_BYTES).", registry=r)
         self.load_duration = Histogram(
             "model_load_duration_seconds", "Time to open and warm up a model version.",
             ("model", "version"), buckets=LOAD_BUCKETS, registry=r,

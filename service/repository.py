@@ -28,7 +28,15 @@ import numpy as np
 
 from families.manifest import MANIFEST_FILE, GraphSpec, Manifest, VersionPolicy, is_version_name, verify_files
 from service import gc_tuning
-from service.batching import ComputePhases, DynamicBatcher, QueueStats, RequestContext, redact_paths, split_rows
+from service.batching import (
+    ComputePhases,
+    DynamicBatcher,
+    QueueBytes,
+    QueueStats,
+    RequestContext,
+    redact_paths,
+    split_rows,
+)
 from service.errors import InvalidInput, NotFound, NotReady, ServiceError
 from service.metrics import Metrics
 from service.plugin import teardown_version
@@ -51,8 +59,14 @@ class LoadFailed(ServiceError):
     code = "load_failed"
 
 
-def validate_inputs(graph_name: str, spec: GraphSpec, inputs: Tensors) -> Tensors:
-    """Check names, dtypes, ranks, fixed dimensions and finiteness against the graph signature."""
+# Inputs above this many bytes get their value check (finiteness, contiguity) on a thread: a 64 MiB float
+# tensor takes ~20 ms to scan, far over what the event loop may be blocked for.
+INLINE_VALUE_CHECK_BYTES = 256 * 1024
+_VALUE_CHECKS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="input-check")
+
+
+def validate_inputs(graph_name: str, spec: GraphSpec, inputs: Tensors) -> None:
+    """Check names, dtypes, ranks and fixed dimensions against the graph signature (cheap: no data read)."""
     expected = {t.name: t for t in spec.inputs}
     missing = sorted(set(expected) - set(inputs))
     if missing:
@@ -61,7 +75,6 @@ def validate_inputs(graph_name: str, spec: GraphSpec, inputs: Tensors) -> Tensor
     if unexpected:
         raise InvalidInput(f"unexpected input tensor(s) {unexpected} for {graph_name}; expected {sorted(expected)}")
     rows = None
-    checked: Tensors = {}
     for name, tensor in expected.items():
         array = inputs[name]
         if array.dtype != tensor.numpy_dtype:
@@ -79,7 +92,14 @@ def validate_inputs(graph_name: str, spec: GraphSpec, inputs: Tensors) -> Tensor
             if rows is not None and array.shape[0] != rows:
                 raise InvalidInput(f"inputs disagree on batch size: {name!r} has {array.shape[0]}, others {rows}")
             rows = array.shape[0]
-        if array.dtype.kind == "f" and not np.isfinite(array).all():
+
+
+def check_values(inputs: Tensors) -> Tensors:
+    """Finite floats only; C-contiguous copies where needed. Reads every value: see INLINE_VALUE_CHECK_BYTES."""
+    checked: Tensors = {}
+    for name, array in inputs.items():
+        # min/max propagate NaN and show +-Inf without a boolean temporary the size of the input.
+        if array.dtype.kind == "f" and array.size and not (np.isfinite(array.min()) and np.isfinite(array.max())):
             raise InvalidInput(f"input {name!r} contains NaN or Inf")
         checked[name] = np.ascontiguousarray(array)
     return checked
@@ -93,7 +113,8 @@ class _ProcedureSpec:
 
 
 class LoadedVersion:
-    def __init__(self, manifest: Manifest, path: Path, device: str, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, manifest: Manifest, path: Path, device: str, settings: Settings, metrics: Metrics,
+                 queue_bytes: QueueBytes | None = None) -> None:
         self.manifest = manifest
         self.path = path
         self.device = device
@@ -108,6 +129,7 @@ class LoadedVersion:
         self._settings = settings
         self._metrics = metrics
         self._procedures: dict[str, _ProcedureSpec] = {}
+        self._queue_bytes = queue_bytes or QueueBytes(settings.max_queued_bytes)
         # One worker thread per model instance (default 1: graphs and procedures run one at a time, which is
         # what one GPU stream or 2 CPU cores sustain). With N, a graph runs up to N batches at once, each on
         # its own session, so batch k+1 computes while batch k is split and answered.
@@ -167,7 +189,8 @@ class LoadedVersion:
         limits = self.manifest.batching
         common = dict(model=self.name, version=self.version, executor=self.executor, metrics=self._metrics,
                       max_queue_delay_s=limits.max_queue_delay_ms / 1000, max_queue_size=limits.max_queue_size,
-                      default_timeout_s=limits.default_timeout_ms / 1000, delay_policy=limits.delay_policy)
+                      default_timeout_s=limits.default_timeout_ms / 1000, delay_policy=limits.delay_policy,
+                      queue_bytes=self._queue_bytes)
         for graph_name, graph in self.manifest.graphs.items():
             phases = [ComputePhases() for _ in self.instances[graph_name]]
             self.batchers[graph_name] = DynamicBatcher(
@@ -189,14 +212,18 @@ class LoadedVersion:
         spec = self.manifest.graphs.get(graph_name)
         if spec is None:
             raise NotFound(f"{self.name} v{self.version} has no graph {graph_name!r}")
-        inputs = validate_inputs(f"{self.name} v{self.version} graph {graph_name!r}", spec, inputs)
+        validate_inputs(f"{self.name} v{self.version} graph {graph_name!r}", spec, inputs)
+        if sum(a.nbytes for a in inputs.values()) > INLINE_VALUE_CHECK_BYTES:
+            inputs = await asyncio.get_running_loop().run_in_executor(_VALUE_CHECKS, check_values, inputs)
+        else:
+            inputs = check_values(inputs)
         batcher = self.batchers[graph_name]
         ctx = ctx or RequestContext()
         rows = next(iter(inputs.values())).shape[0] if spec.batchable else 1
         if rows <= batcher.max_batch_size:
             return await batcher.submit(inputs, ctx)
         chunks = [{k: v[a:b] for k, v in inputs.items()} for a, b in split_rows(rows, batcher.max_batch_size)]
-        parts = await asyncio.gather(*(batcher.submit(c, ctx) for c in chunks))
+        parts = await batcher.submit_all(chunks, ctx)  # every chunk admitted, or none
         return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
     async def submit(self, procedure: str, payload: Any, ctx: RequestContext | None = None) -> Any:
@@ -300,8 +327,13 @@ class ModelHub:
         self._manifest_cache: dict[tuple[str, int], tuple[int, Manifest | None]] = {}
         self._warned: set[str] = set()
         self._wanted: set[str] = set()  # models that should be serving (readiness); no disk scan per probe
+        # The repository as the last scan (start, load, unload, index) saw it: request paths look names up
+        # here, so an unknown name (e.g. from an untrusted codec stream header) costs a dict lookup, not a scan.
+        self._on_disk: dict[str, list[int]] = {}
         self._closing = False
         self.startup_complete = False
+        # One byte bound over every model's queues.
+        self.queue_bytes = QueueBytes(settings.max_queued_bytes, metrics.queued_bytes)
 
     # ---- repository on disk -----------------------------------------------------------------------
     def scan(self) -> dict[str, list[int]]:
@@ -319,6 +351,7 @@ class ModelHub:
             versions = self._versions_on_disk(model_dir)
             if versions:
                 found[model_dir.name] = versions
+        self._on_disk = found
         return found
 
     def _versions_on_disk(self, model_dir: Path) -> list[int]:
@@ -353,11 +386,9 @@ class ModelHub:
             log.warning(message, *args)
 
     def manifests(self, name: str) -> dict[int, Manifest]:
-        """Every readable manifest of `name` on disk, by version (cached; versions are immutable)."""
-        if not name or not all(c.isalnum() or c in "-_" for c in name) or name.startswith("."):
-            return {}
+        """Every readable manifest of `name` the last scan found, by version (cached; versions are immutable)."""
         found = {}
-        for version in self._versions_on_disk(self.root / name):
+        for version in self._on_disk.get(name, []):
             manifest = self._manifest(name, version)
             if manifest is not None:
                 found[version] = manifest
@@ -470,7 +501,7 @@ class ModelHub:
             if manifest.name != name or manifest.version != version:
                 raise RuntimeError(f"manifest says {manifest.name} v{manifest.version}, folder is {name}/{version}")
             family = self.families.get(manifest.family)
-            loaded = LoadedVersion(manifest, path, self.device, self.settings, self.metrics)
+            loaded = LoadedVersion(manifest, path, self.device, self.settings, self.metrics, self.queue_bytes)
             await asyncio.to_thread(loaded.open, family)
             loaded.start()
         except Exception as exc:
@@ -507,6 +538,7 @@ class ModelHub:
     async def unload(self, name: str) -> None:
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
+            self.scan()
             current = self._serving.pop(name, None)
             if current is None:
                 raise NotFound(f"model {name!r} is not loaded")
@@ -587,7 +619,7 @@ class ModelHub:
     def get(self, name: str, version: int | None = None) -> LoadedVersion:
         serving = self._serving.get(name)
         if not serving:
-            on_disk = self.scan().get(name)
+            on_disk = self._on_disk.get(name)
             if on_disk is None:
                 raise NotFound(f"unknown model {name!r}; available: {sorted(self._serving)}")
             states = {v: self._states.get((name, v)) for v in on_disk}

@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     models: str = ""
     admin_token: str | None = None
     max_request_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    # Bytes that queued requests may hold together (decoded tensors, images) across every batcher: 429 beyond.
+    max_queued_bytes: int = Field(1 << 30, gt=0)
     cpu_threads: int = Field(0, ge=0, description="intra-op threads per model; 0 = runtime default")
     strict_readiness: bool = True
     # Work pool for decoding and preprocessing (service/workpool.py): threads, and jobs queued + running

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import threading
 import time
@@ -72,9 +73,15 @@ class WorkPool:
             del self._reading[token]
 
     async def run(self, fn: Callable[..., T], *args: object, ctx: RequestContext | None = None,
-                  what: str = "request") -> T:
-        """Run `fn(*args)` on a worker thread under the request's deadline and disconnect signal."""
-        self.admit(what)
+                  what: str = "request", admitted: bool = False) -> T:
+        """Run `fn(*args)` on a worker thread under the request's deadline and disconnect signal.
+
+        A job counts against `max_pending` from submission until its thread is done with it (not until its
+        request stops waiting: a disconnect during a running job leaves the thread busy). `admitted=True`
+        for the follow-up work of a request already admitted and computed (rendering its answer): it is
+        counted but never refused, so finished work is not thrown away."""
+        if not admitted:
+            self.admit(what)
         now = time.monotonic()
         deadline = ctx.deadline if ctx is not None and ctx.deadline is not None else now + self.default_timeout_s
         if now >= deadline:
@@ -96,6 +103,7 @@ class WorkPool:
         self._pending += 1
         self._m_depth.set(self._pending)
         future: Future[T] = self._executor.submit(job)
+        future.add_done_callback(functools.partial(self._job_finished, asyncio.get_running_loop()))
         wrapped = asyncio.wrap_future(future)
         waiters: set[asyncio.Future] = {wrapped}
         disconnect = None
@@ -124,8 +132,15 @@ class WorkPool:
         finally:
             if disconnect is not None:
                 disconnect.cancel()
-            self._pending -= 1
-            self._m_depth.set(self._pending)
+
+    def _job_finished(self, loop: asyncio.AbstractEventLoop, _: Future) -> None:
+        """Done callback of a job's future (its thread, or the loop when cancelled before it started)."""
+        with contextlib.suppress(RuntimeError):  # the loop is gone at shutdown: nothing left to count
+            loop.call_soon_threadsafe(self._job_done)
+
+    def _job_done(self) -> None:
+        self._pending -= 1
+        self._m_depth.set(self._pending)
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)

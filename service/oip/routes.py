@@ -14,7 +14,8 @@ from service import __version__
 from service.auth import require_admin, require_index_access
 from service.dataplane import hub_of, request_context, workpool_of
 from service.errors import BadRequest, InvalidInput, PayloadTooLarge, ServiceError, UnsupportedMediaType
-from service.oip.tensors import HEADER_LENGTH, decode_inputs, encode_response, parse_json, requested_outputs, split_body
+from service.jsonbody import parse_json
+from service.oip.tensors import HEADER_LENGTH, decode_inputs, encode_response, requested_outputs, split_body
 from service.repository import LoadedVersion, LoadFailed, VersionStatus
 
 SERVER_NAME = "research-serving"
@@ -25,6 +26,8 @@ ENCODINGS = {"gzip": 31, "deflate": 15}  # zlib wbits
 MAX_REPOSITORY_BODY = 64 * 1024  # index/load bodies are a few bytes of JSON
 # JSON this small decodes in tens of microseconds: cheaper on the loop than the hop to the work pool.
 INLINE_DECODE_BYTES = 16 * 1024
+# Outputs this small encode (orjson, or raw bytes) in tens of microseconds; larger ones on the work pool.
+INLINE_ENCODE_BYTES = 64 * 1024
 
 
 PLATFORMS = {"onnx": "onnxruntime_onnx", "torchscript": "pytorch_libtorch"}
@@ -49,7 +52,7 @@ def _lookup(request: Request, model: str, version: str | None) -> LoadedVersion:
 
 
 @router.get("")
-def server_metadata(request: Request) -> dict[str, Any]:
+async def server_metadata(request: Request) -> dict[str, Any]:
     extensions = ["binary_tensor_data", "parameters", "statistics"]
     settings = request.app.state.settings
     if settings.admin_token or not settings.restrict_repository_index:  # the index at least is reachable
@@ -58,13 +61,13 @@ def server_metadata(request: Request) -> dict[str, Any]:
 
 
 @router.get("/health/live")
-def live() -> dict[str, bool]:
+async def live() -> dict[str, bool]:
     return {"live": True}
 
 
 @router.get("/health/ready", responses={503: {"description": "not ready: models still loading", "content": {
     "application/json": {"schema": {"type": "object", "properties": {"ready": {"type": "boolean"}}}}}}})
-def ready(request: Request) -> JSONResponse:
+async def ready(request: Request) -> JSONResponse:
     is_ready = hub_of(request).ready
     return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
 
@@ -85,23 +88,23 @@ def _metadata(loaded: LoadedVersion, request: Request) -> dict[str, Any]:
 
 
 @router.get("/models/{model}")
-def model_metadata(model: str, request: Request) -> dict[str, Any]:
+async def model_metadata(model: str, request: Request) -> dict[str, Any]:
     return _metadata(_lookup(request, model, None), request)
 
 
 @router.get("/models/{model}/versions/{version}")
-def model_version_metadata(model: str, version: str, request: Request) -> dict[str, Any]:
+async def model_version_metadata(model: str, version: str, request: Request) -> dict[str, Any]:
     return _metadata(_lookup(request, model, version), request)
 
 
 @router.get("/models/{model}/ready")
-def model_ready(model: str, request: Request) -> dict[str, Any]:
+async def model_ready(model: str, request: Request) -> dict[str, Any]:
     _lookup(request, model, None)
     return {"name": model, "ready": True}
 
 
 @router.get("/models/{model}/versions/{version}/ready")
-def model_version_ready(model: str, version: str, request: Request) -> dict[str, Any]:
+async def model_version_ready(model: str, version: str, request: Request) -> dict[str, Any]:
     _lookup(request, model, version)
     return {"name": model, "version": version, "ready": True}
 
@@ -198,7 +201,11 @@ async def infer_request(request: Request, model: str, version: str | None) -> Re
     response_header: dict[str, Any] = {"model_name": loaded.name, "model_version": str(loaded.version)}
     if isinstance(header.get("id"), str):
         response_header["id"] = header["id"]
-    payload, json_length = encode_response(response_header, outputs, chosen)
+    if sum(a.nbytes for a in outputs.values()) <= INLINE_ENCODE_BYTES:
+        payload, json_length = encode_response(response_header, outputs, chosen)
+    else:  # request-sized serialisation off the loop; admitted already, so never refused now
+        payload, json_length = await pool.run(encode_response, response_header, outputs, chosen, ctx=ctx,
+                                              what="OIP response encoding", admitted=True)
     if json_length is None:
         return Response(payload, media_type="application/json")
     return Response(payload, media_type="application/octet-stream",
@@ -239,6 +246,8 @@ async def _optional_json(request: Request) -> dict[str, Any]:
 @repository_router.post("/index", dependencies=[Depends(require_index_access)])
 async def repository_index(request: Request) -> list[dict[str, str]]:
     body = await _optional_json(request)
+    if not isinstance(body.get("ready", False), bool):
+        raise BadRequest(f"'ready' must be a boolean, got {body['ready']!r}")
     rows = hub_of(request).index()
     if body.get("ready") is True:
         rows = [r for r in rows if r["state"] == VersionStatus.READY]

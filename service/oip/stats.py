@@ -54,13 +54,13 @@ def _response(versions: list[LoadedVersion]) -> dict[str, list[dict[str, Any]]]:
 
 
 @router.get("/stats")
-def all_stats(request: Request) -> dict[str, list[dict[str, Any]]]:
+async def all_stats(request: Request) -> dict[str, list[dict[str, Any]]]:
     """Statistics of every loaded model version."""
     return _response(hub_of(request).serving())
 
 
 @router.get("/{model}/stats")
-def model_statistics(model: str, request: Request) -> dict[str, list[dict[str, Any]]]:
+async def model_statistics(model: str, request: Request) -> dict[str, list[dict[str, Any]]]:
     """Statistics of every loaded version of `model` (404 unknown, 503 not loaded)."""
     hub = hub_of(request)
     hub.get(model)  # the error for an unknown or unloaded model
@@ -68,6 +68,6 @@ def model_statistics(model: str, request: Request) -> dict[str, list[dict[str, A
 
 
 @router.get("/{model}/versions/{version}/stats")
-def version_statistics(model: str, version: str, request: Request) -> dict[str, list[dict[str, Any]]]:
+async def version_statistics(model: str, version: str, request: Request) -> dict[str, list[dict[str, Any]]]:
     """Statistics of one loaded version (404 when that version is not loaded)."""
     return _response([hub_of(request).get(model, _version_number(version))])

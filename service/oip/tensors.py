@@ -7,8 +7,8 @@ in the order the tensors appear in the header.
 
 from __future__ import annotations
 
-import json
 import math
+import secrets
 from typing import Any
 
 import numpy as np
@@ -16,30 +16,11 @@ import orjson
 
 from families.manifest import NUMPY_TO_OIP, OIP_TO_NUMPY
 from service.errors import BadRequest, InvalidInput
+from service.jsonbody import parse_json
 
 HEADER_LENGTH = "inference-header-content-length"
-# Python's json writes NaN/Infinity for non-finite floats (tritonclient's JSON tensors do): accepted, so that
-# the value check can name them, instead of a bare "not valid JSON".
-_NON_STANDARD = (b"NaN", b"Infinity")
 # numpy kinds a JSON array may infer to, per target kind: no strings, nulls or objects, no floats into ints.
 _ACCEPTED_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "fiu"}
-
-
-def parse_json(raw: bytes) -> Any:
-    """orjson (depth limit 1024: deep nesting is a 400, never a RecursionError); stdlib only for NaN literals."""
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        if "depth" in str(exc):
-            raise BadRequest("request JSON is nested too deeply (more than 1024 levels)") from None
-        if not any(token in raw for token in _NON_STANDARD):
-            raise BadRequest(f"request body is not valid JSON: {exc}") from None
-    try:
-        return json.loads(raw)
-    except RecursionError:
-        raise BadRequest("request JSON is nested too deeply") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}") from None
 
 
 def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
@@ -160,11 +141,18 @@ def requested_outputs(header: dict[str, Any], available: list[str]) -> list[tupl
     return chosen
 
 
+# Values per orjson call when writing a JSON tensor: orjson holds the GIL for a whole call (5M values: ~0.3 s),
+# so a large tensor is written in slices, between which the event loop's thread gets the GIL back.
+JSON_SLICE = 1 << 16
+
+
 def encode_response(header: dict[str, Any], outputs: dict[str, np.ndarray],
                     chosen: list[tuple[str, bool]]) -> tuple[bytes, int | None]:
     """Return (body, JSON header length or None when no tensor is binary)."""
     blobs: list[bytes] = []
     entries = []
+    data_parts: dict[bytes, np.ndarray] = {}
+    nonce = secrets.token_hex(8)  # placeholders no client-chosen string (e.g. the request id) can equal
     for name, binary in chosen:
         array = np.ascontiguousarray(outputs[name])
         datatype = NUMPY_TO_OIP[array.dtype]
@@ -173,15 +161,28 @@ def encode_response(header: dict[str, Any], outputs: dict[str, np.ndarray],
             blob = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
-        else:
+        elif array.size <= JSON_SLICE:
             entry["data"] = array.reshape(-1)
+        else:
+            placeholder = f"@tensor-data-{len(data_parts)}-{nonce}@"
+            data_parts[orjson.dumps(placeholder)] = array.reshape(-1)
+            entry["data"] = placeholder
         entries.append(entry)
     header = {**header, "outputs": entries}
     # orjson writes numpy arrays natively: 1M float32 values in ~40 ms here, tolist + json.dumps took ~1 s.
     json_bytes = orjson.dumps(header, option=orjson.OPT_SERIALIZE_NUMPY, default=_tolist)
+    for placeholder, flat in data_parts.items():
+        json_bytes = json_bytes.replace(placeholder, _json_array_in_slices(flat), 1)
     if not blobs:
         return json_bytes, None
     return json_bytes + b"".join(blobs), len(json_bytes)
+
+
+def _json_array_in_slices(flat: np.ndarray) -> bytes:
+    """`orjson.dumps(flat)`, written JSON_SLICE values at a time."""
+    pieces = [orjson.dumps(flat[i:i + JSON_SLICE], option=orjson.OPT_SERIALIZE_NUMPY, default=_tolist)[1:-1]
+              for i in range(0, flat.size, JSON_SLICE)]
+    return b"[" + b",".join(pieces) + b"]"
 
 
 def _tolist(value: Any) -> Any:

@@ -248,23 +248,24 @@ def guarded(tiny_repository: Path, asgi_service):
     [
         (b"this is not json", 400, "not valid JSON"),
         (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 15], "data": ' + json.dumps([0.0] * 15).encode()
-         + b"}]}", 422, "axis 1 must be 16"),
+         + b"}]}", 400, "axis 1 must be 16"),
         (b'{"inputs": [{"name": "x", "datatype": "INT64", "shape": [1, 16], "data": ' + json.dumps([0] * 16).encode()
-         + b"}]}", 422, "expected FP32"),
+         + b"}]}", 400, "expected FP32"),
         (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16], "data": [NaN'
-         + b", 0" * 15 + b"]}]}", 422, "NaN"),
+         + b", 0" * 15 + b"]}]}", 400, "NaN"),
         (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16], "data": [1e39'
-         + b", 0" * 15 + b"]}]}", 422, "NaN or Inf"),
-        (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16]}]}', 422, "neither 'data'"),
-        (b'{"outputs": []}', 422, "'inputs'"),
-        (b'{"inputs": [{"name": "z", "datatype": "FP32", "shape": [1, 1], "data": [1]}]}', 422, "missing input"),
-        (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 16], "data": [1, 2]}]}', 422, "needs 32"),
-        (b'{"inputs": [{"name": "x", "datatype": "STRING", "shape": [1], "data": ["a"]}]}', 422, "datatype"),
-        (b'[1, 2]', 422, "JSON object"),
+         + b", 0" * 15 + b"]}]}", 400, "NaN or Inf"),
+        (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16]}]}', 400, "neither 'data'"),
+        (b'{"outputs": []}', 400, "'inputs'"),
+        (b'{"inputs": [{"name": "z", "datatype": "FP32", "shape": [1, 1], "data": [1]}]}', 400, "missing input"),
+        (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 16], "data": [1, 2]}]}', 400, "needs 32"),
+        (b'{"inputs": [{"name": "x", "datatype": "STRING", "shape": [1], "data": ["a"]}]}', 400, "datatype"),
+        (b'[1, 2]', 400, "JSON object"),
     ],
 )
 def test_bad_inference_requests_get_a_4xx_naming_the_problem(guarded, body: bytes, status: int,
                                                              needle: str) -> None:
+    """Issue 26 item 14: OIP answers every rejected request 400 with {"error": ...}, as Triton and KServe do."""
     response = guarded.post("/v2/models/tiny/infer", content=body, headers={"content-type": "application/json"})
     assert response.status_code == status, response.text
     assert needle in response.json()["error"]

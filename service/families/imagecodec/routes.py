@@ -210,10 +210,10 @@ async def compress(request: Request,
     if _media_type(request) != UPLOAD_MEDIA_TYPE:
         raise UnsupportedMediaType(f"content type {_media_type(request) or '(none)'!r}: send multipart/form-data "
                                    "with the image in field 'image'")
-    workpool_of(request).admit("image upload")
-    # The model (hence its queue) is known from the query: refuse before reading the body.
-    call = _compress_call(request, model, quality, version) if model or quality is not None else None
-    data, form_quality = await _read_upload(request)
+    with workpool_of(request).reserve("image upload"):  # 429 before the body is read; a place while it is
+        # The model (hence its queue) is known from the query: refuse before reading the body.
+        call = _compress_call(request, model, quality, version) if model or quality is not None else None
+        data, form_quality = await _read_upload(request)
     if quality is not None and form_quality is not None and form_quality != quality:
         raise InvalidInput(f"quality {quality} in the query and {form_quality} in the form disagree",
                            details={"field": "quality"})
@@ -286,8 +286,8 @@ async def decompress(request: Request, model: str | None = Query(None), version:
     media_type = _media_type(request)
     if media_type not in ("", STREAM_MEDIA_TYPE):  # absent: RFC 9110 lets us assume octet-stream
         raise UnsupportedMediaType(f"content type {media_type!r}: send the bitstream as {STREAM_MEDIA_TYPE}")
-    workpool_of(request).admit("bitstream")
-    data = await request.body()
+    with workpool_of(request).reserve("bitstream"):
+        data = await request.body()
     if not data:
         raise BadRequest(f"empty body: send the bitstream bytes as {STREAM_MEDIA_TYPE}")
     try:

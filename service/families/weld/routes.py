@@ -50,7 +50,7 @@ from families.weld.preprocessing import (
 )
 from service.auth import require_admin
 from service.batching import ClientDisconnected, RequestContext
-from service.dataplane import Call, _validate_json, json_body_openapi, task_call
+from service.dataplane import Call, json_body_openapi, task_call
 from service.errors import (
     BadRequest,
     Conflict,
@@ -74,6 +74,7 @@ from service.families.weld.schemas import (
     SampleResult,
     TensorRequest,
 )
+from service.jsonbody import validate_json
 from service.jsontensors import sample_error as _fail
 from service.jsontensors import split_tensor_body
 from service.quality.weld import WeldQuality, search_and_record
@@ -233,7 +234,7 @@ def _check_json(raw: bytes, params: PreprocessParams, ctx: RequestContext | None
     """Tensor shapes on the raw bytes, then the small rest by pydantic, then the numbers by numpy."""
     shapes = params.shapes()
     body = split_tensor_body(raw, shapes)
-    request = _validate_json(TensorRequest, body.skeleton)
+    request = validate_json(TensorRequest, body.skeleton)
     checkpoint = _checkpoint(ctx, "parsing the tensors")
     for index, sample in enumerate(request.samples):
         _check_text(index, "id", sample.id)
