@@ -28,12 +28,14 @@ root=$PWD
 out=${OUT:-${1:-/tmp/gpu_check_out}}
 work=${GPU_CHECK_WORK:-$(mktemp -d /tmp/gpu_check.XXXXXX)}
 budget_total=${GPU_CHECK_BUDGET_S:-460}
+scale=1  # stage budgets x scale: 4 without a GPU (a CPU dry run on a small shared machine builds slower)
 t_start=$(date +%s)
 logs=$work/logs; repo=$work/repository
 mkdir -p "$out" "$logs" "$work/json"
 summary=$out/summary.txt; : > "$summary"; : > "$work/stages.tsv"
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 root work repo logs
 py=${PYTHON:-python3}; [ -z "${PYTHON:-}" ] && [ -x .venv/bin/python ] && py=$root/.venv/bin/python
+export py
 
 say() { echo "$*" | tee -a "$summary"; }
 left() { echo $(( budget_total - ($(date +%s) - t_start) )); }
@@ -45,10 +47,12 @@ stage() {
   if [ "$remaining" -lt 15 ]; then
     say "== $name: skipped, the time budget is spent"; printf '%s\tskipped\t0\n' "$name" >> "$work/stages.tsv"; return 0
   fi
+  budget=$(( budget * scale ))
   [ "$budget" -gt "$remaining" ] && budget=$remaining
   local t0; t0=$(date +%s)
   say "== $name (budget ${budget} s, at $(( t0 - t_start )) s)"
-  timeout --kill-after=10 "$budget" "$@" > "$logs/$name.log" 2>&1
+  # Through bash, so that a stage may be one of the functions below (exported), all under the one timeout.
+  timeout --kill-after=10 "$budget" bash -c '"$@"' "$name" "$@" > "$logs/$name.log" 2>&1
   local rc=$? dt=$(( $(date +%s) - t0 ))
   if [ $rc = 124 ] || [ $rc = 137 ]; then say "   $name: TIMED OUT after ${dt} s"; else say "   $name: exit $rc in ${dt} s"; fi
   printf '%s\t%s\t%s\n' "$name" "$rc" "$dt" >> "$work/stages.tsv"
@@ -64,11 +68,13 @@ install_wheels() {
   ls .whl/*.whl >/dev/null 2>&1 || { echo "no .whl/ (run benchmarks/gpu_prepare.sh and carry .whl)"; return 1; }
   $py -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$work/site" .whl/*.whl
 }
+export -f install_wheels
 stage env 60 install_wheels
 [ -d "$work/site" ] && export PYTHONPATH="$work/site:$root${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONPATH="${PYTHONPATH:-$root}"
 gpu=0
 $py -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null && gpu=1
+if [ $gpu = 0 ]; then scale=${GPU_CHECK_SCALE:-4}; budget_total=${GPU_CHECK_BUDGET_S:-1800}; fi
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
   $py -c "import sys, torch, onnxruntime as o; print('python', sys.version.split()[0], '| torch', torch.__version__,
 '| cuda', torch.version.cuda, torch.cuda.is_available(), '| onnxruntime', o.__version__, o.get_available_providers())"
@@ -109,6 +115,7 @@ for path in sorted(Path(sys.argv[1]).glob("*/*/manifest.json")):
 EOF
   return $failed
 }
+export -f build
 stage build 150 build
 figures build "^built |built .* in "
 

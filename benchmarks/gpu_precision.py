@@ -63,6 +63,20 @@ def _time(module, inputs: list, device: str, seconds: float) -> float:
     return (time.perf_counter() - t0) / runs
 
 
+class _Autocast:
+    """The FP32 module called under torch.autocast: what a half-precision option would run for a module that
+    creates FP32 tensors inside its forward."""
+
+    def __init__(self, module, device: str, dtype) -> None:  # noqa: ANN001 - torch types, imported lazily
+        self.module, self.device_type, self.dtype = module, device.split(":")[0], dtype
+
+    def __call__(self, *inputs):  # noqa: ANN002, ANN204
+        import torch
+
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            return self.module(*inputs)
+
+
 def family_precision(family: str, device: str, seconds: float) -> dict:
     import torch
 
@@ -83,10 +97,17 @@ def family_precision(family: str, device: str, seconds: float) -> dict:
                "fp32_ms": 1000 * _time(fp32, _cast(sample, torch.float32, device), device, seconds)}
         for label, dtype in (("fp16", torch.float16), ("bf16", torch.bfloat16)):
             try:
-                half = copy.deepcopy(graph.module).to(device=device, dtype=dtype).eval()
-                inputs = _cast(sample, dtype, device)
-                with torch.inference_mode():
-                    got = [t.float() for t in _outputs(half(*inputs))]
+                try:  # the whole module in half precision, weights and inputs
+                    half = copy.deepcopy(graph.module).to(device=device, dtype=dtype).eval()
+                    inputs = _cast(sample, dtype, device)
+                    with torch.inference_mode():
+                        got = [t.float() for t in _outputs(half(*inputs))]
+                    mode = "cast"
+                except RuntimeError:  # a module that makes FP32 tensors of its own: autocast (mixed precision)
+                    half, mode = _Autocast(fp32, device, dtype), "autocast"
+                    inputs = _cast(sample, torch.float32, device)
+                    with torch.inference_mode():
+                        got = [t.float() for t in _outputs(half(*inputs))]
                 errors = {"max_abs": 0.0, "max_rel": 0.0, "mean_rel": 0.0}
                 for want, have in zip(reference, got, strict=True):
                     if not want.is_floating_point() or want.numel() == 0:
@@ -100,6 +121,7 @@ def family_precision(family: str, device: str, seconds: float) -> dict:
                     cos = torch.nn.functional.cosine_similarity(got[0], reference[0], dim=-1)
                     errors["min_cosine"] = float(cos.min())
                 errors["finite"] = bool(all(torch.isfinite(t).all() for t in got))
+                errors["mode"] = mode
                 errors["ms"] = 1000 * _time(half, inputs, device, seconds)
                 row[label] = errors
             except Exception as exc:  # noqa: BLE001 - a dtype the module cannot run in is a result too
@@ -159,7 +181,8 @@ def main() -> int:
             for label in ("fp16", "bf16"):
                 r = row[label]
                 parts.append(f"{label} error" if "error" in r else
-                             f"{label} {r['ms']:.2f} ms max rel {r['max_rel']:.1e} mean rel {r['mean_rel']:.1e}")
+                             f"{label} ({r['mode']}) {r['ms']:.2f} ms max rel {r['max_rel']:.1e} mean rel "
+                             f"{r['mean_rel']:.1e}")
             print(f"precision {family}.{name} (batch {row['batch']}): " + ", ".join(parts), flush=True)
         for label, text in result["verdict"].items():
             print(f"precision {family} {label}: {text} ({time.perf_counter() - t0:.0f} s)", flush=True)

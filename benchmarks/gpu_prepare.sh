@@ -1,19 +1,17 @@
 #!/usr/bin/env bash
 # Prepare the device call of benchmarks/gpu_check.sh, here on the CPU (issue 27):
 #   bash benchmarks/gpu_prepare.sh            # wheels + size check + the Python 3.12 install proof
-#   SKIP_PROOF=1 bash benchmarks/gpu_prepare.sh   # wheels + size check only
 # 1. downloads into the git-ignored .whl/ the cp312 manylinux wheels of what the service needs and the
 #    device lacks (benchmarks/gpu_wheels.py: pyproject's requirements against benchmarks/device_packages.txt,
 #    then their requirements until none is missing; one version each);
-# 2. trains the weld default here into .gpu/weld/ (best.pt, gallery.npz, eval.json; ~1 min): its synthetic
-#    videos need PyAV, whose wheel is too large to carry;
-# 3. checks that the working tree (tracked + untracked-not-ignored) plus .whl and .gpu stays under the 64 MiB
-#    one call carries (benchmarks/gpu_payload.py; tests/platform/test_gpu_payload.py runs the same check);
-# 4. proves the install as the device does it: a Python 3.12 venv (pyenv's 3.12) holding the device's own
-#    packages that the service uses (torch 2.11 etc., kept in $PROOF_VENV and reused), then
-#    `pip install --no-index --no-deps --target DIR .whl/*.whl` and, with PYTHONPATH=DIR, the service's
-#    modules imported and its app built; the first run downloads torch 2.11 with its CUDA libraries (~3 GB,
-#    a few minutes), later runs take seconds.
+# 2. proves the install as the device does it: a Python 3.12 venv (pyenv's 3.12) holding the device's own
+#    packages that the service uses (torch 2.11, transformers 5.17 etc., kept in $PROOF_VENV and reused), then
+#    `pip install --no-index --no-deps --target DIR .whl/*.whl` and, with PYTHONPATH=DIR, every module of
+#    service/, families/, export/ imported and the app built; the first run downloads torch 2.11 with its CUDA
+#    libraries (~3 GB, a few minutes), later runs take seconds;
+# 3. trains the weld default into .gpu/weld/ (best.pt, gallery.npz, eval.json; ~1-2 min) in that venv;
+# 4. checks that the working tree (tracked + untracked-not-ignored) plus .whl and .gpu stays under the 64 MiB
+#    one call carries (benchmarks/gpu_payload.py; tests/platform/test_gpu_payload.py runs the same check).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -28,24 +26,7 @@ done
 echo "== 1. wheels into .whl/"
 $py benchmarks/gpu_wheels.py download --dest .whl
 
-echo "== 2. the weld checkpoint into .gpu/weld/ (its synthetic data needs PyAV, which the device lacks)"
-# The checkpoint (weights, not TorchScript) crosses torch versions; the device exports it with its own torch.
-if [ ! -f .gpu/weld/best.pt ]; then
-  work=$(mktemp -d /tmp/gpu-weld.XXXXXX)
-  $py -c "import sys; from pathlib import Path; from training.weld.default import build_default; \
-print(build_default(Path(sys.argv[1])))" "$work" | tail -1
-  mkdir -p .gpu/weld
-  cp "$work"/run/best.pt "$work"/run/gallery.npz "$work"/run/eval.json .gpu/weld/
-  rm -rf "$work"
-fi
-ls -l .gpu/weld
-
-echo "== 3. size of one device call (tree + .whl + .gpu)"
-$py benchmarks/gpu_payload.py --carry .whl --carry .gpu
-
-[ -n "${SKIP_PROOF:-}" ] && { echo "install proof skipped (SKIP_PROOF)"; exit 0; }
-
-echo "== 4. the install in Python 3.12, as the device does it"
+echo "== 2. the install in Python 3.12, as the device does it"
 py312=${PY312:-}
 if [ -z "$py312" ]; then
   for candidate in "$HOME"/.pyenv/versions/3.12*/bin/python3.12 "$(command -v python3.12 || true)"; do
@@ -62,7 +43,7 @@ fi
   anyio h11 click uvloop annotated-doc packaging pytest pytest-timeout nvidia-ml-py scikit-learn scikit-image \
   matplotlib 2>&1 | grep -v "^WARNING: Location" || true
 target=$(mktemp -d /tmp/gpu-site.XXXXXX)
-trap 'rm -rf "$target"' EXIT
+trap 'rm -rf "$target"' EXIT  # kept until the weld build below has used it
 "$proof_venv/bin/python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target "$target" .whl/*.whl
 # No checkout package on the path but the tree itself (the device runs from the repository root).
@@ -104,4 +85,24 @@ print(f"python {sys.version.split()[0]}, torch {torch.__version__}: imported {le
 if failed:
     sys.exit(f"imports that fail with the carried wheels: {failed}")
 EOF
+echo "== 3. the weld checkpoint into .gpu/weld/, trained with the device's transformers"
+# Its synthetic videos need PyAV (too large to carry), so it is trained here, in the proof venv: the weld
+# state dict follows the transformers version (5.2x renamed the attention weights of DINOv2 and AST), and a
+# checkpoint of this checkout's .venv would not load there. Weights only: the device exports it itself.
+want=$("$proof_venv/bin/python" -c "import transformers; print(transformers.__version__)")
+if [ ! -f .gpu/weld/best.pt ] || [ "$(cat .gpu/weld/transformers_version 2>/dev/null)" != "$want" ]; then
+  "$proof_venv/bin/python" -m pip install --quiet av 2>&1 | grep -v "^WARNING: Location" || true  # here only
+  work=$(mktemp -d /tmp/gpu-weld.XXXXXX)
+  PYTHONPATH="$target:$root" "$proof_venv/bin/python" -c "import sys; from pathlib import Path; \
+from training.weld.default import build_default; print(build_default(Path(sys.argv[1])))" "$work" | tail -1
+  mkdir -p .gpu/weld
+  cp "$work"/run/best.pt "$work"/run/gallery.npz "$work"/run/eval.json .gpu/weld/
+  echo "$want" > .gpu/weld/transformers_version
+  rm -rf "$work"
+fi
+ls -l .gpu/weld
+
+echo "== 4. size of one device call (tree + .whl + .gpu)"
+$py benchmarks/gpu_payload.py --carry .whl --carry .gpu
+
 echo "gpu_prepare: ready in $(( $(date +%s) - started )) s; carry .whl and .gpu on the device call (docs/deployment.md)"
