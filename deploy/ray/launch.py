@@ -124,8 +124,11 @@ def start_head(state: Path, port: int, num_cpus: int | None) -> str:
     if num_cpus:
         cmd.append(f"--num-cpus={num_cpus}")
     log = open(state / "ray-head.log", "ab")  # noqa: SIM115 - the head outlives this process
-    head = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env(state), cwd=ROOT,
-                            start_new_session=True)
+    env = _env(state)
+    # `down` shuts Serve down before it stops the head, so the head's drain on SIGTERM (30 s by default) only
+    # delays the stop; a few seconds are left for what else runs on it.
+    env.setdefault("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "5")
+    head = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True)
     (state / "head.json").write_text(json.dumps({"pid": head.pid, "pgid": head.pid, "address": address}))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -153,6 +156,32 @@ def wait_ready(url: str, timeout: float) -> float:
     raise TimeoutError(f"{url}/v2/health/ready not 200 after {timeout:.0f} s")
 
 
+# Run in a child (as `down`'s shutdown): the launcher itself never joins the cluster as a driver.
+_WAIT_RUNNING = """
+import sys, time, ray
+from ray import serve
+ray.init(address=sys.argv[1], namespace="serve", log_to_driver=False)
+deadline = time.monotonic() + float(sys.argv[2])
+while True:
+    apps = serve.status().applications
+    states = {name: app.status.value for name, app in apps.items()}
+    if apps and set(states.values()) == {"RUNNING"} or time.monotonic() > deadline:
+        print(states)
+        sys.exit(0 if apps and set(states.values()) == {"RUNNING"} else 1)
+    time.sleep(1)
+"""
+
+
+def wait_running(address: str, state: Path, timeout: float) -> None:
+    """Every replica Serve was asked for is up (the application RUNNING): /v2/health/ready is 200 as soon as each
+    family has one warm replica, while the others of REPLICAS=N may still be starting."""
+    probe = subprocess.run([sys.executable, "-c", _WAIT_RUNNING, address, str(timeout)], env=_env(state), cwd=ROOT,
+                           capture_output=True, text=True, timeout=timeout + 120)
+    if probe.returncode != 0:
+        raise TimeoutError(f"Serve's applications not RUNNING after {timeout:.0f} s: {probe.stdout.strip()} "
+                           f"{probe.stderr[-2000:]}")
+
+
 def up(args: argparse.Namespace) -> None:
     state = Path(args.state).resolve()
     state.mkdir(parents=True, exist_ok=True)
@@ -169,6 +198,7 @@ def up(args: argparse.Namespace) -> None:
     http = effective["http_options"]
     host = "127.0.0.1" if http["host"] in ("0.0.0.0", "::") else http["host"]
     waited = wait_ready(f"http://{host}:{http['port']}", args.timeout)
+    wait_running(address, state, max(1.0, args.timeout - (time.monotonic() - started)))
     print(f"serving on http://{host}:{http['port']} (Ray at {address}); ready {time.monotonic() - started:.1f} s "
           f"after submission ({waited:.1f} s waiting for readiness); config {path}")
 

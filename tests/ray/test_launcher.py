@@ -14,6 +14,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -79,8 +80,9 @@ def test_serve_ray_up_and_down_on_a_fresh_home(tmp_path: Path, ray_repository: P
         print(f"oversized bodies: {too_large}")
         assert too_large == {"declared": 413, "chunked": 413}, too_large
     finally:
+        stopping = time.monotonic()
         down = _launcher(["down"], home, state, 180)
-        print(down.stdout.strip())
+        print(f"{down.stdout.strip()}\ndown took {time.monotonic() - stopping:.1f} s")
     assert down.returncode == 0, (down.stdout[-2000:], down.stderr[-3000:])
     assert head is not None and not launch.group_alive(int(head["pgid"])), head
     assert not (state / "head.json").exists() and not (state / "serve.json").exists()
