@@ -29,7 +29,7 @@ def parse_json(raw: bytes) -> Any:
     except orjson.JSONDecodeError as exc:
         if "depth" in str(exc):
             raise BadRequest("request JSON is nested too deeply (more than 1024 levels)") from None
-        if any(token in raw for token in _NON_FINITE):
+        if any(token in raw for token in _NON_FINITE) or "infinity" in str(exc):
             raise BadRequest(f"request body is not valid JSON: NaN and Infinity are not JSON values (non-finite "
                              f"numbers are not accepted): {exc}") from None
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
