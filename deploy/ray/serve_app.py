@@ -9,8 +9,10 @@ Application args (serve_config.yaml `args`): repository (absolute, or relative t
 replicas (per family, overridable per deployment), num_cpus / num_gpus (per family replica, fractional),
 state_dir (state shared by the replicas of a family: the weld gallery's SQLite file), metrics_dir (file_sd
 targets of every replica's /metrics), graceful_shutdown_timeout_s, settings (extra `Settings` fields),
-families (only these), ingress_replicas, env (replica environment variables), autoscaling (autoscaling_config
-instead of a fixed count), max_ongoing_requests / max_queued_requests (instead of the manifest-derived sizes).
+families (only these), ingress_replicas, env (replica environment variables), autoscaling (with replicas "auto"
+or absent: per family or for all, Serve's autoscaling_config sized to the batcher by FamilyPlan.autoscaling_config),
+max_ongoing_requests / max_queued_requests (instead of the manifest-derived sizes). The ingress holds the
+replicas' body limit (settings.max_request_bytes): 413 before the body is buffered.
 The app may sit under any route_prefix: the ingress routes on the path below it.
 """
 
