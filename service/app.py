@@ -32,6 +32,9 @@ from service.oip.routes import router as oip_router
 from service.oip.stats import router as stats_router
 from service.openapi import install_openapi
 from service.repository import ModelHub
+from service.rollouts.controller import RolloutController
+from service.rollouts.middleware import RolloutMiddleware
+from service.rollouts.routes import router as rollouts_router
 from service.runtimes import resolve_device
 from service.runtimes.torchscript import apply_process_settings
 from service.settings import Settings
@@ -238,6 +241,7 @@ def create_app(settings: Settings | None = None, *, grpc_listen: tuple[str, int]
         hub = ModelHub(settings, metrics, families, resolve_device(settings.device))
         app.state.hub = hub
         app.state.workpool = WorkPool(metrics, workers=settings.work_threads, max_pending=settings.max_pending_work)
+        rollouts.attach(hub, app.state.workpool)  # rollouts: the automatic policy and shadow copies need them
         grpc_server = None
         if grpc_listen is not None:  # `python -m service` only: Ray replicas and in-process apps serve HTTP alone
             from service.grpc.server import GrpcServer  # grpcio is imported only where gRPC is served
@@ -255,6 +259,7 @@ def create_app(settings: Settings | None = None, *, grpc_listen: tuple[str, int]
                 loading.cancel()
             if grpc_server is not None:  # calls in flight finish (the SIGTERM handler already stopped new ones)
                 await grpc_server.stop()
+            await rollouts.close()  # shadow copies and policy loops stop before the versions drain
             await hub.shutdown()
             app.state.workpool.shutdown()
             metrics.gc_pauses.uninstall()
@@ -271,6 +276,7 @@ def create_app(settings: Settings | None = None, *, grpc_listen: tuple[str, int]
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    rollouts = app.state.rollouts = RolloutController(metrics)  # service/rollouts: shadow / canary / promote
     install_error_handlers(app)
     install_openapi(app, families)  # error statuses and shapes, examples from the served versions
     install_docs(app, settings)  # /docs and /redoc without a CDN
@@ -278,6 +284,7 @@ def create_app(settings: Settings | None = None, *, grpc_listen: tuple[str, int]
     app.include_router(stats_router)  # before oip_router: /v2/models/stats is not a model named "stats"
     app.include_router(oip_router)
     app.include_router(repository_router)
+    app.include_router(rollouts_router)  # /admin/rollouts/{model}
     for family in families.values():
         if family.router is not None:
             app.include_router(family.router)
@@ -287,6 +294,7 @@ def create_app(settings: Settings | None = None, *, grpc_listen: tuple[str, int]
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     # In front of FastAPI: the fast path and the routed path share the body bound, metrics and errors.
-    app.front = ServiceMiddleware(InferFastPath(app.routed), metrics=metrics, max_body=settings.max_request_bytes,
-                                  replica=settings.replica_name)
+    # RolloutMiddleware: X-Model-Version on every answer, and the rollouts' live figures and shadow copies.
+    app.front = ServiceMiddleware(RolloutMiddleware(InferFastPath(app.routed), rollouts), metrics=metrics,
+                                  max_body=settings.max_request_bytes, replica=settings.replica_name)
     return app

@@ -23,6 +23,7 @@ from pydantic import BaseModel
 from service.batching import RequestContext
 from service.errors import BadRequest, InvalidInput, UnsupportedMediaType
 from service.jsonbody import validate_json
+from service.rollouts.routing import follow_swap, route_request
 
 if TYPE_CHECKING:
     from service.repository import LoadedVersion, ModelHub, Tensors
@@ -64,9 +65,8 @@ def resolve_version(request: Request, *, family: str, model: str | None = None,
     loaded = hub_of(request).get(model or family, version)
     if loaded.manifest.family != family:
         raise InvalidInput(f"model {loaded.name!r} is a {loaded.manifest.family!r} model, not {family!r}")
-    request.state.model_name = loaded.name
-    request.state.model_version = str(loaded.version)
-    return loaded
+    # Rollouts hook (service/rollouts): a canary or shadow copy may be answered by the candidate version.
+    return route_request(request, loaded, explicit=version is not None)
 
 
 def request_context(request: Request) -> RequestContext:
@@ -147,6 +147,14 @@ class Call(Generic[StateT]):
     request: Request
     version: LoadedVersion
     state: StateT  # what the family's plug-in prepared for this version
+    explicit: bool = False  # the client named the version (`?version=`)
+
+    def _follow_swap(self) -> None:
+        # Rollouts hook: the version was swapped out (promotion, reload) while the body was read: the served one
+        # answers instead of a 503 from a draining batcher.
+        current = follow_swap(self.request, self.version, self.explicit)
+        if current is not self.version:
+            self.version, self.state = current, current.prepared
 
     @property
     def ctx(self) -> RequestContext:
@@ -167,10 +175,12 @@ class Call(Generic[StateT]):
 
     async def infer(self, inputs: Tensors, graph: str | None = None) -> Tensors:
         """The version's graph (default: primary) through its dynamic batcher."""
+        self._follow_swap()
         return await self.version.infer(inputs, ctx=self.ctx, graph=graph)
 
     async def submit(self, procedure: str, payload: Any) -> Any:
         """A procedure queue of the version (e.g. the codec's coding loop)."""
+        self._follow_swap()
         return await self.version.submit(procedure, payload, ctx=self.ctx)
 
     def envelope(self, **fields: Any) -> dict[str, Any]:
@@ -195,7 +205,7 @@ def task_call(family: str) -> Callable[..., Coroutine[Any, Any, Call]]:
 
     async def resolve(request: Request, model: ModelQuery = None, version: VersionQuery = None) -> Call:
         served = resolve_version(request, family=family, model=model, version=version)
-        return Call(request, served, served.prepared)
+        return Call(request, served, served.prepared, version is not None)
 
     resolve.__name__ = f"{family}_call"
     return resolve

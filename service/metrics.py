@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
 from service.gc_tuning import GcPauses
+from service.rollouts.metrics import RolloutMetrics
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ class Metrics:
         r.register(self.gc_pauses)
         # Live model quality (service/quality, docs/quality.md): bounded labels, no per-sample ones.
         self.quality = QualityMetrics(r)
+        self.rollouts = RolloutMetrics(r)  # rollout_* (service/rollouts)
         self.gpu = GpuCollector()
         if self.gpu.available:
             r.register(self.gpu)

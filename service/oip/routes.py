@@ -17,6 +17,7 @@ from service.errors import BadRequest, InvalidInput, PayloadTooLarge, ServiceErr
 from service.jsonbody import parse_json
 from service.oip.tensors import HEADER_LENGTH, decode_inputs, encode_response, requested_outputs, split_body
 from service.repository import LoadedVersion, LoadFailed, VersionStatus
+from service.rollouts.routing import route_request
 
 SERVER_NAME = "research-serving"
 # Media types of an inference body: JSON, or Triton's binary extension (JSON header + raw tensor bytes).
@@ -46,9 +47,8 @@ def _version_number(raw: str | None) -> int | None:
 
 def _lookup(request: Request, model: str, version: str | None) -> LoadedVersion:
     loaded = hub_of(request).get(model, _version_number(version))
-    request.state.model_name = loaded.name
-    request.state.model_version = str(loaded.version)
-    return loaded
+    # Rollouts hook (service/rollouts): records the answering version; a canary may pick the candidate.
+    return route_request(request, loaded, explicit=version is not None)
 
 
 @router.get("")
