@@ -46,9 +46,12 @@ test-all: install
 lint: install
 	$(PY) -m ruff check .
 
-# The committed gRPC code of service/grpc/protos/ from its vendored .proto files (needs the dev extra).
-grpc-protos: install
-	$(PY) scripts/generate_grpc.py
+# The committed gRPC code of service/grpc/protos/ from its vendored .proto files, by grpcio-tools 1.81.1 in a
+# scratch venv: its protobuf 6.33 code runs on protobuf 6 and 7 (scripts/generate_grpc.py says why).
+grpc-protos:
+	$(PYTHON) -m venv $(VENV)/grpc-tools
+	$(VENV)/grpc-tools/bin/pip install --quiet grpcio-tools==1.81.1
+	PYTHONPATH=. $(VENV)/grpc-tools/bin/python scripts/generate_grpc.py
 
 clean:
 	rm -rf $(VENV) runs state .pytest_cache

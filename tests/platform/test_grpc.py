@@ -17,11 +17,14 @@ import pytest
 import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
 from testkit import export_tiny, free_port, metric_value
-from tritonclient.utils import InferenceServerException
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype, triton_to_np_dtype
 
 from families.manifest import Manifest
-from service.grpc.protos import grpc_service_pb2 as pb
-from service.grpc.protos import grpc_service_pb2_grpc as pb_grpc
+
+# The messages are tritonclient's own generated classes, never service.grpc.protos: another tritonclient release
+# may carry another grpc_service.proto, and protobuf refuses two definitions of one message in a process.
 
 TOKEN = "grpc-s3cret"
 SLOW = {"model": "slow", "version": "1", "queue": "model"}
@@ -69,7 +72,7 @@ def sample_inputs(manifest: Manifest, seed: int = 0) -> dict[str, np.ndarray]:
 def grpc_inputs(arrays: dict[str, np.ndarray]) -> list[tgrpc.InferInput]:
     tensors = []
     for name, array in arrays.items():
-        tensor = tgrpc.InferInput(name, list(array.shape), tgrpc.np_to_triton_dtype(array.dtype))
+        tensor = tgrpc.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
         tensor.set_data_from_numpy(array)
         tensors.append(tensor)
     return tensors
@@ -78,7 +81,7 @@ def grpc_inputs(arrays: dict[str, np.ndarray]) -> list[tgrpc.InferInput]:
 def http_inputs(arrays: dict[str, np.ndarray]) -> list[thttp.InferInput]:
     tensors = []
     for name, array in arrays.items():
-        tensor = thttp.InferInput(name, list(array.shape), thttp.np_to_triton_dtype(array.dtype))
+        tensor = thttp.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
         tensor.set_data_from_numpy(array, binary_data=True)
         tensors.append(tensor)
     return tensors
@@ -140,18 +143,40 @@ def test_every_family_model_answers_over_grpc_as_over_http(families: GrpcServer,
                 np.testing.assert_array_equal(got.as_numpy(output.name), want.as_numpy(output.name))
 
 
-def test_typed_contents_and_requested_outputs(families: GrpcServer) -> None:
-    """KServe's typed `contents` (what a client without raw tensors sends) decode like JSON data on REST."""
+def typed_request(model: str, arrays: dict[str, np.ndarray]) -> pb.ModelInferRequest:
+    """A request with KServe's typed `contents` (what a client without raw tensors sends)."""
+    request = pb.ModelInferRequest(model_name=model)
+    for name, array in arrays.items():
+        tensor = request.inputs.add(name=name, datatype=np_to_triton_dtype(array.dtype), shape=array.shape)
+        field = tensor.contents.bool_contents if array.dtype == np.bool_ else tensor.contents.fp32_contents
+        field.extend(array.ravel().tolist())
+    return request
+
+
+def raw_outputs(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
+    return {o.name: np.frombuffer(response.raw_output_contents[i], triton_to_np_dtype(o.datatype))
+            .reshape(list(o.shape)) for i, o in enumerate(response.outputs)}
+
+
+def test_typed_contents_and_requested_outputs(families: GrpcServer, all_families_repository: Path) -> None:
+    """Typed `contents` decode like JSON data on REST: inline when small, on the work pool beyond 65,536
+    values (weld, 3 rows: ~93,000); only the requested outputs come back."""
     x = np.random.default_rng(5).standard_normal((2, 16)).astype(np.float32)
-    request = pb.ModelInferRequest(model_name="tiny", outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(
-        name="norm")])
-    request.inputs.add(name="x", datatype="FP32", shape=[2, 16]).contents.fp32_contents.extend(x.ravel().tolist())
+    request = typed_request("tiny", {"x": x})
+    request.outputs.add(name="norm")
+    weld = latest(all_families_repository, "weld")
+    rows = {name: np.concatenate([a] * 3) for name, a in sample_inputs(weld, seed=11).items()}
+    assert sum(a.size for a in rows.values()) > 65536
     with grpc.insecure_channel(families.address) as channel:
-        response = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=60)
-    want = families.http.infer("tiny", http_inputs({"x": x})).as_numpy("norm")
-    assert [o.name for o in response.outputs] == ["norm"]
-    got = np.frombuffer(response.raw_output_contents[0], np.float32).reshape(list(response.outputs[0].shape))
-    np.testing.assert_array_equal(got, want)
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        small = stub.ModelInfer(request, timeout=60)
+        large = stub.ModelInfer(typed_request("weld", rows), timeout=120)
+    assert [o.name for o in small.outputs] == ["norm"]
+    np.testing.assert_array_equal(raw_outputs(small)["norm"],
+                                  families.http.infer("tiny", http_inputs({"x": x})).as_numpy("norm"))
+    want = families.http.infer("weld", http_inputs(rows))
+    for name, got in raw_outputs(large).items():
+        np.testing.assert_array_equal(got, want.as_numpy(name))
 
 
 def test_statistics_and_repository_index_equal_the_http_answers(families: GrpcServer) -> None:
