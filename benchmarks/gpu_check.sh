@@ -3,8 +3,8 @@
 # Python 3.12 at /opt/torch/.venv with torch 2.11 + CUDA, onnxruntime without CUDA, no fastapi & co).
 #
 # THE DEVICE CALL, after `bash benchmarks/gpu_prepare.sh` here (wheels into .whl/, weld checkpoint into .gpu/):
-#   run(command="bash benchmarks/gpu_check.sh", carry=[".whl", ".gpu"], timeout_s=540)
-# It ends within GPU_CHECK_BUDGET_S (default 460 s) of its start; the results come back as $OUT/summary.txt
+#   run(command="bash benchmarks/gpu_check.sh", carry=[".whl", ".gpu"], timeout_s=480)
+# It ends within GPU_CHECK_BUDGET_S (default 450 s) of its start; the results come back as $OUT/summary.txt
 # (every figure), $OUT/gpu_check.json (the same, structured) and $OUT/logs.tar.gz (each stage's log).
 #
 # Stages, each under `timeout` with its own budget (cut to what is left of the whole), each failure recorded
@@ -27,7 +27,7 @@ cd "$(dirname "$0")/.."
 root=$PWD
 out=${OUT:-${1:-/tmp/gpu_check_out}}
 work=${GPU_CHECK_WORK:-$(mktemp -d /tmp/gpu_check.XXXXXX)}
-budget_total=${GPU_CHECK_BUDGET_S:-460}
+budget_total=${GPU_CHECK_BUDGET_S:-450}
 scale=1  # stage budgets x scale: 4 without a GPU (a CPU dry run on a small shared machine builds slower)
 t_start=$(date +%s)
 logs=$work/logs; repo=$work/repository
@@ -154,7 +154,7 @@ fi
 
 # ---- precision ----------------------------------------------------------------------------------------------
 if [ $gpu = 1 ]; then
-  stage precision 60 $py benchmarks/gpu_precision.py --device cuda --json "$work/json/precision.json"
+  stage precision 75 $py benchmarks/gpu_precision.py --device cuda --seconds 0.25 --json "$work/json/precision.json"
   figures precision "^precision|failed"
 else
   skip precision "no CUDA GPU visible"

@@ -235,14 +235,18 @@ def _write_torchscript(graph: GraphExport, path: Path) -> str:
     return method
 
 
-def _check_parity(graph: GraphExport, runtime: Runtime) -> Parity:
+def _eager_outputs(graph: GraphExport) -> list[list[np.ndarray]]:
+    """The eager module's outputs per parity sample (computed once: the ONNX graph and its twin share them)."""
+    with torch.no_grad():
+        return [_to_numpy(graph.module(*sample.values())) for sample in graph.samples]
+
+
+def _check_parity(graph: GraphExport, runtime: Runtime, eager: list[list[np.ndarray]] | None = None) -> Parity:
     max_abs = 0.0
     max_rel = 0.0
     passed = True
     batch_sizes = []
-    for sample in graph.samples:
-        with torch.no_grad():
-            expected = _to_numpy(graph.module(*sample.values()))
+    for sample, expected in zip(graph.samples, eager or _eager_outputs(graph), strict=True):
         got = runtime.run({k: v.detach().cpu().numpy() for k, v in sample.items()})
         batch_sizes.append(int(next(iter(sample.values())).shape[0]))
         for out_name, want in zip(graph.output_names, expected, strict=True):
@@ -261,7 +265,8 @@ def _check_parity(graph: GraphExport, runtime: Runtime) -> Parity:
                   batch_sizes=batch_sizes, passed=passed)
 
 
-def _build_companion(graph: GraphExport, spec: GraphSpec, version_dir: Path) -> TorchScriptCompanion | str:
+def _build_companion(graph: GraphExport, spec: GraphSpec, version_dir: Path,
+                     eager: list[list[np.ndarray]]) -> TorchScriptCompanion | str:
     """The TorchScript twin of an ONNX graph, parity-checked on the CPU; the reason when there is none (a
     graph that torch.jit cannot capture, or whose capture differs from the eager module): the ONNX graph is
     still published, and the service serves it through ONNX Runtime only."""
@@ -269,7 +274,7 @@ def _build_companion(graph: GraphExport, spec: GraphSpec, version_dir: Path) -> 
     path = version_dir / file_name
     try:
         method = _write_torchscript(graph, path)
-        parity = _check_parity(graph, TorchScriptRuntime(path, spec, "cpu"))
+        parity = _check_parity(graph, TorchScriptRuntime(path, spec, "cpu"), eager)
     except Exception as exc:  # noqa: BLE001 - the companion is optional; the ONNX graph stands on its own
         path.unlink(missing_ok=True)
         return f"torch.jit failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
@@ -299,9 +304,10 @@ def _build_graph(graph: GraphExport, version_dir: Path, torchscript: bool, notes
         outputs=_tensor_specs(graph.output_names, outputs, axes),
         batchable=graph.batchable,
     )
-    spec.parity = _check_parity(graph, open_runtime(version_dir, spec, "cpu", runtime="onnx"))
+    eager = _eager_outputs(graph)
+    spec.parity = _check_parity(graph, open_runtime(version_dir, spec, "cpu", runtime="onnx"), eager)
     if torchscript and graph.format == "onnx" and spec.parity.passed:
-        companion = _build_companion(graph, spec, version_dir)
+        companion = _build_companion(graph, spec, version_dir, eager)
         if isinstance(companion, str):
             notes[graph.name] = companion
         else:

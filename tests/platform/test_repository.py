@@ -124,7 +124,7 @@ def test_every_file_has_a_checksum_and_a_sign_flipped_graph_fails_verification(r
     good, flipped = repository / "tiny" / "1", repository / "tiny" / "2"
     manifest = Manifest.read(good)
     assert manifest.schema_version == 2
-    assert manifest.files == {"model.onnx": sha256_file(good / "model.onnx")}
+    assert manifest.files == {name: sha256_file(good / name) for name in ("model.onnx", "model.torchscript.pt")}
     verify_files(good, manifest)
     # The tampered graph is still a valid model that serves (wrong) answers: only the checksum catches it.
     onnx.checker.check_model(onnx.load(str(flipped / "model.onnx")), full_check=True)
