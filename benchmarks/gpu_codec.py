@@ -30,7 +30,9 @@ def networks(version_dir: Path, device: str, runtime: str):
     from families.imagecodec.tables import PmfTables
     from families.manifest import Manifest
     from service.runtimes import open_runtime
+    from service.runtimes.torchscript import apply_process_settings
 
+    apply_process_settings(0)  # TF32 off on CUDA, as the service sets it at start-up (cuDNN's default is on)
     manifest = Manifest.read(version_dir)
     runtimes = {name: open_runtime(version_dir, spec, device, runtime=runtime)
                 for name, spec in manifest.graphs.items()}

@@ -81,7 +81,9 @@ def family_precision(family: str, device: str, seconds: float) -> dict:
     import torch
 
     from families import registry
+    from service.runtimes.torchscript import apply_process_settings
 
+    apply_process_settings(0)  # FP32 means FP32: TF32 off, as the service runs
     exporter = registry.family(family).load("export")
     plan = exporter.plan_from_checkpoint(CHECKPOINTS[family], {})
     max_batch = plan.batching.max_batch_size

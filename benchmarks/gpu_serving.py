@@ -67,7 +67,9 @@ def raw(version_dir: Path, device: str, seconds: float) -> dict:
 
     from families.manifest import Manifest
     from service.runtimes import open_runtime
+    from service.runtimes.torchscript import apply_process_settings
 
+    apply_process_settings(0)  # the service's process-wide torch settings (TF32 off)
     manifest = Manifest.read(version_dir)
     graph = manifest.primary
     batch = manifest.batching.max_batch_size

@@ -60,6 +60,9 @@ def _built_versions() -> list[Path]:
 @pytest.mark.skipif(not _built_versions(), reason="GPU_CHECK_REPOSITORY (set by benchmarks/gpu_check.sh) is unset")
 @pytest.mark.parametrize("version_dir", _built_versions(), ids=lambda p: f"{p.parent.name}-v{p.name}")
 def test_every_twin_runs_on_cuda_as_on_the_cpu(version_dir: Path) -> None:
+    from service.runtimes.torchscript import apply_process_settings
+
+    apply_process_settings(0)  # TF32 off, as the service runs
     manifest = Manifest.read(version_dir)
     for name, graph in manifest.graphs.items():
         assert graph.torchscript is not None, f"{name}: {manifest.provenance.get('torchscript_missing')}"
