@@ -93,6 +93,7 @@ def cpu_seconds(pid: int) -> float:
 def measure(mode: str, repository: Path, workdir: Path, seconds: float, threads: int) -> dict:
     port = free_port()
     ready = workdir / f"ready-{mode}"
+    ready.unlink(missing_ok=True)  # from an earlier round
     process = subprocess.Popen([sys.executable, __file__, "--serve", mode, str(repository), str(port),
                                 "--threads", str(threads)], cwd=ROOT, env={**os.environ, "READY_FILE": str(ready)})
     try:

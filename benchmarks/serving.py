@@ -150,6 +150,7 @@ def h2load_grpc(address: str, body: bytes, concurrency: int, seconds: float, wor
     frame.write_bytes(b"\x00" + len(body).to_bytes(4, "big") + body)  # gRPC framing: uncompressed, length
     log = workdir / "h2load.log"
     log.unlink(missing_ok=True)
+    seconds = max(1, round(seconds))  # h2load takes whole seconds
     out = subprocess.run(["h2load", "-t1", f"-c{concurrency}", "-m1", f"-D{seconds}", "--warm-up-time=1",
                           "-d", str(frame), "-H", "content-type: application/grpc", "-H", "te: trailers",
                           "--log-file", str(log), f"http://{address}{METHOD}"],
