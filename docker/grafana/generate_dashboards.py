@@ -341,6 +341,82 @@ def quality() -> list[Row]:
     ]
 
 
+def by_role(numerator: str, denominator: str, extra: str = "") -> str:
+    """A per-version ratio of two quality counters joined to the version's role in a running rollout
+    (rollout_version_role is 1 for its baseline and candidate): one line per version, labelled by role."""
+    by, sel = "model, version", MODEL + (f", {extra}" if extra else "")
+    return (f"(sum by ({by}) (rate({numerator}{{{sel}}}[{W}])) / sum by ({by}) (rate({denominator}{{{sel}}}[{W}])))"
+            f" * on ({by}) group_left (role) max by ({by}, role) (rollout_version_role{{{MODEL}}} == 1)")
+
+
+def rollout() -> list[Row]:
+    """Issue 31 (docs/rollouts.md): a candidate beside its baseline on requests, errors, latency and quality."""
+    path = "model, version, role, path"
+    fc = 'predictor="model"'
+    return [
+        Row("Rollout state (PUT /admin/rollouts/{model})", [
+            Panel("Rollout running (by mode)", "1 while a rollout runs for the model, by mode (shadow | canary).",
+                  [Target(f"max by (model, mode) (rollout_active{{{MODEL}}})", "{{model}} {{mode}}")], width=8),
+            Panel("Canary percent", "Share of requests (0-100) the candidate answers; 0 in shadow mode.",
+                  [Target(f"max by (model) (rollout_percent{{{MODEL}}})", "{{model}}")], unit="percent", width=8),
+            Panel("Decisions (last hour)", "start, update, promote, end, auto_promote, auto_rollback.",
+                  [Target(f"sum by (model, decision) (increase(rollout_decisions_total{{{MODEL}}}[1h]))",
+                          "{{model}} {{decision}}")], width=8),
+        ]),
+        Row("Baseline vs candidate: requests, errors, latency", [
+            Panel("Requests per second by version and path",
+                  "live: answered the client (canary splits them); shadow: copies run on the candidate.",
+                  [Target(f"sum by ({path}) (rate(rollout_requests_total{{{MODEL}}}[{W}]))",
+                          "{{model}} v{{version}} {{role}} {{path}}")], unit="reqps"),
+            Panel("Error ratio (5xx) by version and path", "Share of the version's requests that failed.",
+                  [Target(zero_filled(f'rate(rollout_requests_total{{{MODEL}, outcome="error"}}[{W}])',
+                                      f"rate(rollout_requests_total{{{MODEL}}}[{W}])", path),
+                          "{{model}} v{{version}} {{role}} {{path}}")], unit="percentunit"),
+            Panel("Latency p50 / p99 by version and path",
+                  "live: end to end; shadow: the copy's duration on the candidate.",
+                  [Target(f"histogram_quantile({q}, sum by ({path}, le) "
+                          f"(rate(rollout_request_duration_seconds_bucket{{{MODEL}}}[{W}])))",
+                          f"{{{{model}}}} v{{{{version}}}} {{{{role}}}} {{{{path}}}} p{round(q * 100)}")
+                   for q in (0.5, 0.99)], unit="s"),
+            Panel("Shadow copies dropped per second, and the queue",
+                  "queue_full: the candidate fell behind; stale: waited too long for live requests; busy: the "
+                  "work pool was over half full; ended: the rollout ended first.",
+                  [Target(f"sum by (model, reason) (rate(rollout_shadow_dropped_total{{{MODEL}}}[{W}]))",
+                          "{{model}} dropped {{reason}}"),
+                   Target(f"max by (model) (rollout_shadow_queue_depth{{{MODEL}}})", "{{model}} queued")]),
+        ]),
+        Row("Baseline vs candidate: model quality (live)", [
+            Panel("Traffic: forecast MAE from observations per version",
+                  "Mean absolute error (mph) over every horizon step; alert RolloutCandidateWorseForecastError "
+                  "when the candidate's is 5 % above the baseline's for 30 minutes.",
+                  [Target(by_role("quality_forecast_abs_error_total", "quality_forecast_points_total", fc),
+                          "{{model}} v{{version}} {{role}}")]),
+            Panel("Shadow: mean |candidate - baseline| of the answers",
+                  "Traffic: mph between the two versions' forecasts of the same request.",
+                  [Target(f"sum by (model, version) (rate(rollout_shadow_abs_difference_total{{{MODEL}}}[{W}])) / "
+                          f"sum by (model, version) (rate(rollout_shadow_compared_total{{{MODEL}}}[{W}]))",
+                          "{{model}} v{{version}}")]),
+            Panel("Weld: OOD share per version", "Share of classified samples out of the gallery's distribution.",
+                  [Target(by_role("quality_ood_samples_total", "quality_predictions_total"),
+                          "{{model}} v{{version}} {{role}}")], unit="percentunit"),
+            Panel("Weld: agreement share (shadow)", "Share of compared requests where both versions predicted the "
+                  "same classes.",
+                  [Target(f"sum by (model, version) (rate(rollout_shadow_agreed_total{{{MODEL}}}[{W}])) / "
+                          f"sum by (model, version) (rate(rollout_shadow_compared_total{{{MODEL}}}[{W}]))",
+                          "{{model}} v{{version}}")], unit="percentunit"),
+            Panel("Codec: PSNR per version", "Mean PSNR (dB) of the sampled reconstructions.",
+                  [Target(by_role("quality_codec_psnr_db_sum", "quality_codec_psnr_db_count"),
+                          "{{model}} v{{version}} {{role}}")]),
+            Panel("Codec: bits per pixel per version", "Mean compressed bits per pixel.",
+                  [Target(by_role("quality_codec_bits_per_pixel_sum", "quality_codec_bits_per_pixel_count"),
+                          "{{model}} v{{version}} {{role}}")]),
+            Panel("Water: self-check MAE per version", "Mean |reconstruction - hidden value| (normalised units).",
+                  [Target(by_role("quality_selfcheck_abs_error_total", "quality_selfcheck_points_total"),
+                          "{{model}} v{{version}} {{role}}")]),
+        ]),
+    ]
+
+
 def variable(name: str, label: str, query: str) -> dict:
     return {
         "name": name, "label": label, "type": "query", "datasource": DATASOURCE,
@@ -361,6 +437,7 @@ DASHBOARDS = {
     "serving-batching": ("Serving: batching and queues", batching, [INSTANCE_VAR, MODEL_VAR]),
     "serving-gpu": ("Serving: GPU", gpu, [INSTANCE_VAR, DEVICE_VAR]),
     "model-quality": ("Model quality: forecast error, OOD and drift", quality, [INSTANCE_VAR, MODEL_VAR]),
+    "rollout": ("Rollout: baseline vs candidate", rollout, [INSTANCE_VAR, MODEL_VAR]),
 }
 
 
