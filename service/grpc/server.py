@@ -150,7 +150,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             status = 200
             return response
         except ServiceError as exc:
-            status = exc.status_code
+            # The status /v2 answers for the same outcome (a rejected OIP request is a 400 there, as in Triton).
+            status = 400 if exc.status_code == 422 else exc.status_code
             retry_after = exc.headers.get("Retry-After")  # 429/503: when to come back, as on REST
             await context.abort(grpc_status(exc), exc.message,
                                 trailing_metadata=(("retry-after", retry_after),) if retry_after else ())
