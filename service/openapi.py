@@ -139,7 +139,7 @@ def _calls(dependant: Dependant) -> Iterator[Callable[..., Any]]:
 
 def _reads_body_on_pool(route: APIRoute) -> bool:
     """Task POST routes and OIP inference read their body through the work pool, under a deadline."""
-    return "POST" in route.methods and not route.path.startswith("/v2/repository")
+    return bool({"POST", "PUT"} & route.methods) and not route.path.startswith("/v2/repository")
 
 
 def _types(schema: dict[str, Any]) -> set[str]:
@@ -162,7 +162,7 @@ def error_statuses(route: APIRoute, operation: dict[str, Any]) -> set[int]:
     if any(_types(p.get("schema", {})) - {"string", "null"} for p in params) \
             or (not route.path.startswith("/v2") and "model" in names):
         statuses.add(422)  # typed query values; a task route given another family's model
-    if "POST" in route.methods:
+    if {"POST", "PUT"} & route.methods:  # PUT: /admin/rollouts/{model} reads a JSON body as POST routes do
         statuses |= {400, 413, 415, 422}
     if route.path.startswith("/v2"):
         statuses.discard(422)  # OIP answers every rejected request with 400 (app.error_response)
