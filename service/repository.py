@@ -496,6 +496,8 @@ class ModelHub:
         self._states[(name, version)] = VersionState(VersionStatus.LOADING)
         started = time.perf_counter()
         path = self.root / name / str(version)
+        loaded: LoadedVersion | None = None
+        family: FamilyPlugin | None = None
         try:
             manifest = Manifest.read(path)
             if manifest.name != name or manifest.version != version:
@@ -511,6 +513,10 @@ class ModelHub:
             self._states[(name, version)] = VersionState(VersionStatus.UNAVAILABLE, reason)
             self.metrics.model_ready.labels(name, str(version)).set(0)
             self.metrics.load_failures.labels(name, str(version)).inc()
+            if loaded is not None:  # e.g. warm-up failed after `prepare` opened the family's resources
+                if loaded.prepared is not None:
+                    await teardown_version(family, loaded)
+                loaded.executor.shutdown(wait=False)
             raise LoadFailed(f"model {name!r} version {version} failed to load: {reason}") from exc
         if self.settings.gc_freeze:
             gc_tuning.freeze(f"loading {name} v{version}")  # keep its sessions out of later collections
