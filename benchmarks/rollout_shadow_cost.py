@@ -71,6 +71,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200, help="requests per round and side")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--shadow-percent", default="100,10", help="shares of requests copied, one side each")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="rollout-bench-"))
     repository = args.repository
@@ -94,25 +95,31 @@ def main() -> None:
                     for k in range(n)]
 
         phase(server.url, bodies(50), args.concurrency)  # warm-up
+        shares = [float(p) for p in args.shadow_percent.split(",")]
         off: list[float] = []
-        on: list[float] = []
-        shadow_run = dropped = 0
+        on: dict[float, list[float]] = {share: [] for share in shares}
+        run = dict.fromkeys(shares, 0)
+        dropped = dict.fromkeys(shares, 0)
         for _ in range(args.rounds):
             off += phase(server.url, bodies(args.requests), args.concurrency)
-            started = http.put("/admin/rollouts/traffic", json={"candidate": 2, "mode": "shadow"}, headers=AUTH)
-            assert started.status_code == 200, started.text
-            on += phase(server.url, bodies(args.requests), args.concurrency)
-            time.sleep(1.0)  # the queue's last copies finish before the rollout ends
-            state = http.delete("/admin/rollouts/traffic", headers=AUTH).json()
-            shadow_run += state["shadow"]["run"]
-            dropped += sum(state["shadow"]["dropped"].values())
-        p50_off, p50_on = quantile(off, 0.5), quantile(on, 0.5)
+            for share in shares:
+                started = http.put("/admin/rollouts/traffic", headers=AUTH,
+                                   json={"candidate": 2, "mode": "shadow", "shadow_percent": share})
+                assert started.status_code == 200, started.text
+                on[share] += phase(server.url, bodies(args.requests), args.concurrency)
+                time.sleep(1.0)  # the queue's last copies finish before the rollout ends
+                state = http.delete("/admin/rollouts/traffic", headers=AUTH).json()
+                run[share] += state["shadow"]["run"]
+                dropped[share] += sum(state["shadow"]["dropped"].values())
+        p50_off = quantile(off, 0.5)
         print(f"concurrency {args.concurrency}, {args.rounds} rounds x {args.requests} requests per side")
-        print(f"no rollout: p50 {p50_off:.2f} ms, p99 {quantile(off, 0.99):.2f} ms, mean "
+        print(f"no rollout:        p50 {p50_off:.2f} ms, p99 {quantile(off, 0.99):.2f} ms, mean "
               f"{statistics.mean(off) * 1000:.2f} ms")
-        print(f"shadow:     p50 {p50_on:.2f} ms, p99 {quantile(on, 0.99):.2f} ms, mean "
-              f"{statistics.mean(on) * 1000:.2f} ms; shadow copies run {shadow_run}, dropped {dropped}")
-        print(f"shadow cost on the baseline's p50: {100 * (p50_on / p50_off - 1):+.1f} % (target < +5 %)")
+        for share in shares:
+            p50_on = quantile(on[share], 0.5)
+            print(f"shadow {share:5.1f} %:    p50 {p50_on:.2f} ms, p99 {quantile(on[share], 0.99):.2f} ms, mean "
+                  f"{statistics.mean(on[share]) * 1000:.2f} ms; copies run {run[share]}, dropped {dropped[share]}; "
+                  f"cost on the baseline's p50 {100 * (p50_on / p50_off - 1):+.1f} % (target < +5 %)")
         http.close()
     finally:
         server.terminate()

@@ -101,11 +101,12 @@ class RolloutController:
         if request.method != "POST":
             return None
         if path in FANOUT_ROUTES:  # the baseline answers, the candidate gets a copy, in both modes
-            return Ticket(rollout, rollout.baseline, replay=True, compare=False)
+            return Ticket(rollout, rollout.baseline, replay=True, compare=False, fanout=True)
         if _requires_admin(route):
             return None
         if rollout.mode == "shadow":
-            return Ticket(rollout, rollout.baseline, replay=True, compare=True)
+            sampled = rollout.shadow_percent >= 100 or random.random() * 100 < rollout.shadow_percent  # noqa: S311
+            return Ticket(rollout, rollout.baseline, replay=sampled, compare=sampled)
         key = request.headers.get(ROLLOUT_KEY_HEADER)
         if key:  # sticky: the same client key lands on the same side while the percent stays
             digest = hashlib.blake2b(f"{rollout.model}\0{key}".encode(), digest_size=8).digest()
@@ -116,6 +117,8 @@ class RolloutController:
         return Ticket(rollout, version, replay=False, compare=False)
 
     def record_live(self, ticket: Ticket, status: int, seconds: float) -> None:
+        if ticket.fanout:  # observations are not inference: their latency would blur the comparison
+            return
         rollout = ticket.rollout
         error = status >= 500
         rollout.path_stats(ticket.version, "live").add(seconds, error)
@@ -130,7 +133,7 @@ class RolloutController:
             self._drop(rollout, "ended")
             return
         job = ShadowJob({k: scope[k] for k in _SCOPE_KEYS if k in scope}, body,
-                        answer if ticket.compare else None)
+                        answer if ticket.compare else None, fanout=ticket.fanout)
         try:
             rollout.queue.put_nowait(job)
         except asyncio.QueueFull:
@@ -212,6 +215,10 @@ class RolloutController:
         seconds = time.perf_counter() - started
         error = status >= 500
         rollout.shadow_run += 1
+        if job.fanout:
+            if error:
+                log.warning("fan-out copy on %s v%d answered %d", rollout.model, rollout.candidate, status)
+            return
         rollout.path_stats(rollout.candidate, "shadow").add(seconds, error)
         labels = (rollout.model, str(rollout.candidate), "candidate", "shadow")
         self.m.requests.labels(*labels, "error" if error else "ok").inc()
@@ -255,6 +262,7 @@ class RolloutController:
         if existing is not None:  # same candidate: change mode / percent / policy in place
             self._stop_policy(existing)
             existing.mode, existing.percent, existing.policy = body.mode, body.percent, body.policy
+            existing.shadow_percent = body.shadow_percent
             self._export_state(existing)
             self._start_policy(existing)
             self._decide_log(existing, "update", f"{body.mode} {body.percent:g} %")
@@ -263,6 +271,7 @@ class RolloutController:
         registry = self.metrics.registry
         rollout = Rollout(model=model, family=served.manifest.family, baseline=served.version,
                           candidate=candidate.version, mode=body.mode, percent=body.percent, policy=body.policy,
+                          shadow_percent=body.shadow_percent,
                           loaded_here=loaded_here, quality_at_start=await asyncio.to_thread(
                               quality.snapshot, registry, model), queue=asyncio.Queue(body.shadow_queue))
         rollout.tasks.append(asyncio.get_running_loop().create_task(self._shadow_worker(rollout)))
@@ -376,8 +385,8 @@ class RolloutController:
             "percent": rollout.percent if rollout.mode == "canary" else 0, "baseline": str(rollout.baseline),
             "candidate": str(rollout.candidate), "started_at": rollout.started_at,
             "policy": rollout.policy.model_dump() if rollout.policy else None,
-            "shadow": {"queued": rollout.queue.qsize(), "capacity": rollout.queue.maxsize, "run": rollout.shadow_run,
-                       "dropped": dict(rollout.dropped)},
+            "shadow": {"percent": rollout.shadow_percent, "queued": rollout.queue.qsize(),
+                       "capacity": rollout.queue.maxsize, "run": rollout.shadow_run, "dropped": dict(rollout.dropped)},
             "versions": versions, "comparison": comparison, "decisions": list(rollout.decisions),
         }
 

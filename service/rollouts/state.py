@@ -40,6 +40,9 @@ class RolloutBody(BaseModel):
     mode: Literal["shadow", "canary"]
     percent: float = Field(0.0, ge=0, le=100, description="canary: share of requests the candidate answers")
     shadow_queue: int = Field(64, ge=1, le=4096, description="shadow copies waiting at most; more are dropped")
+    shadow_percent: float = Field(100.0, ge=0, le=100, description="shadow: share of task requests copied to "
+                                  "the candidate (a copy costs the CPU of a request: on a saturated machine, "
+                                  "copy a sample)")
     policy: Policy | None = None
 
     @field_validator("candidate", mode="before")
@@ -85,7 +88,8 @@ class PathStats:
 class ShadowJob:
     scope: dict[str, Any]  # a clean copy of the live request's ASGI scope
     body: bytes
-    baseline_answer: bytes | None  # None: nothing to compare (a fan-out write such as observations)
+    baseline_answer: bytes | None  # None: nothing to compare
+    fanout: bool = False  # a write every version must see (observations): not a request to compare on latency
     queued_at: float = field(default_factory=time.monotonic)
 
 
@@ -98,6 +102,7 @@ class Rollout:
     mode: str
     percent: float
     policy: Policy | None
+    shadow_percent: float
     loaded_here: bool  # the candidate was loaded for this rollout (unloaded when it ends unpromoted)
     quality_at_start: Totals
     queue: asyncio.Queue[ShadowJob]
@@ -131,3 +136,4 @@ class Ticket:
     version: int
     replay: bool  # run a copy on the candidate after the answer (shadow, or a fan-out write)
     compare: bool  # keep the baseline's answer to compare with the copy's
+    fanout: bool = False  # a write such as observations: kept out of the requests / latency figures
