@@ -180,7 +180,8 @@ class Call(Generic[StateT]):
 
     async def submit(self, procedure: str, payload: Any) -> Any:
         """A procedure queue of the version (e.g. the codec's coding loop)."""
-        self._follow_swap()
+        # No _follow_swap here: a procedure may be tied to its version (a codec stream decodes only with the
+        # weights that made it).
         return await self.version.submit(procedure, payload, ctx=self.ctx)
 
     def envelope(self, **fields: Any) -> dict[str, Any]:

@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 ROLLOUT_KEY_HEADER = "x-rollout-key"
 # Writes every version of a rollout must see: observations score each version's own kept forecasts.
 FANOUT_ROUTES = frozenset({"/traffic/observations"})
+# Requests tied to the version that made their input (a codec stream decodes with its own weights, whatever
+# is routed): neither split nor copied.
+NOT_ROUTED = frozenset({"/image/decompress"})
 SHADOW_STALE_S = 10.0  # a copy that waited longer for the live requests to finish is dropped
 # Scope keys a replayed copy keeps: what routing and the handlers read; the rest is per-connection state.
 _SCOPE_KEYS = ("type", "asgi", "http_version", "method", "scheme", "path", "raw_path", "root_path",
@@ -98,7 +101,7 @@ class RolloutController:
     def _decide(self, request: Request, rollout: Rollout) -> Ticket | None:
         route = request.scope.get("route")
         path = getattr(route, "path", "")
-        if request.method != "POST":
+        if request.method != "POST" or path in NOT_ROUTED:
             return None
         if path in FANOUT_ROUTES:  # the baseline answers, the candidate gets a copy, in both modes
             return Ticket(rollout, rollout.baseline, replay=True, compare=False, fanout=True)

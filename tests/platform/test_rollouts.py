@@ -21,8 +21,9 @@ import numpy as np
 import pytest
 from testkit import ROOT, LiveServer
 
+from service.metrics import Metrics
 from service.rollouts.controller import decide
-from service.rollouts.quality import compare
+from service.rollouts.quality import compare, difference, figures, snapshot
 from service.rollouts.state import Policy, RolloutBody
 
 TOKEN = "rollout-token"
@@ -331,3 +332,39 @@ def test_answer_comparison_and_body_checks() -> None:
                 {"candidate": 2, "mode": "shadow", "shadow_percent": -1}, {"candidate": 2, "mode": "x", "extra": 1}):
         with pytest.raises(ValueError):
             RolloutBody.model_validate(bad)
+
+
+def test_quality_figures_per_family_cover_the_rollout_only() -> None:
+    """The version-labelled quality counters, minus their values at the rollout's start, per family."""
+    metrics = Metrics()
+    q, registry = metrics.quality, metrics.registry
+    q.forecast_abs_error.labels("traffic", "1", "1", "model").inc(100)  # before the rollout: not counted
+    q.forecast_points.labels("traffic", "1", "1", "model").inc(10)
+    start = snapshot(registry, "traffic")
+    for version, error in (("1", 40.0), ("2", 20.0)):
+        q.forecast_abs_error.labels("traffic", version, "1", "model").inc(error)
+        q.forecast_points.labels("traffic", version, "1", "model").inc(10)
+        q.forecast_abs_error.labels("traffic", version, "1", "last_value").inc(999)  # not the model's error
+        q.forecast_points.labels("traffic", version, "1", "last_value").inc(10)
+    q.forecast_abs_error.labels("traffic-other", "1", "1", "model").inc(5)  # another model
+    now = snapshot(registry, "traffic")
+    v1, v2 = (figures("traffic", difference(now, start, v)) for v in ("1", "2"))
+    assert v1["mae_per_horizon"] == {"1": 4.0} and v1["scored"] == 10 and v1["mae"] == 4.0
+    assert v2["mae"] == 2.0 and v2["figure"] == "mae"
+
+    start = snapshot(registry, "weld")
+    q.predictions.labels("weld", "2", "Good").inc(8)
+    q.predictions.labels("weld", "2", "Porosity").inc(2)
+    q.ood_samples.labels("weld", "2").inc(1)
+    weld = figures("weld", difference(snapshot(registry, "weld"), start, "2"))
+    assert weld["ood_share"] == pytest.approx(0.1) and weld["scored"] == 10
+
+    q.codec_bpp.labels("imagecodec-q2", "2", "2").observe(0.5)
+    q.codec_bpp.labels("imagecodec-q2", "2", "2").observe(0.3)
+    q.codec_psnr.labels("imagecodec-q2", "2", "2").observe(31.0)
+    codec = figures("imagecodec", difference(snapshot(registry, "imagecodec-q2"), {}, "2"))
+    assert codec["bpp"] == pytest.approx(0.4) and codec["psnr_db"] == 31.0 and codec["higher_is_better"]
+
+    q.selfcheck_abs_error.labels("water", "3", "flow").inc(0.5)
+    q.selfcheck_points.labels("water", "3", "flow").inc(5)
+    assert figures("water", difference(snapshot(registry, "water"), {}, "3"))["selfcheck_mae"] == pytest.approx(0.1)
