@@ -26,6 +26,7 @@ GRAFANA_DASHBOARDS = (
     ("serving-batching", "Serving: batching and queues"),
     ("serving-gpu", "Serving: GPU"),
     ("model-quality", "Model quality: forecast error, OOD and drift"),
+    ("rollout", "Rollout: baseline vs candidate"),  # issue 31 (docs/rollouts.md)
 )
 QUEUED = "queued: models load one after another at start-up"
 REFRESH_S = 5  # the HTML page reloads itself while something is loading
