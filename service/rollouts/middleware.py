@@ -69,8 +69,10 @@ class RolloutMiddleware:
 
 def _add_version(message: Message, state: dict[str, Any]) -> None:
     version = state.get("model_version")
-    if version:
-        message["headers"] = [*message.get("headers", ()), (VERSION_HEADER, version.encode())]
+    headers = message.get("headers", ())
+    # A route that names its version itself (the codec's model headers) keeps its own: one header, one value.
+    if version and not any(name.lower() == VERSION_HEADER for name, _ in headers):
+        message["headers"] = [*headers, (VERSION_HEADER, version.encode())]
 
 
 def _stamped(send: Send, state: dict[str, Any]) -> Send:
