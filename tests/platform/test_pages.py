@@ -147,14 +147,42 @@ def test_landing_states_through_a_models_life(tiny_checkpoint: Path, tmp_path: P
     def by_name(hub: ModelHub) -> dict[str, dict]:
         return {m["name"]: m for m in model_entries(hub)}
 
+    import threading
+
+    from service.plugin import FamilyPlugin
+
+    class HeldLoads(FamilyPlugin):
+        """A real plug-in whose `prepare` waits for the test: each load stays in "loading" until released (a
+        poll of a load that takes milliseconds could miss it while the loading thread holds the GIL)."""
+
+        name = "tiny"
+
+        def __init__(self) -> None:
+            self.release = {"other": threading.Event(), "tiny": threading.Event()}
+
+        def prepare(self, version):  # noqa: ANN001, ANN201 - the base class's signature
+            self.release[version.name].wait(60)
+
+    plugin = HeldLoads()
+
     async def scenario() -> None:
-        hub = ModelHub(settings, Metrics(), {}, "cpu")
+        hub = ModelHub(settings, Metrics(), {"tiny": plugin}, "cpu")
         assert model_entries(hub) == []
         starting = asyncio.get_running_loop().create_task(hub.start())
         seen: set[tuple[str, str, str]] = set()
-        while not starting.done():  # models load one after another: `tiny` waits while `other` loads
-            seen |= {(m["name"], m["state"], m["reason"]) for m in model_entries(hub)}
-            await asyncio.sleep(0.002)
+
+        async def watch_until(states: set[tuple[str, str, str]]) -> None:
+            for _ in range(3000):
+                seen.update((m["name"], m["state"], m["reason"]) for m in model_entries(hub))
+                if states <= seen:
+                    return
+                await asyncio.sleep(0.01)
+
+        # Models load one after another: `tiny` waits (queued) while `other` loads.
+        await watch_until({("tiny", "loading", QUEUED), ("other", "loading", "")})
+        plugin.release["other"].set()
+        await watch_until({("tiny", "loading", "")})
+        plugin.release["tiny"].set()
         await starting
         assert ("tiny", "loading", QUEUED) in seen and ("other", "loading", "") in seen
         assert ("tiny", "loading", "") in seen
