@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -48,7 +47,7 @@ from service.grpc.protos import grpc_service_pb2 as pb
 from service.grpc.protos import grpc_service_pb2_grpc as pb_grpc
 from service.grpc.protos import model_config_pb2 as mc
 from service.grpc.tensors import decode_inputs, encode_outputs, requested_outputs, typed_value_count
-from service.oip.routes import PLATFORMS, SERVER_NAME
+from service.oip.routes import PLATFORMS, SERVER_NAME, server_extensions, timeout_seconds, version_number
 from service.oip.stats import model_stats
 from service.repository import LoadedVersion, LoadFailed, VersionStatus
 
@@ -92,25 +91,15 @@ def grpc_status(exc: ServiceError) -> grpc.StatusCode:
     return STATUS_CODES.get(exc.status_code, grpc.StatusCode.INTERNAL)
 
 
-def version_number(raw: str) -> int | None:
-    """"" -> the served version; otherwise ASCII digits (the REST routes' rule)."""
-    if not raw:
-        return None
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= 18):
-        raise BadRequest(f"model version must be a positive integer (ASCII digits), got {raw!r}")
-    return int(raw)
-
-
 def _timeout_s(request: pb.ModelInferRequest) -> float | None:
     """OIP `parameters["timeout"]` (microseconds, int64 or double) in seconds, as on REST."""
     if "timeout" not in request.parameters:
         return None
     param = request.parameters["timeout"]
     kind = param.WhichOneof("parameter_choice")
-    value = getattr(param, kind) if kind in ("int64_param", "uint64_param", "double_param") else None
-    if value is None or not math.isfinite(value) or value <= 0:
+    if kind not in ("int64_param", "uint64_param", "double_param"):
         raise BadRequest(f"parameters.timeout must be a positive finite number of microseconds, got {param}")
-    return min(value, 1e15) / 1e6
+    return timeout_seconds(getattr(param, kind))
 
 
 @dataclass
@@ -213,11 +202,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _server_metadata(self, request: pb.ServerMetadataRequest, context: Any, labels: _Labels
                                ) -> pb.ServerMetadataResponse:
-        # The REST route's list (service/oip/routes.py::server_metadata).
-        extensions = ["binary_tensor_data", "parameters", "statistics"]
-        if self.settings.admin_token or not self.settings.restrict_repository_index:
-            extensions.append("model_repository")
-        return pb.ServerMetadataResponse(name=SERVER_NAME, version=__version__, extensions=extensions)
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=__version__,
+                                         extensions=server_extensions(self.settings))
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
                             ) -> pb.ModelMetadataResponse:

@@ -18,6 +18,7 @@ from service.jsonbody import parse_json
 from service.oip.tensors import HEADER_LENGTH, decode_inputs, encode_response, requested_outputs, split_body
 from service.repository import LoadedVersion, LoadFailed, VersionStatus
 from service.rollouts.routing import route_request
+from service.settings import Settings
 
 SERVER_NAME = "research-serving"
 # Media types of an inference body: JSON, or Triton's binary extension (JSON header + raw tensor bytes).
@@ -36,8 +37,10 @@ PLATFORMS = {"onnx": "onnxruntime_onnx", "torchscript": "pytorch_libtorch"}
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
 
 
-def _version_number(raw: str | None) -> int | None:
-    if raw is None:
+def version_number(raw: str | None) -> int | None:
+    """A version path segment or field: None or "" -> the served version; otherwise ASCII digits (every
+    protocol's rule: REST, gRPC, statistics)."""
+    if not raw:
         return None
     # ASCII only: str.isdigit() also accepts "²" or "١", which int() then rejects or reads as another number.
     if not (raw.isascii() and raw.isdigit() and len(raw) <= 18):
@@ -46,18 +49,22 @@ def _version_number(raw: str | None) -> int | None:
 
 
 def _lookup(request: Request, model: str, version: str | None) -> LoadedVersion:
-    loaded = hub_of(request).get(model, _version_number(version))
+    loaded = hub_of(request).get(model, version_number(version))
     # Rollouts hook (service/rollouts): records the answering version; a canary may pick the candidate.
     return route_request(request, loaded, explicit=version is not None)
 
 
-@router.get("")
-async def server_metadata(request: Request) -> dict[str, Any]:
+def server_extensions(settings: Settings) -> list[str]:
+    """The OIP extensions this server offers (REST and gRPC server metadata)."""
     extensions = ["binary_tensor_data", "parameters", "statistics"]
-    settings = request.app.state.settings
     if settings.admin_token or not settings.restrict_repository_index:  # the index at least is reachable
         extensions.append("model_repository")
-    return {"name": SERVER_NAME, "version": __version__, "extensions": extensions}
+    return extensions
+
+
+@router.get("")
+async def server_metadata(request: Request) -> dict[str, Any]:
+    return {"name": SERVER_NAME, "version": __version__, "extensions": server_extensions(request.app.state.settings)}
 
 
 @router.get("/health/live")
@@ -147,9 +154,11 @@ def _timeout_s(header: dict[str, Any]) -> float | None:
     if not isinstance(params, dict):
         raise BadRequest(f"'parameters' must be an object, got {type(params).__name__}")
     timeout_us = params.get("timeout")
-    if timeout_us is None:
-        return None
-    # (A float NaN or Infinity can arrive through the stdlib fallback for NaN literals; ints are always finite.)
+    return None if timeout_us is None else timeout_seconds(timeout_us)
+
+
+def timeout_seconds(timeout_us: object) -> float:
+    """OIP `parameters.timeout` (microseconds) in seconds, for every protocol; 400 unless a positive finite number."""
     if isinstance(timeout_us, bool) or not isinstance(timeout_us, int | float) \
             or (isinstance(timeout_us, float) and not math.isfinite(timeout_us)) or timeout_us <= 0:
         raise BadRequest(f"parameters.timeout must be a positive finite number of microseconds, got {timeout_us!r}")
@@ -258,7 +267,7 @@ async def repository_index(request: Request) -> list[dict[str, str]]:
 async def load_model(model: str, request: Request) -> dict[str, Any]:
     body = await _optional_json(request)
     params = body.get("parameters") or {}
-    version = _version_number(str(params["version"])) if isinstance(params, dict) and "version" in params else None
+    version = version_number(str(params["version"])) if isinstance(params, dict) and "version" in params else None
     try:
         loaded = await hub_of(request).load(model, version)
     except ServiceError:

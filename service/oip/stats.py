@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 
 from service.batching import PhaseStats, QueueStats
 from service.dataplane import hub_of
-from service.errors import BadRequest
+from service.oip.routes import version_number
 from service.repository import LoadedVersion
 
 router = APIRouter(prefix="/v2/models", tags=["Open Inference Protocol v2"])
@@ -43,12 +43,6 @@ def model_stats(loaded: LoadedVersion) -> dict[str, Any]:
     }
 
 
-def _version_number(raw: str) -> int:
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= 18):
-        raise BadRequest(f"model version must be a positive integer, got {raw!r}")
-    return int(raw)
-
-
 def _response(versions: list[LoadedVersion]) -> dict[str, list[dict[str, Any]]]:
     return {"model_stats": [model_stats(v) for v in sorted(versions, key=lambda v: (v.name, v.version))]}
 
@@ -70,4 +64,4 @@ async def model_statistics(model: str, request: Request) -> dict[str, list[dict[
 @router.get("/{model}/versions/{version}/stats")
 async def version_statistics(model: str, version: str, request: Request) -> dict[str, list[dict[str, Any]]]:
     """Statistics of one loaded version (404 when that version is not loaded)."""
-    return _response([hub_of(request).get(model, _version_number(version))])
+    return _response([hub_of(request).get(model, version_number(version))])
