@@ -78,15 +78,3 @@ def build_features(
     if use_day_of_week:
         channels.append(np.broadcast_to(day_of_week(timestamps)[..., None], speeds.shape))
     return np.stack(channels, axis=-1).astype(np.float32)
-
-
-def window_timestamps(last: np.datetime64, steps: int, step_seconds: int = STEP_SECONDS) -> np.ndarray:
-    """The `steps` timestamps ending at `last` (inclusive), oldest first."""
-    offsets = np.arange(-(steps - 1), 1) * np.timedelta64(step_seconds, "s")
-    return np.datetime64(last, "ns") + offsets
-
-
-def horizon_timestamps(last: np.datetime64, horizon: int, step_seconds: int = STEP_SECONDS) -> np.ndarray:
-    """The `horizon` future timestamps after `last` (DCRNN y offsets 1..horizon)."""
-    offsets = np.arange(1, horizon + 1) * np.timedelta64(step_seconds, "s")
-    return np.datetime64(last, "ns") + offsets

@@ -33,10 +33,3 @@ _BY_KEY.update({"goodweld": "Good", "porositywithexcessivepenetration": "Porosit
 def match_class(name: str) -> str | None:
     """Canonical class name for a category string, or None when it is not one of the 12 classes."""
     return _BY_KEY.get(_key(str(name)))
-
-
-def class_index(name: str) -> int:
-    canonical = match_class(name)
-    if canonical is None:
-        raise ValueError(f"unknown weld class {name!r}; expected one of {', '.join(CLASSES)}")
-    return CLASSES.index(canonical)

@@ -115,10 +115,6 @@ class TrafficData:
         y = self.speeds[anchors[:, None] + Y_OFFSETS][..., None]
         return x, y
 
-    def raw_inputs(self, split: str) -> np.ndarray:
-        """Unscaled input speeds (B, 12, N) of a split (for the baselines)."""
-        return self.speeds[self.anchors[split][:, None] + X_OFFSETS]
-
     def description(self) -> dict:
         return {
             "source": self.source,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import json
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -195,9 +194,6 @@ class WeldDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         return self.samples[index]
 
-    def class_counts(self) -> dict[str, int]:
-        counts = Counter(self.labels)
-        return {CLASSES[c]: counts[c] for c in sorted(counts)}
 
 
 def collate(samples: list[dict]) -> dict:
