@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 
@@ -32,6 +32,10 @@ class TinyConfig:
     batch_size: int = 64
     lr: float = 1e-2
     seed: int = 0
+    seconds: float | None = None  # training-time budget (None: the steps decide)
+    threads: int | None = None  # torch CPU threads during training (None: leave the setting alone)
+    save_every_s: float = 300.0  # seconds between resumable states (<out>/train_state.pt)
+    resume: bool = False  # continue <out>/train_state.pt
 
 
 PRESETS = {
@@ -46,5 +50,4 @@ def load_config(name: str = "default") -> TinyConfig:
         preset = PRESETS[name]
     except KeyError:
         raise ValueError(f"unknown tiny preset {name!r}; known: {', '.join(PRESETS)}") from None
-    return TinyConfig(model=TinyModelConfig(**preset.model.to_dict()), steps=preset.steps,
-                      batch_size=preset.batch_size, lr=preset.lr, seed=preset.seed)
+    return replace(preset, model=TinyModelConfig(**preset.model.to_dict()))

@@ -5,12 +5,23 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from training.checkpoints import Checkpoint, TrainResult, read_checkpoint, save_checkpoint
+from training.checkpoints import Checkpoint, TrainResult, read_checkpoint
+from training.loop import (
+    LoopConfig,
+    Progress,
+    Task,
+    add_loop_flags,
+    given_loop_flags,
+    make_optimiser,
+    run,
+    seed_everything,
+)
 from training.tiny.config import TinyConfig, TinyModelConfig, load_config
 from training.tiny.model import TinyRegressor
 
@@ -27,28 +38,58 @@ def training_step(model: TinyRegressor, optimizer: torch.optim.Optimizer, x: tor
     return loss.item()
 
 
+class TinyTask(Task):
+    """Fit y = x @ W for a random W on fresh random batches; the score is the last step's training MSE
+    (the target is known, there is no held-out set to speak of)."""
+
+    def __init__(self, config: TinyConfig) -> None:
+        self.config = config
+        self.model = TinyRegressor(config.model)
+        self.weights = torch.randn(config.model.in_features, config.model.out_features)
+        self.optimiser = make_optimiser(self.model.parameters(), "adam", config.lr)
+        self.loss = float("nan")
+
+    def step(self, index: int) -> dict[str, float]:
+        x = torch.randn(self.config.batch_size, self.config.model.in_features)
+        return {"mse": training_step(self.model, self.optimiser, x, x @ self.weights)}
+
+    def validate(self, progress: Progress) -> float:
+        self.loss = progress.running[-1]["mse"] if progress.running else self.loss
+        return self.loss
+
+    def checkpoint(self, progress: Progress, kind: str) -> dict[str, Any]:
+        return {"config": self.config.model.to_dict(), "state_dict": self.model.state_dict(),
+                "metrics": {"train_mse": self.loss}, "training": asdict(self.config)}
+
+    def identity(self) -> dict[str, Any]:
+        return {"model": self.config.model.to_dict(), "batch_size": self.config.batch_size, "lr": self.config.lr,
+                "seed": self.config.seed}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"loss": self.loss}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loss = state["loss"]
+
+
 def train(config: TinyConfig, out_dir: Path, data: Path | None = None, *,
           log: Callable[[str], None] | None = print) -> TrainResult:
     """Fit y = x @ W for a random W; the tiny family has no dataset (`data` must be None)."""
     if data is not None:
         raise ValueError("the tiny family trains on its synthetic target only: pass data=None")
-    torch.manual_seed(config.seed)
-    model = TinyRegressor(config.model)
-    weights = torch.randn(config.model.in_features, config.model.out_features)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    loss = float("nan")
-    for _ in range(config.steps):
-        x = torch.randn(config.batch_size, config.model.in_features)
-        loss = training_step(model, optimizer, x, x @ weights)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    metrics = {"train_mse": loss}
-    checkpoint = save_checkpoint(FAMILY, {"config": config.model.to_dict(), "state_dict": model.state_dict(),
-                                          "metrics": metrics, "training": asdict(config)}, out_dir / "best.pt")
-    (out_dir / "metrics.json").write_text(json.dumps(metrics))
+    seed_everything(config.seed)
+    task = TinyTask(config)
+    loop = LoopConfig(steps=config.steps, seconds=config.seconds, threads=config.threads,
+                      save_every_s=config.save_every_s, resume=config.resume, latest=None)
+    outcome = run(task, loop, out_dir, FAMILY, log=log)
+    metrics = {"train_mse": task.loss}
+    if outcome.finished:
+        (out_dir / "metrics.json").write_text(json.dumps(metrics))
     if log:
-        log(f"tiny: {config.steps} steps, train MSE {loss:.4f} -> {checkpoint}")
-    return TrainResult(best_checkpoint=checkpoint, out_dir=out_dir, summary=metrics)
+        log(f"tiny: {outcome.progress.step} steps, train MSE {task.loss:.4f} -> {out_dir / 'best.pt'}")
+    return TrainResult(best_checkpoint=out_dir / "best.pt", out_dir=out_dir,
+                       summary={**metrics, "steps": outcome.progress.step, "finished": outcome.finished})
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
@@ -62,21 +103,15 @@ def load_checkpoint(path: Path) -> Checkpoint:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, required=True)
+    add_loop_flags(parser)
     parser.add_argument("--preset", default="default", help="default | slow")
-    parser.add_argument("--steps", type=int)
     parser.add_argument("--hidden", type=int)
     parser.add_argument("--depth", type=int)
     parser.add_argument("--repeats", type=int)
-    parser.add_argument("--seed", type=int)
     args = parser.parse_args(argv)
     config = load_config(args.preset)
-    for name in ("hidden", "depth", "repeats"):
-        if getattr(args, name) is not None:
-            setattr(config.model, name, getattr(args, name))
-    for name in ("steps", "seed"):
-        if getattr(args, name) is not None:
-            setattr(config, name, getattr(args, name))
+    model = {name: getattr(args, name) for name in ("hidden", "depth", "repeats") if getattr(args, name) is not None}
+    config = replace(config, model=replace(config.model, **model), **given_loop_flags(args, {}))
     print(train(config, args.out, log=None).best_checkpoint)
 
 
