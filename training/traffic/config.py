@@ -56,7 +56,9 @@ class TrainConfig:
     device: str = "cpu"
     test_max_batches: int | None = None  # bounds the final test evaluation (None = the whole split)
     amp: bool = False  # bf16 autocast for training steps (GPU, or a CPU with bf16 matrix units)
-    resume: bool = False  # continue from <out>/latest.pt
+    max_steps: int | None = None  # stop after this many optimiser steps (None: the epochs decide)
+    save_every_s: float = 300.0  # seconds between resumable states (<out>/train_state.pt)
+    resume: bool = False  # continue <out>/train_state.pt
 
 
 @dataclass

@@ -3,11 +3,12 @@
     python -m training.traffic.train --config quick --out runs/traffic-quick
     python -m training.traffic.train --config fallback --data-dir data/METR-LA --out runs/phase1
     python -m training.traffic.train --config quick --num-stages 4 --patch-sizes 1,2 --cross-stage-attention off
-    python -m training.traffic.train --config quick --out runs/traffic-quick --resume     # continue latest.pt
+    python -m training.traffic.train --config quick --out runs/traffic-quick --resume   # continue train_state.pt
 
-Writes to --out: `latest.pt` (every epoch, with optimizer state: resumable), `best.pt` (lowest validation
-masked MAE), `metrics.jsonl` (one JSON object per epoch), `metrics.json` (the test-split horizon table of
-best.pt next to the last-value and historical-average baselines) and `config.json`.
+Writes to --out: `latest.pt` (every epoch), `best.pt` (lowest validation masked MAE), `train_state.pt` (every
+epoch, every --save-every seconds and on SIGTERM / SIGINT: what --resume continues exactly, mid-epoch too),
+`metrics.jsonl` (one JSON object per epoch), `metrics.json` (the test-split horizon table of best.pt next to
+the last-value and historical-average baselines) and `config.json`. The loop is training/loop.py's.
 Without --data-dir the synthetic generator writes METR-LA-format files into <out>/data and the same
 loader reads them.
 """
@@ -17,11 +18,9 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
-import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,17 @@ import torch
 
 from families.traffic.preprocessing import STEP_SECONDS
 from training.checkpoints import FAMILY_KEY, Checkpoint, TrainResult, read_checkpoint, save_checkpoint
+from training.loop import (
+    STATE,
+    LoopConfig,
+    Progress,
+    Task,
+    add_loop_flags,
+    given_loop_flags,
+    make_optimiser,
+    run,
+    seed_everything,
+)
 from training.threads import torch_threads
 from training.traffic.baselines import baseline_predictions
 from training.traffic.config import TrafficConfig, TrainConfig, load_config
@@ -43,36 +53,9 @@ BEST, LATEST = "best.pt", "latest.pt"
 Log = Callable[[str], None] | None
 
 
-@dataclass
-class Progress:
-    """Where a run stands; saved at the top level of every checkpoint, so that `resume` continues exactly."""
-
-    epoch: int = 0
-    best_val_mae: float = math.inf
-    best_epoch: int = 0
-    bad_epochs: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)  # one record per epoch (metrics.jsonl)
-
-    def update(self, epoch: int, val_mae: float) -> bool:
-        """Count the epoch; True when its validation MAE is the best so far."""
-        self.epoch = epoch
-        improved = val_mae < self.best_val_mae
-        if improved:
-            self.best_val_mae, self.best_epoch, self.bad_epochs = val_mae, epoch, 0
-        else:
-            self.bad_epochs += 1
-        return improved
-
-
 def build_model(config: TrafficConfig, data: TrafficData) -> TrafficForecaster:
     model_cfg = config.for_data(data.num_nodes, data.use_time_of_day, data.use_day_of_week)
     return TrafficForecaster(model_cfg, data.adjacency, data.scaler.mean, data.scaler.std)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 # ---- evaluation -----------------------------------------------------------------------------------------
@@ -107,33 +90,6 @@ def baseline_tables(data: TrafficData, split: str = "test",
 
 # ---- checkpoints ----------------------------------------------------------------------------------------
 
-def _payload(model: TrafficForecaster, optimizer: torch.optim.Optimizer, config: TrafficConfig, data: TrafficData,
-             progress: Progress) -> dict[str, Any]:
-    return {
-        "config": config.to_dict(),
-        "model_config": model.cfg.to_dict(),
-        "state_dict": model.state_dict(),
-        "sensor_ids": list(data.sensor_ids),
-        "scaler": {"mean": data.scaler.mean, "std": data.scaler.std},
-        "features": data.feature_names,
-        "step_seconds": STEP_SECONDS,
-        "data": data.description(),
-        "num_parameters": count_parameters(model),
-        **copy.deepcopy(asdict(progress)),
-        "optimizer": optimizer.state_dict(),
-        "torch_rng": torch.get_rng_state(),
-    }
-
-
-def checkpoint_step(model: TrafficForecaster, optimizer: torch.optim.Optimizer, config: TrafficConfig,
-                    data: TrafficData, progress: Progress, out_dir: Path, improved: bool) -> None:
-    """latest.pt after every epoch, best.pt when the epoch improved on the validation MAE."""
-    payload = _payload(model, optimizer, config, data, progress)
-    save_checkpoint(FAMILY, payload, out_dir / LATEST)
-    if improved:
-        save_checkpoint(FAMILY, payload, out_dir / BEST)
-
-
 def _read(path: Path) -> dict[str, Any]:
     return read_checkpoint(path, FAMILY, legacy=lambda p: p.get("format") == LEGACY_FORMAT)
 
@@ -160,17 +116,6 @@ def load_checkpoint(path: Path) -> Checkpoint:
                       config=TrafficConfig.from_dict(payload["config"]), extras=extras)
 
 
-def _resume(model: TrafficForecaster, optimizer: torch.optim.Optimizer, path: Path, log: Log) -> Progress:
-    payload = _read(path)
-    model.load_state_dict(payload["state_dict"])
-    optimizer.load_state_dict(payload["optimizer"])
-    torch.set_rng_state(payload["torch_rng"])
-    progress = Progress(**{f.name: payload[f.name] for f in fields(Progress)})
-    if log:
-        log(f"resumed from {path} at epoch {progress.epoch}")
-    return progress
-
-
 # ---- training -------------------------------------------------------------------------------------------
 
 def training_step(model: TrafficForecaster, optimizer: torch.optim.Optimizer, x: torch.Tensor, target: torch.Tensor,
@@ -191,53 +136,106 @@ def training_step(model: TrafficForecaster, optimizer: torch.optim.Optimizer, x:
     return outputs[-1].detach()
 
 
-def train_epoch(model: TrafficForecaster, optimizer: torch.optim.Optimizer, data: TrafficData, tcfg: TrainConfig,
-                epoch: int, started: float) -> tuple[list[float], int, bool]:
-    """The training steps of one epoch: (per-batch MAE, batches planned, whether the time budget ran out)."""
-    model.train()
-    device = next(model.parameters()).device
-    amp = tcfg.amp  # training only; evaluation stays FP32 (on CPU bf16 needs AMX/AVX512-BF16 to pay)
-    order = np.random.default_rng(tcfg.seed * 1000 + epoch).permutation(len(data.anchors["train"]))
-    batches = range(0, len(order), tcfg.batch_size)
-    if tcfg.max_batches_per_epoch:
-        batches = batches[: tcfg.max_batches_per_epoch]
-    losses: list[float] = []
-    for start in batches:
-        if tcfg.time_budget_s and losses and time.perf_counter() - started > tcfg.time_budget_s:
-            return losses, len(batches), True  # bounded wall time (default model): validate and save what we have
-        x, y = data.windows("train", order[start : start + tcfg.batch_size])
+class TrafficTask(Task):
+    """Epochs of shuffled training windows (the order of epoch e is fixed by the seed and e, so a run resumed
+    mid-epoch takes the same batches), validated on the masked MAE of the validation split after each."""
+
+    def __init__(self, config: TrafficConfig, data: TrafficData, out_dir: Path, log: Log) -> None:
+        tcfg = config.train
+        self.data, self.tcfg, self.out_dir, self.log = data, tcfg, out_dir, log
+        self.model = build_model(config, data).to(torch.device(tcfg.device or "cpu"))
+        self.config = replace(config, model=self.model.cfg)  # what config.json and the checkpoints record
+        self.optimiser = make_optimiser(self.model.parameters(), "adamw", tcfg.lr, weight_decay=tcfg.weight_decay)
+        batches = range(0, len(data.anchors["train"]), tcfg.batch_size)
+        self.steps_per_epoch = len(batches[: tcfg.max_batches_per_epoch] if tcfg.max_batches_per_epoch else batches)
+        self.history: list[dict[str, Any]] = []  # one record per epoch (metrics.jsonl)
+        self._order: tuple[int, np.ndarray] | None = None
+        self._epoch_started = time.perf_counter()
+        self._record: dict[str, Any] = {}
+
+    def epoch(self, step: int) -> int:
+        """The 1-based epoch that step `step` (1-based: steps done) ends or falls in."""
+        return -(-step // self.steps_per_epoch)
+
+    def step(self, index: int) -> dict[str, float]:
+        epoch, position = divmod(index, self.steps_per_epoch)
+        epoch += 1
+        if self._order is None or self._order[0] != epoch:
+            rng = np.random.default_rng(self.tcfg.seed * 1000 + epoch)
+            self._order = (epoch, rng.permutation(len(self.data.anchors["train"])))
+        start = position * self.tcfg.batch_size
+        x, y = self.data.windows("train", self._order[1][start : start + self.tcfg.batch_size])
+        device = next(self.model.parameters()).device
         target = torch.from_numpy(y).to(device)
-        final = training_step(model, optimizer, torch.from_numpy(x).to(device), target, amp, tcfg.grad_clip or 0.0)
-        losses.append(masked_mae_torch(final, target).item())
-    return losses, len(batches), False
+        self.model.train()
+        # amp for training only; evaluation stays FP32 (on CPU bf16 needs AMX/AVX512-BF16 to pay)
+        final = training_step(self.model, self.optimiser, torch.from_numpy(x).to(device), target, self.tcfg.amp,
+                              self.tcfg.grad_clip or 0.0)
+        return {"mae": masked_mae_torch(final, target).item()}
+
+    def validate(self, progress: Progress) -> float:
+        train_seconds = time.perf_counter() - self._epoch_started
+        val = evaluate_table(self.model, self.data, "val", self.tcfg.eval_batch_size,
+                             self.tcfg.max_eval_batches)["average"]
+        batches = len(progress.running)
+        self._record = {
+            "epoch": self.epoch(progress.step), "train_mae": float(np.mean([r["mae"] for r in progress.running])),
+            "val_mae": val["mae"], "val_rmse": val["rmse"], "val_mape": val["mape"],
+            "lr": self.optimiser.param_groups[0]["lr"], "train_seconds": train_seconds,
+            "epoch_seconds": time.perf_counter() - self._epoch_started, "batches": batches,
+            "complete": batches == self.steps_per_epoch,
+        }
+        self.history.append(self._record)
+        return val["mae"]
+
+    def checkpoint(self, progress: Progress, kind: str) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "model_config": self.model.cfg.to_dict(),
+            "state_dict": self.model.state_dict(),
+            "sensor_ids": list(self.data.sensor_ids),
+            "scaler": {"mean": self.data.scaler.mean, "std": self.data.scaler.std},
+            "features": self.data.feature_names,
+            "step_seconds": STEP_SECONDS,
+            "data": self.data.description(),
+            "num_parameters": count_parameters(self.model),
+            "epoch": self.epoch(progress.step), "best_val_mae": progress.best_score,
+            "best_epoch": self.epoch(progress.best_step), "bad_epochs": progress.stale,
+            "history": copy.deepcopy(self.history),
+            "optimizer": self.optimiser.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def validated(self, progress: Progress, improved: bool) -> None:
+        with (self.out_dir / "metrics.jsonl").open("a") as handle:
+            handle.write(json.dumps(self._record) + "\n")
+        if self.log:
+            self.log(json.dumps(self._record))
+        self._epoch_started = time.perf_counter()
+
+    def identity(self) -> dict[str, Any]:
+        return {"model": self.model.cfg.to_dict(), "data": asdict(self.config.data),
+                "batch_size": self.tcfg.batch_size, "lr": self.tcfg.lr, "weight_decay": self.tcfg.weight_decay,
+                "seed": self.tcfg.seed, "steps_per_epoch": self.steps_per_epoch}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history = state["history"]
 
 
-def run_epoch(model: TrafficForecaster, optimizer: torch.optim.Optimizer, config: TrafficConfig, data: TrafficData,
-              progress: Progress, out_dir: Path, started: float, log: Log) -> bool:
-    """Train, validate, log and checkpoint one epoch; True when the run must stop for its time budget."""
-    tcfg = config.train
-    epoch = progress.epoch + 1
-    epoch_start = time.perf_counter()
-    losses, planned, out_of_time = train_epoch(model, optimizer, data, tcfg, epoch, started)
-    train_seconds = time.perf_counter() - epoch_start
-    val = evaluate_table(model, data, "val", tcfg.eval_batch_size, tcfg.max_eval_batches)["average"]
-    improved = progress.update(epoch, val["mae"])
-    record = {
-        "epoch": epoch, "train_mae": float(np.mean(losses)), "val_mae": val["mae"], "val_rmse": val["rmse"],
-        "val_mape": val["mape"], "lr": optimizer.param_groups[0]["lr"], "train_seconds": train_seconds,
-        "epoch_seconds": time.perf_counter() - epoch_start, "batches": len(losses), "complete": len(losses) == planned,
-    }
-    progress.history.append(record)
-    with (out_dir / "metrics.jsonl").open("a") as handle:
-        handle.write(json.dumps(record) + "\n")
-    if log:
-        log(json.dumps(record))
-    checkpoint_step(model, optimizer, config, data, progress, out_dir, improved)
-    return out_of_time or bool(tcfg.time_budget_s and time.perf_counter() - started > tcfg.time_budget_s)
+def loop_config(tcfg: TrainConfig, steps_per_epoch: int) -> LoopConfig:
+    """Validation and latest.pt once per epoch; early stopping after `patience` epochs without a better
+    validation MAE; the time budget and `max_steps` may end the run mid-epoch (it is validated then)."""
+    steps = tcfg.epochs * steps_per_epoch
+    return LoopConfig(steps=min(steps, tcfg.max_steps) if tcfg.max_steps else steps, seconds=tcfg.time_budget_s,
+                      eval_every=steps_per_epoch, patience=tcfg.patience, save_every_s=tcfg.save_every_s,
+                      threads=tcfg.threads, resume=tcfg.resume, best=BEST, latest=LATEST)
 
 
-def evaluate_best(config: TrafficConfig, data: TrafficData, progress: Progress, out_dir: Path,
-              started: float) -> dict[str, Any]:
+def evaluate_best(config: TrafficConfig, data: TrafficData, task: TrafficTask, progress: Progress,
+                  out_dir: Path) -> dict[str, Any]:
     """best.pt on the test split beside the baselines: the run's summary, also stored in best.pt and
     metrics.json."""
     tcfg = config.train
@@ -250,15 +248,15 @@ def evaluate_best(config: TrafficConfig, data: TrafficData, progress: Progress, 
         windows = min(windows, tcfg.test_max_batches * tcfg.eval_batch_size)
     tables = {"model": test, **baseline_tables(data, "test", windows)}
     # seconds per full epoch (a budget-truncated last epoch is left out), and per training batch
-    seconds = [r["train_seconds"] for r in progress.history if r.get("complete", True)]
-    per_batch = [r["train_seconds"] / max(r["batches"], 1) for r in progress.history]
+    seconds = [r["train_seconds"] for r in task.history if r.get("complete", True)]
+    per_batch = [r["train_seconds"] / max(r["batches"], 1) for r in task.history]
     summary = {
         "config": config.name, "best_checkpoint": str(out_dir / BEST), "latest_checkpoint": str(out_dir / LATEST),
-        "best_epoch": progress.best_epoch, "epochs": progress.epoch, "best_val_mae": progress.best_val_mae,
-        "num_parameters": count_parameters(model),
+        "best_epoch": task.epoch(progress.best_step), "epochs": task.epoch(progress.step),
+        "best_val_mae": progress.best_score, "num_parameters": count_parameters(model),
         "seconds_per_epoch": float(np.mean(seconds)) if seconds else None,
         "seconds_per_batch": float(np.mean(per_batch)) if per_batch else None,
-        "wall_seconds": time.perf_counter() - started, "data": data.description(), "test_windows": windows,
+        "wall_seconds": progress.seconds, "data": data.description(), "test_windows": windows,
         "test": tables,
     }
     best["metrics"] = {"test": tables, "test_windows": windows}
@@ -271,20 +269,16 @@ def fit(config: TrafficConfig, out_dir: Path, data: TrafficData, *, log: Log = p
     """Train on prepared data (`train` reads or generates it; the benchmarks share one dataset)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tcfg = config.train
-    with torch_threads(tcfg.threads):
-        seed_everything(tcfg.seed)
-        model = build_model(config, data).to(torch.device(tcfg.device or "cpu"))
-        config = replace(config, model=model.cfg)  # what config.json and the checkpoints record
-        optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
-        (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
-        latest = out_dir / LATEST
-        progress = _resume(model, optimizer, latest, log) if tcfg.resume and latest.exists() else Progress()
-        started = time.perf_counter()
-        while progress.epoch < tcfg.epochs and progress.bad_epochs < tcfg.patience:
-            if run_epoch(model, optimizer, config, data, progress, out_dir, started, log):
-                break
-        summary = evaluate_best(config, data, progress, out_dir, started)
+    with torch_threads(config.train.threads):
+        seed_everything(config.train.seed)
+        task = TrafficTask(config, data, out_dir, log)
+        (out_dir / "config.json").write_text(json.dumps(task.config.to_dict(), indent=2))
+        outcome = run(task, loop_config(config.train, task.steps_per_epoch), out_dir, FAMILY, log=log)
+        if not outcome.finished:
+            return TrainResult(best_checkpoint=out_dir / BEST, out_dir=out_dir,
+                               summary={"finished": False, "step": outcome.progress.step,
+                                        "state": str(out_dir / STATE)})
+        summary = evaluate_best(task.config, data, task, outcome.progress, out_dir)
     return TrainResult(best_checkpoint=out_dir / BEST, out_dir=out_dir, summary=summary)
 
 
@@ -313,7 +307,8 @@ def _int_list(value: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {value!r}") from exc
 
 
-# CLI flag -> (section, key, type): one flag per ablation axis and per common hyper-parameter.
+# CLI flag -> (section, key, type): one flag per ablation axis and per common hyper-parameter (the loop's
+# flags, --seed --steps --seconds --threads --save-every --resume, come from training.loop).
 OVERRIDES: dict[str, tuple[str, str, Any]] = {
     "num_stages": ("model", "num_stages", int),
     "patch_sizes": ("model", "patch_sizes", _int_list),
@@ -333,11 +328,8 @@ OVERRIDES: dict[str, tuple[str, str, Any]] = {
     "batch_size": ("train", "batch_size", int),
     "lr": ("train", "lr", float),
     "patience": ("train", "patience", int),
-    "seed": ("train", "seed", int),
-    "threads": ("train", "threads", int),
     "device": ("train", "device", str),
     "max_batches_per_epoch": ("train", "max_batches_per_epoch", int),
-    "time_budget_s": ("train", "time_budget_s", float),
     "amp": ("train", "amp", _on_off),
 }
 
@@ -345,9 +337,9 @@ OVERRIDES: dict[str, tuple[str, str, Any]] = {
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Train the traffic forecaster (METR-LA format data).")
     parser.add_argument("--config", default="quick", help="preset name (quick, deep, fallback, tiny) or YAML path")
-    parser.add_argument("--out", type=Path, required=True)
+    add_loop_flags(parser, aliases={"seconds": ["--time-budget-s"]},
+                   help={"steps": "stop after this many optimiser steps (default: the epochs decide)"})
     parser.add_argument("--data-dir", type=Path, help="directory with <name>.h5 + adj_mx.pkl (else synthetic)")
-    parser.add_argument("--resume", action="store_true", help="continue from <out>/latest.pt")
     choices = {"cross_stage_scope": ["full", "node"], "skip_connections": ["none", "add", "concat"],
                "spatial_encoding": ["stepwise", "batched"]}
     for flag, (_, _, kind) in OVERRIDES.items():
@@ -363,13 +355,16 @@ def config_from_args(args: argparse.Namespace) -> TrafficConfig:
         value = getattr(args, flag)
         if value is not None:
             setattr(getattr(config, section), key, value)
-    config.train.resume = args.resume
+    config.train = replace(config.train, **given_loop_flags(args, {"seconds": "time_budget_s", "steps": "max_steps"}))
     return config
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     summary = train(config_from_args(args), args.out).summary
+    if not summary.get("finished", True):
+        print(json.dumps(summary))
+        return
     print(json.dumps({k: summary[k] for k in ("best_checkpoint", "best_epoch", "num_parameters",
                                               "seconds_per_epoch", "test")}, indent=2))
 
