@@ -104,6 +104,9 @@ class TrainingConfig:
     val_fraction: float = 0.1  # of a dataset folder, held out (its last samples) for validation
     device: str = "cpu"  # cpu, cuda or cuda:N
     workers: int = 1  # threads building batches ahead (the numpy gap-filling prior is the slow part on a GPU)
+    threads: int | None = None  # torch CPU threads during training (None: leave the setting alone)
+    save_every_s: float = 300.0  # seconds between resumable states (<out>/train_state.pt)
+    resume: bool = False  # continue <out>/train_state.pt
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1:

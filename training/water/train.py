@@ -3,8 +3,10 @@
     python -m training.water.train --config small --steps 600 --out runs/water
     python -m training.water.train --config small --data path/to/samples --val-fraction 0.1 --out runs/water
 
-Writes `best.pt` (lowest validation loss), `last.pt` and `metrics.json` (per-modality losses) to --out.
-A checkpoint holds the model config, the weights, the normalisation statistics and the climatology table.
+Writes `best.pt` (lowest validation loss), `last.pt` and `metrics.json` (per-modality losses) to --out, and
+`train_state.pt` (at each validation, every --save-every seconds and on SIGTERM / SIGINT), which --resume
+continues exactly. A checkpoint holds the model config, the weights, the normalisation statistics and the
+climatology table. The loop is training/loop.py's.
 
 `train(config, out_dir, data)` is the family's entry point (a dataset folder or synthetic splits);
 `fit(model_config, train_data, val_data, training)` is the trainer on arrays under it.
@@ -15,13 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import closing
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from tempfile import TemporaryDirectory
 from typing import Any
 
 import numpy as np
@@ -30,6 +32,18 @@ import torch
 from families.water.contract import Normalisation
 from families.water.preprocessing import IMAGE_MODALITIES, MODALITIES, NormStats, fill_hidden
 from training.checkpoints import Checkpoint, TrainResult, read_checkpoint, save_checkpoint
+from training.loop import (
+    STATE,
+    LoopConfig,
+    Progress,
+    Task,
+    add_loop_flags,
+    given_loop_flags,
+    make_optimiser,
+    run,
+    seed_everything,
+    warmup_cosine,
+)
 from training.water import data as water_data
 from training.water.baselines import climatology_table
 from training.water.config import TrainingConfig, WaterConfig, WaterModelConfig, load_config
@@ -38,7 +52,6 @@ from training.water.model import WaterMAE, count_parameters, loss_terms, patchif
 
 FAMILY = "water"
 Log = Callable[[str], None] | None
-Schedule = torch.optim.lr_scheduler.LRScheduler
 
 
 @dataclass
@@ -149,6 +162,7 @@ class FitResult:
     seconds: float = 0.0
     steps: int = 0
     missing_fraction: dict[str, float] = field(default_factory=dict)  # of the training split (drift reference)
+    finished: bool = True  # False when a signal stopped the run (`training.resume` continues it)
 
     def metrics(self) -> dict[str, Any]:
         return {"best_val": self.best_val, "steps": self.steps, "seconds": round(self.seconds, 2),
@@ -175,43 +189,37 @@ class BatchFeeder:
     (with the numpy gap-filling prior, the slow part on a GPU) built ahead on `training.workers` threads."""
 
     def __init__(self, cfg: WaterModelConfig, prep: TokenisedData, rng: np.random.Generator,
-                 training: TrainingConfig) -> None:
+                 training: TrainingConfig, count: int) -> None:
         self._cfg, self._prep, self._rng = cfg, prep, rng
         self._size = min(training.batch_size, len(prep.static))
-        self._steps = training.steps
-        self._drawn = 0
+        self._remaining = count  # batches still to draw
         self._pool = ThreadPoolExecutor(max_workers=max(1, training.workers))
-        self._pending: deque[Future[Batch]] = deque()
-        for _ in range(min(training.steps, max(1, training.workers))):
+        self._pending: deque[tuple[dict[str, Any], Future[Batch]]] = deque()  # (rng state before, batch)
+        for _ in range(min(count, max(1, training.workers))):
             self._draw()
 
     def _draw(self) -> None:
+        before = self._rng.bit_generator.state
         index = self._rng.choice(len(self._prep.static), size=self._size, replace=False)
         masks = training_masks(self._rng, len(index), self._cfg)
-        self._pending.append(self._pool.submit(make_batch, self._cfg, self._prep, index, masks))
-        self._drawn += 1
+        self._pending.append((before, self._pool.submit(make_batch, self._cfg, self._prep, index, masks)))
+        self._remaining -= 1
 
     def next(self) -> Batch:
-        batch = self._pending.popleft().result()
-        if self._drawn < self._steps:
+        batch = self._pending.popleft()[1].result()
+        if self._remaining > 0:
             self._draw()
         return batch
+
+    def rng_state(self) -> dict[str, Any]:
+        """The generator's state before the first batch not taken yet: what a resumed run draws on from."""
+        return self._pending[0][0] if self._pending else self._rng.bit_generator.state
 
     def close(self) -> None:
         self._pool.shutdown(cancel_futures=True)
 
 
-def make_optimizer(model: WaterMAE, training: TrainingConfig) -> tuple[torch.optim.Optimizer, Schedule]:
-    """AdamW with a linear warm-up over the first 5 % of the steps, then cosine decay to zero."""
-    steps = training.steps
-    optimizer = torch.optim.AdamW(model.parameters(), lr=training.lr, weight_decay=0.05, betas=(0.9, 0.95))
-    warmup = max(1, steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
-    return optimizer, schedule
-
-
-def training_step(model: WaterMAE, optimizer: torch.optim.Optimizer, schedule: Schedule, batch: Batch,
+def training_step(model: WaterMAE, optimizer: torch.optim.Optimizer, batch: Batch,
                   generator: torch.Generator) -> dict[str, float]:
     """One optimiser step on `batch`; returns the per-modality losses."""
     model.train()
@@ -221,26 +229,64 @@ def training_step(model: WaterMAE, optimizer: torch.optim.Optimizer, schedule: S
     total.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()
-    schedule.step()
     return {m: float(losses[m].detach()) for m in MODALITIES}
 
 
-def evaluation_step(result: FitResult, val_prep: TokenisedData, step: int, seconds: float,
-                    running: list[dict[str, float]], log: Log) -> bool:
-    """Validate, append the history entry (training losses averaged since the last one); True when the
-    validation loss is the best so far."""
-    val = validate(result.model, val_prep, result.model.cfg, batch_size=64)
-    entry = {"step": step, "seconds": round(seconds, 2),
-             "train": {m: sum(r[m] for r in running) / len(running) for m in MODALITIES}, "val": val}
-    result.history.append(entry)
-    if log:
-        train_total = round(sum(entry["train"].values()), 4)
-        log(json.dumps({"step": step, "seconds": entry["seconds"], "train_total": train_total,
-                        "val": {k: round(v, 4) for k, v in val.items()}}))
-    improved = val["total"] < result.best_val
-    if improved:
-        result.best_val = val["total"]
-    return improved
+class WaterTask(Task):
+    """Random batches with the training masks; AdamW with a linear warm-up over the first 5 % of the steps,
+    then cosine decay to zero; validated every `eval_every` steps on the per-modality masked MSE."""
+
+    def __init__(self, result: FitResult, train_prep: TokenisedData, val_prep: TokenisedData,
+                 training: TrainingConfig, data_description: str, log: Log) -> None:
+        self.result, self.model, self.cfg = result, result.model, result.model.cfg
+        self.train_prep, self.val_prep, self.training = train_prep, val_prep, training
+        self.data_description, self.log = data_description, log
+        self.optimiser = make_optimiser(self.model.parameters(), "adamw", training.lr, weight_decay=0.05,
+                                        betas=(0.9, 0.95))
+        self.schedule = warmup_cosine(training.steps, max(1, training.steps // 20))
+        self.rng = np.random.default_rng(training.seed)  # batches and masks
+        self.generator = torch.Generator().manual_seed(training.seed)  # the decoded share of the masked tokens
+        self.feeder: BatchFeeder | None = None
+
+    def step(self, index: int) -> dict[str, float]:
+        if self.feeder is None:
+            self.feeder = BatchFeeder(self.cfg, self.train_prep, self.rng, self.training, self.training.steps - index)
+        return training_step(self.model, self.optimiser, self.feeder.next(), self.generator)
+
+    def validate(self, progress: Progress) -> float:
+        """Validate and append the history entry (training losses averaged since the last one)."""
+        val = validate(self.model, self.val_prep, self.cfg, batch_size=64)
+        running = progress.running
+        entry = {"step": progress.step, "seconds": round(progress.seconds, 2),
+                 "train": {m: sum(r[m] for r in running) / max(len(running), 1) for m in MODALITIES}, "val": val}
+        self.result.history.append(entry)
+        if self.log:
+            train_total = round(sum(entry["train"].values()), 4)
+            self.log(json.dumps({"step": progress.step, "seconds": entry["seconds"], "train_total": train_total,
+                                 "val": {k: round(v, 4) for k, v in val.items()}}))
+        return val["total"]
+
+    def checkpoint(self, progress: Progress, kind: str) -> dict[str, Any]:
+        self.result.best_val, self.result.steps, self.result.seconds = (progress.best_score, progress.step,
+                                                                         progress.seconds)
+        return checkpoint_payload(self.result, self.data_description, self.training)
+
+    def identity(self) -> dict[str, Any]:
+        return {"model": self.cfg.to_dict(), "batch_size": self.training.batch_size, "lr": self.training.lr,
+                "seed": self.training.seed, "steps": self.training.steps}
+
+    def state_dict(self) -> dict[str, Any]:
+        rng = self.feeder.rng_state() if self.feeder else self.rng.bit_generator.state
+        return {"history": self.result.history, "rng": rng, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.result.history = state["history"]
+        self.rng.bit_generator.state = state["rng"]
+        self.generator.set_state(state["generator"])
+
+    def close(self) -> None:
+        if self.feeder is not None:
+            self.feeder.close()
 
 
 def checkpoint_step(result: FitResult, out_dir: Path, name: str, data_description: str,
@@ -252,39 +298,32 @@ def checkpoint_step(result: FitResult, out_dir: Path, name: str, data_descriptio
 def fit(cfg: WaterModelConfig, train_data: water_data.WaterData, val_data: water_data.WaterData,
         training: TrainingConfig, *, out_dir: Path | None = None, data_description: str = "",
         log: Log = None) -> FitResult:
-    """Train on arrays; keeps the weights with the lowest validation loss. With `out_dir`: `last.pt` at each
-    evaluation, then `best.pt` and `metrics.json`."""
+    """Train on arrays (training/loop.py's loop); keeps the weights with the lowest validation loss. With
+    `out_dir`: `last.pt` at each evaluation, `train_state.pt` (what `training.resume` continues), then
+    `best.pt` and `metrics.json`; without it the loop's files go to a temporary folder."""
     check_shapes(train_data, cfg)
     check_shapes(val_data, cfg)
-    torch.manual_seed(training.seed)
-    rng = np.random.default_rng(training.seed)
-    generator = torch.Generator().manual_seed(training.seed)
+    seed_everything(training.seed)
     stats = NormStats.fit(train_data.fields, train_data.static)
     result = FitResult(WaterMAE(cfg), stats, climatology_table(train_data.fields),
                        missing_fraction={m: float(np.isnan(train_data.fields[m]).mean()) for m in MODALITIES})
     model = result.model.to(training.device)
     train_prep, val_prep = prepare(train_data, stats, cfg), prepare(val_data, stats, cfg)
     train_prep.device = val_prep.device = training.device
-    optimizer, schedule = make_optimizer(model, training)
-    best_state, running, step = None, [], 0
-    start = time.perf_counter()
-    with closing(BatchFeeder(cfg, train_prep, rng, training)) as feeder:
-        for step in range(1, training.steps + 1):
-            running.append(training_step(model, optimizer, schedule, feeder.next(), generator))
-            out_of_time = training.time_limit_s is not None and time.perf_counter() - start > training.time_limit_s
-            if step % training.eval_every == 0 or step == training.steps or out_of_time:
-                if evaluation_step(result, val_prep, step, time.perf_counter() - start, running, log):
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                running = []
-                if out_dir is not None:
-                    checkpoint_step(result, out_dir, "last.pt", data_description, training)
-            if out_of_time:
-                break
-    result.seconds, result.steps = time.perf_counter() - start, step
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    task = WaterTask(result, train_prep, val_prep, training, data_description, log)
+    loop = LoopConfig(steps=training.steps, seconds=training.time_limit_s, eval_every=training.eval_every,
+                      save_every_s=training.save_every_s, threads=training.threads, resume=training.resume,
+                      latest="last.pt")
+    with ExitStack() as stack:
+        folder = Path(out_dir) if out_dir is not None else Path(stack.enter_context(TemporaryDirectory()))
+        outcome = run(task, loop, folder, FAMILY, log=log)
+        result.seconds, result.steps, result.best_val = (outcome.progress.seconds, outcome.progress.step,
+                                                         outcome.progress.best_score)
+        result.finished = outcome.finished
+        if outcome.finished:  # the best validation's weights
+            model.load_state_dict(read_payload(folder / "best.pt")["model"])
     model.cpu().eval()
-    if out_dir is not None:
+    if out_dir is not None and outcome.finished:
         checkpoint_step(result, out_dir, "best.pt", data_description, training)
         (out_dir / "metrics.json").write_text(json.dumps({**result.metrics(), "history": result.history}, indent=2))
     return result
@@ -322,6 +361,9 @@ def train(config: WaterConfig, out_dir: Path, data: Path | None = None, *, log: 
     if log:
         log(f"parameters: {count_parameters(WaterMAE(cfg)):,}")
     result = fit(cfg, train_data, val_data, training, out_dir=out_dir, data_description=description, log=log)
+    if not result.finished:
+        return TrainResult(best_checkpoint=out_dir / "best.pt", out_dir=out_dir,
+                           summary={**result.metrics(), "finished": False, "state": str(out_dir / STATE)})
     if log:
         log(f"best validation loss {result.best_val:.4f} after {result.steps} steps in {result.seconds:.1f}s; "
             f"checkpoint {out_dir / 'best.pt'}")
@@ -357,38 +399,33 @@ def run_config(args: argparse.Namespace) -> WaterConfig:
     overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
     config.model = replace(config.model, **overrides)
     given = {name: getattr(args, name) for name in TRAINING_FLAGS if getattr(args, name) is not None}
-    config.training = replace(config.training, **given)
+    config.training = replace(config.training, **given, **given_loop_flags(args, {"seconds": "time_limit_s"}))
     return config
 
 
-TRAINING_FLAGS = ("steps", "batch_size", "lr", "seed", "time_limit_s", "eval_every", "n_train", "n_val",
-                  "val_fraction", "device", "workers")
+TRAINING_FLAGS = ("batch_size", "lr", "eval_every", "n_train", "n_val", "val_fraction", "device", "workers")
 
 
 def main(argv: list[str] | None = None) -> None:
     defaults = TrainingConfig()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="small", help="preset (fast, small, full) or JSON file (default: small)")
+    add_loop_flags(parser, out_default=Path("runs/water"), aliases={"seconds": ["--time-limit"]}, threads_default=1,
+                   help={"steps": f"default: {defaults.steps}", "seed": f"default: {defaults.seed}",
+                         "seconds": "stop after this many seconds of training",
+                         "threads": "torch CPU threads (default 1: the fastest on a small shared CPU)"})
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                         help="model config override, e.g. --set use_weighted_fm=true --set height=290")
     parser.add_argument("--data", type=Path, help="sample folder or stacked NPZ (default: synthetic)")
     parser.add_argument("--val-fraction", type=float, help=f"default: {defaults.val_fraction}")
     parser.add_argument("--n-train", type=int, help=f"synthetic training samples (default: {defaults.n_train})")
     parser.add_argument("--n-val", type=int, help=f"synthetic validation samples (default: {defaults.n_val})")
-    parser.add_argument("--steps", type=int, help=f"default: {defaults.steps}")
     parser.add_argument("--batch-size", type=int, help=f"default: {defaults.batch_size}")
     parser.add_argument("--lr", type=float, help=f"default: {defaults.lr}")
-    parser.add_argument("--seed", type=int, help=f"default: {defaults.seed}")
-    parser.add_argument("--time-limit", dest="time_limit_s", type=float, metavar="SECONDS",
-                        help="stop after this many seconds")
     parser.add_argument("--eval-every", type=int, help=f"default: {defaults.eval_every}")
-    parser.add_argument("--out", type=Path, default=Path("runs/water"))
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (1 is fastest on a small shared CPU)")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cpu)")
     parser.add_argument("--workers", type=int, help="threads building batches ahead (default: 1)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
     train(run_config(args), args.out, args.data, log=lambda line: print(line, flush=True))
 
 

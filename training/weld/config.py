@@ -58,7 +58,11 @@ class TrainConfig:
     val_fraction: float = 0.15  # used only when the manifest has no VAL split
     knn_k: int = 5
     knn_metric: str = "cosine"
-    max_seconds: float | None = None  # wall-clock budget (stops like early stopping)
+    max_seconds: float | None = None  # training-time budget (stops like early stopping)
+    max_steps: int | None = None  # stop after this many optimiser steps (None: the epochs decide)
+    threads: int | None = None  # torch CPU threads during training (None: leave the setting alone)
+    save_every_s: float = 300.0  # seconds between resumable states (<out>/train_state.pt)
+    resume: bool = False  # continue <out>/train_state.pt
     # Modalities a served version may go without (export declares them optional by default) and the chance
     # that training drops each of them from a sample (training/weld/modality_dropout.py); 0 = never.
     optional_modalities: list[str] = field(default_factory=list)

@@ -23,6 +23,7 @@ from sklearn.metrics import (
 from families.weld.classes import CLASSES
 from families.weld.knn import METRICS, knn_search
 from families.weld.preprocessing import MODALITIES
+from training.weld.checkpoint import load_checkpoint
 from training.weld.data import WeldDataset, check_session_leakage, collate, read_manifest, split_records
 from training.weld.model import WeldEmbeddingModel, build_model
 
@@ -83,8 +84,6 @@ def evaluate_model(model: WeldEmbeddingModel, train_set: WeldDataset, test_set: 
 
 
 def main(argv: list[str] | None = None) -> None:
-    from training.weld.train import load_checkpoint  # train.py imports this module: import at call time
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--data", type=Path, required=True)

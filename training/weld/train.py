@@ -10,7 +10,9 @@ frozen for N epochs, then trains them at their own rate; log.json records `backb
 
 Outputs in --out: latest.pt, best.pt, log.json (one record per epoch), data_report.json (incomplete
 samples and the policy applied), session_report.json, gallery.npz (TRAIN embeddings of best.pt + labels +
-sample ids), eval.json (k-NN on TEST, with the untrained-encoder baseline beside it), summary.json.
+sample ids), eval.json (k-NN on TEST, with the untrained-encoder baseline beside it), summary.json, and
+train_state.pt (each epoch, every --save-every seconds and on SIGTERM / SIGINT), which --resume continues
+exactly, mid-epoch too. The loop is training/loop.py's.
 """
 
 from __future__ import annotations
@@ -19,11 +21,10 @@ import argparse
 import io
 import json
 import math
-import random
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,9 +33,20 @@ import numpy as np
 import torch
 
 from families.storage import atomic_write_bytes
-from families.weld.classes import CLASSES
 from families.weld.preprocessing import MODALITIES
-from training.checkpoints import Checkpoint, TrainResult, read_checkpoint, save_checkpoint
+from training.checkpoints import TrainResult
+from training.loop import (
+    STATE,
+    LoopConfig,
+    Progress,
+    Task,
+    add_loop_flags,
+    given_loop_flags,
+    make_optimiser,
+    run,
+    seed_everything,
+)
+from training.weld.checkpoint import BEST, CHECKPOINT_FORMAT, FAMILY, LATEST, checkpoint_payload, load_checkpoint
 from training.weld.config import TrainConfig, WeldConfig, load_config
 from training.weld.data import (
     WeldDataset,
@@ -52,16 +64,8 @@ from training.weld.model import WeldEmbeddingModel, build_model
 from training.weld.sampler import StratifiedBatchSampler
 from training.weld.synthetic import generate
 
-FAMILY = "weld"
-CHECKPOINT_FORMAT = "weld-embedding/1"  # what untagged checkpoints (before the family tag) are recognised by
-BEST, LATEST = "best.pt", "latest.pt"
+__all__ = ["BEST", "CHECKPOINT_FORMAT", "FAMILY", "LATEST", "load_checkpoint", "main", "train"]
 Log = Callable[[str], None]
-
-
-def set_seed(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def learning_rate(step: float, cfg: TrainConfig) -> float:
@@ -71,21 +75,6 @@ def learning_rate(step: float, cfg: TrainConfig) -> float:
     span = max(cfg.epochs - cfg.warmup_epochs, 1)
     progress = min((step - cfg.warmup_epochs) / span, 1.0)
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
-
-
-def _save(path: Path, model: WeldEmbeddingModel, config: WeldConfig, extra: dict[str, Any]) -> None:
-    save_checkpoint(FAMILY, {"format": CHECKPOINT_FORMAT, "config": config.to_dict(), "labels": list(CLASSES),
-                             "state_dict": model.state_dict(), **extra}, path)
-
-
-def load_checkpoint(path: Path) -> Checkpoint:
-    """The model (eval mode, CPU), its `WeldConfig`, and in `extras` the rest of the file (epoch, val_supcon)."""
-    payload = read_checkpoint(path, FAMILY, legacy=lambda p: p.get("format") == CHECKPOINT_FORMAT)
-    config = WeldConfig.from_dict(payload["config"])
-    model = build_model(config)
-    model.load_state_dict(payload["state_dict"])
-    extras = {k: v for k, v in payload.items() if k not in ("state_dict", "optimizer", "config")}
-    return Checkpoint(family=FAMILY, path=Path(path), model=model.eval(), config=config, extras=extras)
 
 
 @torch.no_grad()
@@ -122,14 +111,14 @@ def backbone_lr(tc: TrainConfig) -> float:
     return tc.backbone_lr if tc.backbone_lr is not None else tc.lr / 10
 
 
-def make_optimiser(model: WeldEmbeddingModel, tc: TrainConfig, use_amp: bool) -> Optimiser:
+def weld_optimiser(model: WeldEmbeddingModel, tc: TrainConfig, use_amp: bool) -> Optimiser:
     """AdamW over the trainable parameters; with `unfreeze_after`, the backbones frozen now and in their own
     parameter group for the epoch they are unfrozen."""
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     if tc.unfreeze_after is None:
         params = [p for p in model.parameters() if p.requires_grad]
-        return Optimiser(params, torch.optim.AdamW(params, lr=tc.warmup_start_lr, weight_decay=tc.weight_decay),
-                         scaler, use_amp)
+        return Optimiser(params, make_optimiser(params, "adamw", tc.lr, weight_decay=tc.weight_decay), scaler,
+                         use_amp)
     if tc.unfreeze_after < 0:
         raise ValueError(f"unfreeze_after must be >= 0, got {tc.unfreeze_after}")
     model.freeze_backbones()
@@ -138,16 +127,14 @@ def make_optimiser(model: WeldEmbeddingModel, tc: TrainConfig, use_amp: bool) ->
     backbones = [p for b in model.backbones() for p in b.parameters()]
     groups = [{"params": head, "name": "head"},
               {"params": backbones, "name": "backbones", "lr_scale": backbone_lr(tc) / tc.lr}]
-    optimizer = torch.optim.AdamW(groups, lr=tc.warmup_start_lr, weight_decay=tc.weight_decay)
-    return Optimiser(head + backbones, optimizer, scaler, use_amp)
+    return Optimiser(head + backbones, make_optimiser(groups, "adamw", tc.lr, weight_decay=tc.weight_decay), scaler,
+                     use_amp)
 
 
 def training_step(model: WeldEmbeddingModel, opt: Optimiser, batch: dict[str, torch.Tensor], tc: TrainConfig,
-                  lr: float, device: str, rng: torch.Generator | None = None) -> tuple[float, dict[str, float]]:
-    """One optimiser step on `batch` at learning rate `lr`; returns (loss, its parts). The batch's presence
-    `mask` (zero-filled modalities) reaches the model; with `tc.modality_dropout`, `rng` drops more."""
-    for group in opt.optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)
+                  device: str, rng: torch.Generator | None = None) -> tuple[float, dict[str, float]]:
+    """One optimiser step on `batch` (at the rates the schedule set); returns (loss, its parts). The batch's
+    presence `mask` (zero-filled modalities) reaches the model; with `tc.modality_dropout`, `rng` drops more."""
     inputs = {m: batch[m] for m in MODALITIES}
     mask = batch["mask"] if "mask" in batch else torch.ones(len(batch["label"]), len(MODALITIES), dtype=torch.bool)
     if tc.modality_dropout > 0:
@@ -169,31 +156,97 @@ def training_step(model: WeldEmbeddingModel, opt: Optimiser, batch: dict[str, to
     return float(loss.detach()), parts
 
 
-def train_epoch(model: WeldEmbeddingModel, opt: Optimiser, loader: torch.utils.data.DataLoader,
-                sampler: StratifiedBatchSampler, epoch: int, tc: TrainConfig, device: str,
-                rng: torch.Generator | None = None) -> dict[str, float]:
-    """One pass over the stratified batches; returns the epoch's mean loss and loss parts."""
-    model.train()
-    sampler.set_epoch(epoch)
-    losses, parts_sum = [], {}
-    for step, batch in enumerate(loader):
-        try:
-            loss, parts = training_step(model, opt, batch, tc, learning_rate(epoch + step / len(sampler), tc), device,
-                                        rng)
-        except FloatingPointError:
-            raise FloatingPointError(f"non-finite loss at epoch {epoch} step {step}") from None
-        losses.append(loss)
-        for key, value in parts.items():
-            parts_sum[key] = parts_sum.get(key, 0.0) + value
-    means = {f"train_{k}": v / max(len(losses), 1) for k, v in parts_sum.items()}
-    return {"train_loss": float(np.mean(losses)), **means}
-
-
 @dataclass
 class Splits:
     train: WeldDataset
     val: WeldDataset
     test: WeldDataset
+
+
+class WeldTask(Task):
+    """Epochs of stratified batches (an epoch's batches are fixed by the seed and the epoch, so a run resumed
+    mid-epoch takes the same ones), SupCon of the VAL embeddings after each, warm-up + cosine rates."""
+
+    def __init__(self, config: WeldConfig, splits: Splits, out_dir: Path, device: str, log: Log) -> None:
+        tc = self.tc = config.train
+        check_droppable(tc.modality_dropout, tc.optional_modalities)
+        self.config, self.splits, self.out_dir, self.device, self.log = config, splits, out_dir, device, log
+        self.model = build_model(config, seed=tc.seed).to(device)
+        self.sampler = StratifiedBatchSampler(splits.train.labels, tc.batch_size, tc.classes_per_batch, seed=tc.seed)
+        self.steps_per_epoch = len(self.sampler)
+        self.opt = weld_optimiser(self.model, tc, bool(tc.amp and device.startswith("cuda")))
+        self.optimiser = self.opt.optimizer
+        self.schedule = lambda fraction: learning_rate(fraction * tc.epochs, tc) / tc.lr
+        self.rng = torch.Generator().manual_seed(tc.seed)  # modality dropout's draws (none when it is off)
+        self.history: list[dict[str, Any]] = []
+        self._batches: tuple[int, list[list[int]]] | None = None
+        self._record: dict[str, Any] = {}
+        self._epoch_started = time.monotonic()
+
+    def epoch(self, step: int) -> int:
+        """The 0-based epoch of the step `step` (1-based: steps done)."""
+        return max(step - 1, 0) // self.steps_per_epoch
+
+    def step(self, index: int) -> dict[str, float]:
+        epoch, position = divmod(index, self.steps_per_epoch)
+        if self._batches is None or self._batches[0] != epoch:
+            self.sampler.set_epoch(epoch)
+            self._batches = (epoch, list(self.sampler))
+        if self.tc.unfreeze_after is not None and epoch >= self.tc.unfreeze_after \
+                and getattr(self.model, "_frozen", False):
+            self.model.unfreeze_backbones()
+            self.log(f"[train] epoch {epoch}: backbones unfrozen (peak lr {backbone_lr(self.tc):.2e})")
+        self.model.train()
+        batch = collate([self.splits.train[i] for i in self._batches[1][position]])
+        try:
+            loss, parts = training_step(self.model, self.opt, batch, self.tc, self.device, self.rng)
+        except FloatingPointError:
+            raise FloatingPointError(f"non-finite loss at epoch {epoch} step {position}") from None
+        return {"loss": loss, **parts}
+
+    def validate(self, progress: Progress) -> float:
+        val = validation_loss(self.model, self.splits.val, self.tc.temperature, self.device)
+        running = progress.running
+        keys = [k for k in (running[0] if running else {}) if k != "loss"]
+        parts = {f"train_{k}": sum(r[k] for r in running) / len(running) for k in keys}
+        train_loss = float(np.mean([r["loss"] for r in running])) if running else float("nan")
+        self._record = {"epoch": self.epoch(progress.step), "train_loss": train_loss,
+                        "val_supcon": val if math.isfinite(val) else None,  # JSON has no NaN: null
+                        "lr": self.optimiser.param_groups[0]["lr"],
+                        "seconds": round(time.monotonic() - self._epoch_started, 3), **parts}
+        if self.tc.unfreeze_after is not None:
+            self._record["backbones"] = "frozen" if getattr(self.model, "_frozen", False) else "trainable"
+            self._record["backbone_lr"] = self.optimiser.param_groups[1]["lr"]
+        return val
+
+    def checkpoint(self, progress: Progress, kind: str) -> dict[str, Any]:
+        extra = {"epoch": self._record["epoch"], "val_supcon": self._record["val_supcon"]}
+        if kind == "latest":
+            extra["optimizer"] = self.optimiser.state_dict()
+        return checkpoint_payload(self.model, self.config, extra)
+
+    def validated(self, progress: Progress, improved: bool) -> None:
+        # Without a usable VAL loss, best.pt follows the latest epoch (and early stopping never triggers).
+        record = {**self._record, "best": improved}
+        self.history.append(record)
+        atomic_write_bytes(self.out_dir / "log.json", json.dumps(self.history, indent=1).encode())
+        val = record["val_supcon"] if record["val_supcon"] is not None else float("nan")
+        self.log(f"[train] epoch {record['epoch']:3d} loss {record['train_loss']:.4f} val {val:.4f} "
+                 f"lr {record['lr']:.2e} ({record['seconds']:.1f}s){' *' if improved else ''}")
+        self._epoch_started = time.monotonic()
+
+    def identity(self) -> dict[str, Any]:
+        tc = self.tc
+        return {"model": asdict(self.config.model), "batch_size": tc.batch_size, "lr": tc.lr, "epochs": tc.epochs,
+                "seed": tc.seed, "unfreeze_after": tc.unfreeze_after, "modality_dropout": tc.modality_dropout}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history, "rng": self.rng.get_state(), "scaler": self.opt.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history = state["history"]
+        self.rng.set_state(state["rng"])
+        self.opt.scaler.load_state_dict(state["scaler"])
 
 
 def prepare_data(config: WeldConfig, data_root: Path, out_dir: Path, allow_session_leakage: bool, log: Log) -> Splits:
@@ -234,57 +287,34 @@ def evaluate_best(config: WeldConfig, splits: Splits, out_dir: Path, device: str
             "baseline_accuracy": baseline["accuracy"], "baseline_f1_macro": baseline["f1_macro"]}
 
 
+def loop_config(tc: TrainConfig, steps_per_epoch: int) -> LoopConfig:
+    """Validation and latest.pt once per epoch; early stopping after `patience` epochs without a better VAL
+    SupCon; the time budget and `max_steps` may end the run mid-epoch (it is validated then)."""
+    steps = tc.epochs * steps_per_epoch
+    return LoopConfig(steps=min(steps, tc.max_steps) if tc.max_steps else steps, seconds=tc.max_seconds,
+                      eval_every=steps_per_epoch, patience=tc.patience, min_delta=1e-6, horizon=steps,
+                      save_every_s=tc.save_every_s, threads=tc.threads, resume=tc.resume, best=BEST, latest=LATEST)
+
+
 def fit(config: WeldConfig, splits: Splits, out_dir: Path, device: str, log: Log) -> dict[str, Any]:
     """Epochs until `epochs`, early stopping (`patience`) or the time budget; latest.pt every epoch, best.pt at
     each validation improvement, log.json."""
     tc = config.train
-    check_droppable(tc.modality_dropout, tc.optional_modalities)
-    started = time.monotonic()
-    model = build_model(config, seed=tc.seed).to(device)
-    sampler = StratifiedBatchSampler(splits.train.labels, tc.batch_size, tc.classes_per_batch, seed=tc.seed)
-    loader = torch.utils.data.DataLoader(splits.train, batch_sampler=sampler, collate_fn=collate)
-    opt = make_optimiser(model, tc, bool(tc.amp and device.startswith("cuda")))
-    rng = torch.Generator().manual_seed(tc.seed)  # modality dropout's draws (none when it is off)
-    history: list[dict] = []
-    best_val, best_epoch, stale = float("inf"), -1, 0
-    for epoch in range(tc.epochs):
-        t0 = time.monotonic()
-        if tc.unfreeze_after is not None and epoch == tc.unfreeze_after:
-            model.unfreeze_backbones()
-            log(f"[train] epoch {epoch}: backbones unfrozen (peak lr {backbone_lr(tc):.2e})")
-        losses = train_epoch(model, opt, loader, sampler, epoch, tc, device, rng)
-        val = validation_loss(model, splits.val, tc.temperature, device)
-        stored = val if math.isfinite(val) else None  # JSON has no NaN: null in log.json and the manifest
-        record = {"epoch": epoch, "train_loss": losses.pop("train_loss"), "val_supcon": stored,
-                  "lr": opt.optimizer.param_groups[0]["lr"], "seconds": round(time.monotonic() - t0, 3), **losses}
-        if tc.unfreeze_after is not None:
-            record["backbones"] = "frozen" if getattr(model, "_frozen", False) else "trainable"
-            record["backbone_lr"] = opt.optimizer.param_groups[1]["lr"]
-        # Without a usable VAL loss, best.pt follows the latest epoch (and early stopping never triggers).
-        improved = val < best_val - 1e-6 if math.isfinite(val) else True
-        _save(out_dir / LATEST, model, config, {"epoch": epoch, "val_supcon": stored,
-                                                "optimizer": opt.optimizer.state_dict()})
-        if improved or best_epoch < 0:
-            best_val, best_epoch, stale = (val if math.isfinite(val) else best_val), epoch, 0
-            _save(out_dir / BEST, model, config, {"epoch": epoch, "val_supcon": stored})
-        else:
-            stale += 1
-        record["best"] = best_epoch == epoch
-        history.append(record)
-        atomic_write_bytes(out_dir / "log.json", json.dumps(history, indent=1).encode())
-        log(f"[train] epoch {epoch:3d} loss {record['train_loss']:.4f} val {val:.4f} lr {record['lr']:.2e} "
-            f"({record['seconds']:.1f}s){' *' if record['best'] else ''}")
-        if stale >= tc.patience:
-            log(f"[train] early stop: no val improvement for {tc.patience} epochs")
-            break
-        if tc.max_seconds is not None and time.monotonic() - started > tc.max_seconds:
-            log(f"[train] time budget of {tc.max_seconds:.0f}s reached")
-            break
-    summary = {"best_epoch": best_epoch, "best_val_supcon": best_val if math.isfinite(best_val) else None,
-               "epochs_run": len(history), "train_seconds": round(time.monotonic() - started, 1)}
+    task = WeldTask(config, splits, out_dir, device, log)
+    outcome = run(task, loop_config(tc, task.steps_per_epoch), out_dir, FAMILY, log=log)
+    progress = outcome.progress
+    if outcome.reason == "patience":
+        log(f"[train] early stop: no val improvement for {tc.patience} epochs")
+    elif outcome.reason == "seconds":
+        log(f"[train] time budget of {tc.max_seconds:.0f}s reached")
+    best_val = progress.best_score
+    summary = {"best_epoch": task.epoch(progress.best_step), "best_val_supcon": best_val if math.isfinite(best_val)
+               else None, "epochs_run": len(task.history), "train_seconds": round(progress.seconds, 1)}
+    if not outcome.finished:
+        summary.update(finished=False, step=progress.step, state=str(out_dir / STATE))
     if tc.unfreeze_after is not None:
         summary["staged_fine_tuning"] = {"unfreeze_after": tc.unfreeze_after, "backbone_lr": backbone_lr(tc),
-                                         "unfrozen": tc.unfreeze_after < len(history)}
+                                         "unfrozen": tc.unfreeze_after < len(task.history)}
     if tc.modality_dropout > 0:
         summary["modality_dropout"] = {"p": tc.modality_dropout, "modalities": list(tc.optional_modalities)}
     return summary
@@ -301,10 +331,11 @@ def train(config: WeldConfig, out_dir: Path, data: Path | None = None, *, log: L
         data = out_dir / "data"
         if not (data / "manifest.csv").is_file():
             generate(data, seed=config.train.seed)
-    set_seed(config.train.seed)
+    seed_everything(config.train.seed)
     splits = prepare_data(config, Path(data), out_dir, allow_session_leakage, log)
     summary = {"checkpoint": str(out_dir / BEST), **fit(config, splits, out_dir, device, log)}
-    summary.update(evaluate_best(config, splits, out_dir, device, log))
+    if summary.get("finished", True):
+        summary.update(evaluate_best(config, splits, out_dir, device, log))
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return TrainResult(best_checkpoint=out_dir / BEST, out_dir=out_dir, summary=summary)
 
@@ -312,7 +343,8 @@ def train(config: WeldConfig, out_dir: Path, data: Path | None = None, *, log: L
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=None, help="dataset folder (default: synthetic, in OUT/data)")
-    parser.add_argument("--out", type=Path, default=Path("runs/weld"))
+    add_loop_flags(parser, out_default=Path("runs/weld"),
+                   help={"steps": "stop after this many optimiser steps (default: the epochs decide)"})
     parser.add_argument("--config", default="small", help="small | full")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--ce-weight", type=float, default=None)
@@ -343,6 +375,8 @@ def main(argv: list[str] | None = None) -> None:
     for flag in ("modality_dropout", "unfreeze_after", "backbone_lr"):
         if getattr(args, flag) is not None:
             setattr(config.train, flag, getattr(args, flag))
+    for key, value in given_loop_flags(args, {"seconds": "max_seconds", "steps": "max_steps"}).items():
+        setattr(config.train, key, value)
     result = train(config, args.out, args.data, device=args.device, allow_session_leakage=args.allow_session_leakage)
     print(json.dumps(result.summary, indent=2))
 
