@@ -90,7 +90,8 @@ def _interrupted(family: str, argv: list[str], out: Path) -> int:
     return _state(out)["progress"]["step"]
 
 
-@pytest.mark.parametrize("family", sorted(RUNS))
+# weld's run costs ~30 s of CPU (three processes importing transformers): with the slow tests
+@pytest.mark.parametrize("family", ["tiny", "traffic", "water", pytest.param("weld", marks=pytest.mark.slow)])
 def test_sigterm_then_resume_gives_the_uninterrupted_weights(family: str, tmp_path: Path) -> None:
     argv = RUNS[family](tmp_path)
     straight = subprocess.run(_command(family, argv, tmp_path / "straight"), cwd=ROOT, env=_env(),
