@@ -19,17 +19,18 @@ family)`. The loop then
   SIGTERM / SIGINT arrives; a signal ends the run after its current step. `resume=True` continues that
   file exactly: an interrupted run resumed gives the weights of an uninterrupted one with the same seed.
 
-`add_loop_flags` gives every family's CLI the same `--out --resume --seed --steps --seconds --threads
+`add_flags` gives every family's CLI the same `--out --resume --seed --steps --seconds --threads
 --save-every` flags.
 
-The codec (training/imagecodec/train.py) predates this module and keeps its own copy of the design while a
-long run depends on its `train_state.pt` format; it maps onto it as: `training_step` on `crops.batch` =
-`Task.step`; `validate` with the real coder (cost = bpp + lambda x 255^2 x MSE) = `Task.validate` with
-`eval_every`; `checkpoint.pt` = `best` (no latest file); `make_optimiser` + `schedule_step` = Adam with
-`step_decay((0.8, 0.95), 0.3)` by steps, or by seconds when `--seconds` is given (`schedule_clock`);
-`Progress.step/seconds/best_cost/best_step` = `Progress` here, `history`/`validations` and the crop
-sampler's RNG = `Task.state_dict`; `_save_state`/`_resume`/`_stop_on_signals` = this module's
-`train_state.pt` handling (its keys differ: "progress", "schedule", "crops_rng", "cuda_rng" at the top).
+The codec (training/imagecodec/train.py) is not ported: a long run depends on its `train_state.pt` format
+(top-level "progress", "schedule", "torch_rng", "cuda_rng", "numpy_rng", "crops_rng"), so it keeps its own
+loop and takes only `stop_on_signals` from here. It maps onto this module as: `training_step` on
+`crops.batch` = `Task.step`; `validate` with the real coder (cost = bpp + lambda x 255^2 x MSE) =
+`Task.validate` with `eval_every`; `checkpoint.pt` = `best` (no latest file); `make_optimiser` +
+`schedule_step` = Adam with `step_decay((0.8, 0.95), 0.3)` by steps, or by seconds when `--seconds` is given
+(`schedule_clock="seconds"`); its `Progress.step/seconds/best_cost/best_step` = `Progress` here, its
+`history`/`validations` and the crop sampler's RNG = `Task.state_dict`; `_save_state`/`_resume` =
+`save_state`/`restore_state`. Porting it means reading its old state files into those (a small converter).
 """
 
 from __future__ import annotations
@@ -310,10 +311,10 @@ def run(task: Task, loop: LoopConfig, out_dir: Path, family: str, *, log: Log = 
 
 # ---- the shared CLI flags -------------------------------------------------------------------------------
 
-LOOP_FLAGS = ("seed", "steps", "seconds", "threads", "save_every_s")
+FLAGS = ("seed", "steps", "seconds", "threads", "save_every_s")
 
 
-def add_loop_flags(parser: argparse.ArgumentParser, *, out_default: Path | None = None,
+def add_flags(parser: argparse.ArgumentParser, *, out_default: Path | None = None,
                    aliases: Mapping[str, Sequence[str]] | None = None,
                    help: Mapping[str, str] | None = None, threads_default: int | None = None) -> None:
     """--out (required unless `out_default`), --resume, --seed, --steps, --seconds, --threads, --save-every.
@@ -342,10 +343,10 @@ def add_loop_flags(parser: argparse.ArgumentParser, *, out_default: Path | None 
                         help=texts["save_every_s"])
 
 
-def given_loop_flags(args: argparse.Namespace, names: Mapping[str, str]) -> dict[str, Any]:
+def given_flags(args: argparse.Namespace, names: Mapping[str, str]) -> dict[str, Any]:
     """The loop flags given on the command line, renamed to the family's config fields by `names`
     (flag -> field; flags missing from `names` keep their name)."""
-    given = {names.get(flag, flag): getattr(args, flag) for flag in LOOP_FLAGS if getattr(args, flag) is not None}
+    given = {names.get(flag, flag): getattr(args, flag) for flag in FLAGS if getattr(args, flag) is not None}
     if args.resume:
         given[names.get("resume", "resume")] = True
     return given

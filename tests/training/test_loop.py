@@ -137,7 +137,7 @@ class _Line(Task):
     def validate(self, progress: Progress) -> float:
         if self.scores is not None:
             return self.scores[len(self.validations)]
-        return abs(float(self.model.weight) - 3)
+        return abs(float(self.model.weight.detach()) - 3)
 
     def checkpoint(self, progress: Progress, kind: str) -> dict:
         return {"state_dict": self.model.state_dict(), "step": progress.step}

@@ -20,11 +20,8 @@ import argparse
 import copy
 import json
 import math
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -38,6 +35,7 @@ from training.imagecodec.config import LAMBDAS, SIZES, CodecConfig, ImageCodecCo
 from training.imagecodec.data import RandomCrops, folder_images, heldout_photos, skimage_photos
 from training.imagecodec.model import ImageCodec, count_parameters, rd_loss
 from training.imagecodec.networks import TorchNetworks, codec_model
+from training.loop import stop_on_signals
 
 FAMILY = "imagecodec"
 CHECKPOINT = "checkpoint.pt"
@@ -145,21 +143,6 @@ def _resume(path: Path, model: ImageCodec, optimiser: torch.optim.Optimizer, sch
     np.random.set_state(state["numpy_rng"])
     crops.rng.bit_generator.state = state["crops_rng"]
     return Progress(**state["progress"])
-
-
-@contextmanager
-def _stop_on_signals() -> Iterator[threading.Event]:
-    """An event set by SIGTERM / SIGINT while the block runs (main thread only), so the loop can save and end."""
-    stop = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield stop
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def validation_images() -> dict[str, np.ndarray]:
@@ -281,7 +264,7 @@ def train(config: ImageCodecConfig, out_dir: Path, data: Path | None = None, *, 
             write_checkpoint()
 
     run_start, run_base, last_save = time.perf_counter(), progress.seconds, time.monotonic()
-    with _stop_on_signals() as stop:
+    with stop_on_signals() as stop:
         while (progress.step < config.steps and (config.seconds is None or progress.seconds < config.seconds)
                and not stop.is_set()):
             losses = training_step(model, optimiser, crops.batch(config.batch).to(config.device), config.lambda_)

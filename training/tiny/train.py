@@ -11,17 +11,8 @@ from typing import Any
 
 import torch
 
+from training import loop
 from training.checkpoints import Checkpoint, TrainResult, read_checkpoint
-from training.loop import (
-    LoopConfig,
-    Progress,
-    Task,
-    add_loop_flags,
-    given_loop_flags,
-    make_optimiser,
-    run,
-    seed_everything,
-)
 from training.tiny.config import TinyConfig, TinyModelConfig, load_config
 from training.tiny.model import TinyRegressor
 
@@ -38,7 +29,7 @@ def training_step(model: TinyRegressor, optimizer: torch.optim.Optimizer, x: tor
     return loss.item()
 
 
-class TinyTask(Task):
+class TinyTask(loop.Task):
     """Fit y = x @ W for a random W on fresh random batches; the score is the last step's training MSE
     (the target is known, there is no held-out set to speak of)."""
 
@@ -46,18 +37,18 @@ class TinyTask(Task):
         self.config = config
         self.model = TinyRegressor(config.model)
         self.weights = torch.randn(config.model.in_features, config.model.out_features)
-        self.optimiser = make_optimiser(self.model.parameters(), "adam", config.lr)
+        self.optimiser = loop.make_optimiser(self.model.parameters(), "adam", config.lr)
         self.loss = float("nan")
 
     def step(self, index: int) -> dict[str, float]:
         x = torch.randn(self.config.batch_size, self.config.model.in_features)
         return {"mse": training_step(self.model, self.optimiser, x, x @ self.weights)}
 
-    def validate(self, progress: Progress) -> float:
+    def validate(self, progress: loop.Progress) -> float:
         self.loss = progress.running[-1]["mse"] if progress.running else self.loss
         return self.loss
 
-    def checkpoint(self, progress: Progress, kind: str) -> dict[str, Any]:
+    def checkpoint(self, progress: loop.Progress, kind: str) -> dict[str, Any]:
         return {"config": self.config.model.to_dict(), "state_dict": self.model.state_dict(),
                 "metrics": {"train_mse": self.loss}, "training": asdict(self.config)}
 
@@ -78,11 +69,11 @@ def train(config: TinyConfig, out_dir: Path, data: Path | None = None, *,
     if data is not None:
         raise ValueError("the tiny family trains on its synthetic target only: pass data=None")
     out_dir = Path(out_dir)
-    seed_everything(config.seed)
+    loop.seed_everything(config.seed)
     task = TinyTask(config)
-    loop = LoopConfig(steps=config.steps, seconds=config.seconds, threads=config.threads,
-                      save_every_s=config.save_every_s, resume=config.resume, latest=None)
-    outcome = run(task, loop, out_dir, FAMILY, log=log)
+    settings = loop.LoopConfig(steps=config.steps, seconds=config.seconds, threads=config.threads,
+                               save_every_s=config.save_every_s, resume=config.resume, latest=None)
+    outcome = loop.run(task, settings, out_dir, FAMILY, log=log)
     metrics = {"train_mse": task.loss}
     if outcome.finished:
         (out_dir / "metrics.json").write_text(json.dumps(metrics))
@@ -103,7 +94,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    add_loop_flags(parser)
+    loop.add_flags(parser)
     parser.add_argument("--preset", default="default", help="default | slow")
     parser.add_argument("--hidden", type=int)
     parser.add_argument("--depth", type=int)
@@ -111,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     config = load_config(args.preset)
     model = {name: getattr(args, name) for name in ("hidden", "depth", "repeats") if getattr(args, name) is not None}
-    config = replace(config, model=replace(config.model, **model), **given_loop_flags(args, {}))
+    config = replace(config, model=replace(config.model, **model), **loop.given_flags(args, {}))
     print(train(config, args.out, log=None).best_checkpoint)
 
 

@@ -28,18 +28,8 @@ import numpy as np
 import torch
 
 from families.traffic.preprocessing import STEP_SECONDS
+from training import loop
 from training.checkpoints import FAMILY_KEY, Checkpoint, TrainResult, read_checkpoint, save_checkpoint
-from training.loop import (
-    STATE,
-    LoopConfig,
-    Progress,
-    Task,
-    add_loop_flags,
-    given_loop_flags,
-    make_optimiser,
-    run,
-    seed_everything,
-)
 from training.threads import torch_threads
 from training.traffic.baselines import baseline_predictions
 from training.traffic.config import TrafficConfig, TrainConfig, load_config
@@ -136,7 +126,7 @@ def training_step(model: TrafficForecaster, optimizer: torch.optim.Optimizer, x:
     return outputs[-1].detach()
 
 
-class TrafficTask(Task):
+class TrafficTask(loop.Task):
     """Epochs of shuffled training windows (the order of epoch e is fixed by the seed and e, so a run resumed
     mid-epoch takes the same batches), validated on the masked MAE of the validation split after each."""
 
@@ -145,7 +135,7 @@ class TrafficTask(Task):
         self.data, self.tcfg, self.out_dir, self.log = data, tcfg, out_dir, log
         self.model = build_model(config, data).to(torch.device(tcfg.device or "cpu"))
         self.config = replace(config, model=self.model.cfg)  # what config.json and the checkpoints record
-        self.optimiser = make_optimiser(self.model.parameters(), "adamw", tcfg.lr, weight_decay=tcfg.weight_decay)
+        self.optimiser = loop.make_optimiser(self.model.parameters(), "adamw", tcfg.lr, weight_decay=tcfg.weight_decay)
         batches = range(0, len(data.anchors["train"]), tcfg.batch_size)
         self.steps_per_epoch = len(batches[: tcfg.max_batches_per_epoch] if tcfg.max_batches_per_epoch else batches)
         self.history: list[dict[str, Any]] = []  # one record per epoch (metrics.jsonl)
@@ -173,7 +163,7 @@ class TrafficTask(Task):
                               self.tcfg.grad_clip or 0.0)
         return {"mae": masked_mae_torch(final, target).item()}
 
-    def validate(self, progress: Progress) -> float:
+    def validate(self, progress: loop.Progress) -> float:
         train_seconds = time.perf_counter() - self._epoch_started
         val = evaluate_table(self.model, self.data, "val", self.tcfg.eval_batch_size,
                              self.tcfg.max_eval_batches)["average"]
@@ -188,7 +178,7 @@ class TrafficTask(Task):
         self.history.append(self._record)
         return val["mae"]
 
-    def checkpoint(self, progress: Progress, kind: str) -> dict[str, Any]:
+    def checkpoint(self, progress: loop.Progress, kind: str) -> dict[str, Any]:
         return {
             "config": self.config.to_dict(),
             "model_config": self.model.cfg.to_dict(),
@@ -206,7 +196,7 @@ class TrafficTask(Task):
             "torch_rng": torch.get_rng_state(),
         }
 
-    def validated(self, progress: Progress, improved: bool) -> None:
+    def validated(self, progress: loop.Progress, improved: bool) -> None:
         with (self.out_dir / "metrics.jsonl").open("a") as handle:
             handle.write(json.dumps(self._record) + "\n")
         if self.log:
@@ -225,16 +215,16 @@ class TrafficTask(Task):
         self.history = state["history"]
 
 
-def loop_config(tcfg: TrainConfig, steps_per_epoch: int) -> LoopConfig:
+def loop_config(tcfg: TrainConfig, steps_per_epoch: int) -> loop.LoopConfig:
     """Validation and latest.pt once per epoch; early stopping after `patience` epochs without a better
     validation MAE; the time budget and `max_steps` may end the run mid-epoch (it is validated then)."""
     steps = tcfg.epochs * steps_per_epoch
-    return LoopConfig(steps=min(steps, tcfg.max_steps) if tcfg.max_steps else steps, seconds=tcfg.time_budget_s,
+    return loop.LoopConfig(steps=min(steps, tcfg.max_steps) if tcfg.max_steps else steps, seconds=tcfg.time_budget_s,
                       eval_every=steps_per_epoch, patience=tcfg.patience, save_every_s=tcfg.save_every_s,
                       threads=tcfg.threads, resume=tcfg.resume, best=BEST, latest=LATEST)
 
 
-def evaluate_best(config: TrafficConfig, data: TrafficData, task: TrafficTask, progress: Progress,
+def evaluate_best(config: TrafficConfig, data: TrafficData, task: TrafficTask, progress: loop.Progress,
                   out_dir: Path) -> dict[str, Any]:
     """best.pt on the test split beside the baselines: the run's summary, also stored in best.pt and
     metrics.json."""
@@ -270,14 +260,14 @@ def fit(config: TrafficConfig, out_dir: Path, data: TrafficData, *, log: Log = p
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with torch_threads(config.train.threads):
-        seed_everything(config.train.seed)
+        loop.seed_everything(config.train.seed)
         task = TrafficTask(config, data, out_dir, log)
         (out_dir / "config.json").write_text(json.dumps(task.config.to_dict(), indent=2))
-        outcome = run(task, loop_config(config.train, task.steps_per_epoch), out_dir, FAMILY, log=log)
+        outcome = loop.run(task, loop_config(config.train, task.steps_per_epoch), out_dir, FAMILY, log=log)
         if not outcome.finished:
             return TrainResult(best_checkpoint=out_dir / BEST, out_dir=out_dir,
                                summary={"finished": False, "step": outcome.progress.step,
-                                        "state": str(out_dir / STATE)})
+                                        "state": str(out_dir / loop.STATE)})
         summary = evaluate_best(task.config, data, task, outcome.progress, out_dir)
     return TrainResult(best_checkpoint=out_dir / BEST, out_dir=out_dir, summary=summary)
 
@@ -337,7 +327,7 @@ OVERRIDES: dict[str, tuple[str, str, Any]] = {
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Train the traffic forecaster (METR-LA format data).")
     parser.add_argument("--config", default="quick", help="preset name (quick, deep, fallback, tiny) or YAML path")
-    add_loop_flags(parser, aliases={"seconds": ["--time-budget-s"]},
+    loop.add_flags(parser, aliases={"seconds": ["--time-budget-s"]},
                    help={"steps": "stop after this many optimiser steps (default: the epochs decide)"})
     parser.add_argument("--data-dir", type=Path, help="directory with <name>.h5 + adj_mx.pkl (else synthetic)")
     choices = {"cross_stage_scope": ["full", "node"], "skip_connections": ["none", "add", "concat"],
@@ -355,7 +345,7 @@ def config_from_args(args: argparse.Namespace) -> TrafficConfig:
         value = getattr(args, flag)
         if value is not None:
             setattr(getattr(config, section), key, value)
-    config.train = replace(config.train, **given_loop_flags(args, {"seconds": "time_budget_s", "steps": "max_steps"}))
+    config.train = replace(config.train, **loop.given_flags(args, {"seconds": "time_budget_s", "steps": "max_steps"}))
     return config
 
 

@@ -31,19 +31,8 @@ import torch
 
 from families.water.contract import Normalisation
 from families.water.preprocessing import IMAGE_MODALITIES, MODALITIES, NormStats, fill_hidden
+from training import loop
 from training.checkpoints import Checkpoint, TrainResult, read_checkpoint, save_checkpoint
-from training.loop import (
-    STATE,
-    LoopConfig,
-    Progress,
-    Task,
-    add_loop_flags,
-    given_loop_flags,
-    make_optimiser,
-    run,
-    seed_everything,
-    warmup_cosine,
-)
 from training.water import data as water_data
 from training.water.baselines import climatology_table
 from training.water.config import TrainingConfig, WaterConfig, WaterModelConfig, load_config
@@ -232,7 +221,7 @@ def training_step(model: WaterMAE, optimizer: torch.optim.Optimizer, batch: Batc
     return {m: float(losses[m].detach()) for m in MODALITIES}
 
 
-class WaterTask(Task):
+class WaterTask(loop.Task):
     """Random batches with the training masks; AdamW with a linear warm-up over the first 5 % of the steps,
     then cosine decay to zero; validated every `eval_every` steps on the per-modality masked MSE."""
 
@@ -241,9 +230,9 @@ class WaterTask(Task):
         self.result, self.model, self.cfg = result, result.model, result.model.cfg
         self.train_prep, self.val_prep, self.training = train_prep, val_prep, training
         self.data_description, self.log = data_description, log
-        self.optimiser = make_optimiser(self.model.parameters(), "adamw", training.lr, weight_decay=0.05,
+        self.optimiser = loop.make_optimiser(self.model.parameters(), "adamw", training.lr, weight_decay=0.05,
                                         betas=(0.9, 0.95))
-        self.schedule = warmup_cosine(training.steps, max(1, training.steps // 20))
+        self.schedule = loop.warmup_cosine(training.steps, max(1, training.steps // 20))
         self.rng = np.random.default_rng(training.seed)  # batches and masks
         self.generator = torch.Generator().manual_seed(training.seed)  # the decoded share of the masked tokens
         self.feeder: BatchFeeder | None = None
@@ -253,7 +242,7 @@ class WaterTask(Task):
             self.feeder = BatchFeeder(self.cfg, self.train_prep, self.rng, self.training, self.training.steps - index)
         return training_step(self.model, self.optimiser, self.feeder.next(), self.generator)
 
-    def validate(self, progress: Progress) -> float:
+    def validate(self, progress: loop.Progress) -> float:
         """Validate and append the history entry (training losses averaged since the last one)."""
         val = validate(self.model, self.val_prep, self.cfg, batch_size=64)
         running = progress.running
@@ -266,7 +255,7 @@ class WaterTask(Task):
                                  "val": {k: round(v, 4) for k, v in val.items()}}))
         return val["total"]
 
-    def checkpoint(self, progress: Progress, kind: str) -> dict[str, Any]:
+    def checkpoint(self, progress: loop.Progress, kind: str) -> dict[str, Any]:
         self.result.best_val, self.result.steps, self.result.seconds = (progress.best_score, progress.step,
                                                                          progress.seconds)
         return checkpoint_payload(self.result, self.data_description, self.training)
@@ -303,7 +292,7 @@ def fit(cfg: WaterModelConfig, train_data: water_data.WaterData, val_data: water
     `best.pt` and `metrics.json`; without it the loop's files go to a temporary folder."""
     check_shapes(train_data, cfg)
     check_shapes(val_data, cfg)
-    seed_everything(training.seed)
+    loop.seed_everything(training.seed)
     stats = NormStats.fit(train_data.fields, train_data.static)
     result = FitResult(WaterMAE(cfg), stats, climatology_table(train_data.fields),
                        missing_fraction={m: float(np.isnan(train_data.fields[m]).mean()) for m in MODALITIES})
@@ -311,12 +300,12 @@ def fit(cfg: WaterModelConfig, train_data: water_data.WaterData, val_data: water
     train_prep, val_prep = prepare(train_data, stats, cfg), prepare(val_data, stats, cfg)
     train_prep.device = val_prep.device = training.device
     task = WaterTask(result, train_prep, val_prep, training, data_description, log)
-    loop = LoopConfig(steps=training.steps, seconds=training.time_limit_s, eval_every=training.eval_every,
-                      save_every_s=training.save_every_s, threads=training.threads, resume=training.resume,
-                      latest="last.pt")
+    settings = loop.LoopConfig(steps=training.steps, seconds=training.time_limit_s, eval_every=training.eval_every,
+                               save_every_s=training.save_every_s, threads=training.threads, resume=training.resume,
+                               latest="last.pt")
     with ExitStack() as stack:
         folder = Path(out_dir) if out_dir is not None else Path(stack.enter_context(TemporaryDirectory()))
-        outcome = run(task, loop, folder, FAMILY, log=log)
+        outcome = loop.run(task, settings, folder, FAMILY, log=log)
         result.seconds, result.steps, result.best_val = (outcome.progress.seconds, outcome.progress.step,
                                                          outcome.progress.best_score)
         result.finished = outcome.finished
@@ -363,7 +352,7 @@ def train(config: WaterConfig, out_dir: Path, data: Path | None = None, *, log: 
     result = fit(cfg, train_data, val_data, training, out_dir=out_dir, data_description=description, log=log)
     if not result.finished:
         return TrainResult(best_checkpoint=out_dir / "best.pt", out_dir=out_dir,
-                           summary={**result.metrics(), "finished": False, "state": str(out_dir / STATE)})
+                           summary={**result.metrics(), "finished": False, "state": str(out_dir / loop.STATE)})
     if log:
         log(f"best validation loss {result.best_val:.4f} after {result.steps} steps in {result.seconds:.1f}s; "
             f"checkpoint {out_dir / 'best.pt'}")
@@ -399,7 +388,7 @@ def run_config(args: argparse.Namespace) -> WaterConfig:
     overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
     config.model = replace(config.model, **overrides)
     given = {name: getattr(args, name) for name in TRAINING_FLAGS if getattr(args, name) is not None}
-    config.training = replace(config.training, **given, **given_loop_flags(args, {"seconds": "time_limit_s"}))
+    config.training = replace(config.training, **given, **loop.given_flags(args, {"seconds": "time_limit_s"}))
     return config
 
 
@@ -410,7 +399,7 @@ def main(argv: list[str] | None = None) -> None:
     defaults = TrainingConfig()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="small", help="preset (fast, small, full) or JSON file (default: small)")
-    add_loop_flags(parser, out_default=Path("runs/water"), aliases={"seconds": ["--time-limit"]}, threads_default=1,
+    loop.add_flags(parser, out_default=Path("runs/water"), aliases={"seconds": ["--time-limit"]}, threads_default=1,
                    help={"steps": f"default: {defaults.steps}", "seed": f"default: {defaults.seed}",
                          "seconds": "stop after this many seconds of training",
                          "threads": "torch CPU threads (default 1: the fastest on a small shared CPU)"})

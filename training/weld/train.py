@@ -34,18 +34,8 @@ import torch
 
 from families.storage import atomic_write_bytes
 from families.weld.preprocessing import MODALITIES
+from training import loop
 from training.checkpoints import TrainResult
-from training.loop import (
-    STATE,
-    LoopConfig,
-    Progress,
-    Task,
-    add_loop_flags,
-    given_loop_flags,
-    make_optimiser,
-    run,
-    seed_everything,
-)
 from training.weld.checkpoint import BEST, CHECKPOINT_FORMAT, FAMILY, LATEST, checkpoint_payload, load_checkpoint
 from training.weld.config import TrainConfig, WeldConfig, load_config
 from training.weld.data import (
@@ -117,7 +107,7 @@ def weld_optimiser(model: WeldEmbeddingModel, tc: TrainConfig, use_amp: bool) ->
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     if tc.unfreeze_after is None:
         params = [p for p in model.parameters() if p.requires_grad]
-        return Optimiser(params, make_optimiser(params, "adamw", tc.lr, weight_decay=tc.weight_decay), scaler,
+        return Optimiser(params, loop.make_optimiser(params, "adamw", tc.lr, weight_decay=tc.weight_decay), scaler,
                          use_amp)
     if tc.unfreeze_after < 0:
         raise ValueError(f"unfreeze_after must be >= 0, got {tc.unfreeze_after}")
@@ -127,8 +117,8 @@ def weld_optimiser(model: WeldEmbeddingModel, tc: TrainConfig, use_amp: bool) ->
     backbones = [p for b in model.backbones() for p in b.parameters()]
     groups = [{"params": head, "name": "head"},
               {"params": backbones, "name": "backbones", "lr_scale": backbone_lr(tc) / tc.lr}]
-    return Optimiser(head + backbones, make_optimiser(groups, "adamw", tc.lr, weight_decay=tc.weight_decay), scaler,
-                     use_amp)
+    optimizer = loop.make_optimiser(groups, "adamw", tc.lr, weight_decay=tc.weight_decay)
+    return Optimiser(head + backbones, optimizer, scaler, use_amp)
 
 
 def training_step(model: WeldEmbeddingModel, opt: Optimiser, batch: dict[str, torch.Tensor], tc: TrainConfig,
@@ -163,7 +153,7 @@ class Splits:
     test: WeldDataset
 
 
-class WeldTask(Task):
+class WeldTask(loop.Task):
     """Epochs of stratified batches (an epoch's batches are fixed by the seed and the epoch, so a run resumed
     mid-epoch takes the same ones), SupCon of the VAL embeddings after each, warm-up + cosine rates."""
 
@@ -204,7 +194,7 @@ class WeldTask(Task):
             raise FloatingPointError(f"non-finite loss at epoch {epoch} step {position}") from None
         return {"loss": loss, **parts}
 
-    def validate(self, progress: Progress) -> float:
+    def validate(self, progress: loop.Progress) -> float:
         val = validation_loss(self.model, self.splits.val, self.tc.temperature, self.device)
         running = progress.running
         keys = [k for k in (running[0] if running else {}) if k != "loss"]
@@ -219,13 +209,13 @@ class WeldTask(Task):
             self._record["backbone_lr"] = self.optimiser.param_groups[1]["lr"]
         return val
 
-    def checkpoint(self, progress: Progress, kind: str) -> dict[str, Any]:
+    def checkpoint(self, progress: loop.Progress, kind: str) -> dict[str, Any]:
         extra = {"epoch": self._record["epoch"], "val_supcon": self._record["val_supcon"]}
         if kind == "latest":
             extra["optimizer"] = self.optimiser.state_dict()
         return checkpoint_payload(self.model, self.config, extra)
 
-    def validated(self, progress: Progress, improved: bool) -> None:
+    def validated(self, progress: loop.Progress, improved: bool) -> None:
         # Without a usable VAL loss, best.pt follows the latest epoch (and early stopping never triggers).
         record = {**self._record, "best": improved}
         self.history.append(record)
@@ -287,11 +277,11 @@ def evaluate_best(config: WeldConfig, splits: Splits, out_dir: Path, device: str
             "baseline_accuracy": baseline["accuracy"], "baseline_f1_macro": baseline["f1_macro"]}
 
 
-def loop_config(tc: TrainConfig, steps_per_epoch: int) -> LoopConfig:
+def loop_config(tc: TrainConfig, steps_per_epoch: int) -> loop.LoopConfig:
     """Validation and latest.pt once per epoch; early stopping after `patience` epochs without a better VAL
     SupCon; the time budget and `max_steps` may end the run mid-epoch (it is validated then)."""
     steps = tc.epochs * steps_per_epoch
-    return LoopConfig(steps=min(steps, tc.max_steps) if tc.max_steps else steps, seconds=tc.max_seconds,
+    return loop.LoopConfig(steps=min(steps, tc.max_steps) if tc.max_steps else steps, seconds=tc.max_seconds,
                       eval_every=steps_per_epoch, patience=tc.patience, min_delta=1e-6, horizon=steps,
                       save_every_s=tc.save_every_s, threads=tc.threads, resume=tc.resume, best=BEST, latest=LATEST)
 
@@ -301,7 +291,7 @@ def fit(config: WeldConfig, splits: Splits, out_dir: Path, device: str, log: Log
     each validation improvement, log.json."""
     tc = config.train
     task = WeldTask(config, splits, out_dir, device, log)
-    outcome = run(task, loop_config(tc, task.steps_per_epoch), out_dir, FAMILY, log=log)
+    outcome = loop.run(task, loop_config(tc, task.steps_per_epoch), out_dir, FAMILY, log=log)
     progress = outcome.progress
     if outcome.reason == "patience":
         log(f"[train] early stop: no val improvement for {tc.patience} epochs")
@@ -311,7 +301,7 @@ def fit(config: WeldConfig, splits: Splits, out_dir: Path, device: str, log: Log
     summary = {"best_epoch": task.epoch(progress.best_step), "best_val_supcon": best_val if math.isfinite(best_val)
                else None, "epochs_run": len(task.history), "train_seconds": round(progress.seconds, 1)}
     if not outcome.finished:
-        summary.update(finished=False, step=progress.step, state=str(out_dir / STATE))
+        summary.update(finished=False, step=progress.step, state=str(out_dir / loop.STATE))
     if tc.unfreeze_after is not None:
         summary["staged_fine_tuning"] = {"unfreeze_after": tc.unfreeze_after, "backbone_lr": backbone_lr(tc),
                                          "unfrozen": tc.unfreeze_after < len(task.history)}
@@ -331,7 +321,7 @@ def train(config: WeldConfig, out_dir: Path, data: Path | None = None, *, log: L
         data = out_dir / "data"
         if not (data / "manifest.csv").is_file():
             generate(data, seed=config.train.seed)
-    seed_everything(config.train.seed)
+    loop.seed_everything(config.train.seed)
     splits = prepare_data(config, Path(data), out_dir, allow_session_leakage, log)
     summary = {"checkpoint": str(out_dir / BEST), **fit(config, splits, out_dir, device, log)}
     if summary.get("finished", True):
@@ -343,7 +333,7 @@ def train(config: WeldConfig, out_dir: Path, data: Path | None = None, *, log: L
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=None, help="dataset folder (default: synthetic, in OUT/data)")
-    add_loop_flags(parser, out_default=Path("runs/weld"),
+    loop.add_flags(parser, out_default=Path("runs/weld"),
                    help={"steps": "stop after this many optimiser steps (default: the epochs decide)"})
     parser.add_argument("--config", default="small", help="small | full")
     parser.add_argument("--epochs", type=int, default=None)
@@ -375,7 +365,7 @@ def main(argv: list[str] | None = None) -> None:
     for flag in ("modality_dropout", "unfreeze_after", "backbone_lr"):
         if getattr(args, flag) is not None:
             setattr(config.train, flag, getattr(args, flag))
-    for key, value in given_loop_flags(args, {"seconds": "max_seconds", "steps": "max_steps"}).items():
+    for key, value in loop.given_flags(args, {"seconds": "max_seconds", "steps": "max_steps"}).items():
         setattr(config.train, key, value)
     result = train(config, args.out, args.data, device=args.device, allow_session_leakage=args.allow_session_leakage)
     print(json.dumps(result.summary, indent=2))
