@@ -220,8 +220,8 @@ def loop_config(tcfg: TrainConfig, steps_per_epoch: int) -> loop.LoopConfig:
     validation MAE; the time budget and `max_steps` may end the run mid-epoch (it is validated then)."""
     steps = tcfg.epochs * steps_per_epoch
     return loop.LoopConfig(steps=min(steps, tcfg.max_steps) if tcfg.max_steps else steps, seconds=tcfg.time_budget_s,
-                      eval_every=steps_per_epoch, patience=tcfg.patience, save_every_s=tcfg.save_every_s,
-                      threads=tcfg.threads, resume=tcfg.resume, best=BEST, latest=LATEST)
+                           eval_every=steps_per_epoch, patience=tcfg.patience, save_every_s=tcfg.save_every_s,
+                           threads=tcfg.threads, resume=tcfg.resume, best=BEST, latest=LATEST)
 
 
 def evaluate_best(config: TrafficConfig, data: TrafficData, task: TrafficTask, progress: loop.Progress,

@@ -231,7 +231,7 @@ class WaterTask(loop.Task):
         self.train_prep, self.val_prep, self.training = train_prep, val_prep, training
         self.data_description, self.log = data_description, log
         self.optimiser = loop.make_optimiser(self.model.parameters(), "adamw", training.lr, weight_decay=0.05,
-                                        betas=(0.9, 0.95))
+                                             betas=(0.9, 0.95))
         self.schedule = loop.warmup_cosine(training.steps, max(1, training.steps // 20))
         self.rng = np.random.default_rng(training.seed)  # batches and masks
         self.generator = torch.Generator().manual_seed(training.seed)  # the decoded share of the masked tokens

@@ -107,18 +107,19 @@ def weld_optimiser(model: WeldEmbeddingModel, tc: TrainConfig, use_amp: bool) ->
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     if tc.unfreeze_after is None:
         params = [p for p in model.parameters() if p.requires_grad]
-        return Optimiser(params, loop.make_optimiser(params, "adamw", tc.lr, weight_decay=tc.weight_decay), scaler,
-                         use_amp)
-    if tc.unfreeze_after < 0:
-        raise ValueError(f"unfreeze_after must be >= 0, got {tc.unfreeze_after}")
-    model.freeze_backbones()
-    backbone_ids = {id(p) for b in model.backbones() for p in b.parameters()}
-    head = [p for p in model.parameters() if id(p) not in backbone_ids]
-    backbones = [p for b in model.backbones() for p in b.parameters()]
-    groups = [{"params": head, "name": "head"},
-              {"params": backbones, "name": "backbones", "lr_scale": backbone_lr(tc) / tc.lr}]
+        groups: list[dict[str, Any]] = [{"params": params}]
+    else:
+        if tc.unfreeze_after < 0:
+            raise ValueError(f"unfreeze_after must be >= 0, got {tc.unfreeze_after}")
+        model.freeze_backbones()
+        backbone_ids = {id(p) for b in model.backbones() for p in b.parameters()}
+        head = [p for p in model.parameters() if id(p) not in backbone_ids]
+        backbones = [p for b in model.backbones() for p in b.parameters()]
+        params = head + backbones
+        groups = [{"params": head, "name": "head"},
+                  {"params": backbones, "name": "backbones", "lr_scale": backbone_lr(tc) / tc.lr}]
     optimizer = loop.make_optimiser(groups, "adamw", tc.lr, weight_decay=tc.weight_decay)
-    return Optimiser(head + backbones, optimizer, scaler, use_amp)
+    return Optimiser(params, optimizer, scaler, use_amp)
 
 
 def training_step(model: WeldEmbeddingModel, opt: Optimiser, batch: dict[str, torch.Tensor], tc: TrainConfig,
@@ -282,8 +283,8 @@ def loop_config(tc: TrainConfig, steps_per_epoch: int) -> loop.LoopConfig:
     SupCon; the time budget and `max_steps` may end the run mid-epoch (it is validated then)."""
     steps = tc.epochs * steps_per_epoch
     return loop.LoopConfig(steps=min(steps, tc.max_steps) if tc.max_steps else steps, seconds=tc.max_seconds,
-                      eval_every=steps_per_epoch, patience=tc.patience, min_delta=1e-6, horizon=steps,
-                      save_every_s=tc.save_every_s, threads=tc.threads, resume=tc.resume, best=BEST, latest=LATEST)
+                           eval_every=steps_per_epoch, patience=tc.patience, min_delta=1e-6, horizon=steps,
+                           save_every_s=tc.save_every_s, threads=tc.threads, resume=tc.resume, best=BEST, latest=LATEST)
 
 
 def fit(config: WeldConfig, splits: Splits, out_dir: Path, device: str, log: Log) -> dict[str, Any]:
