@@ -14,8 +14,10 @@ import pytest
 import yaml
 from testkit import ROOT, free_port
 
-ray = pytest.importorskip("ray", reason="ray[serve] is not installed (pip install -e '.[ray]')")
-serve = pytest.importorskip("ray.serve")
+# ray.serve, not ray, decides: without ray installed, `import ray` finds this folder (tests/deploy is on
+# pythonpath) as an empty namespace package.
+serve = pytest.importorskip("ray.serve", reason="ray[serve] is not installed (pip install -e '.[ray]')")
+import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from deploy.ray.launch import wait_ready as launcher_wait_ready  # noqa: E402
