@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# The CPU build of torch from the local wheel cache; a bare `torch` would pull a multi-GB CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
-	# ray: deploy/ray and the two-node cluster tests in tests/ray, which the default suite runs.
+	# ray: deploy/ray and the two-node cluster tests in tests/deploy/ray, which the default suite runs.
 	$(PY) -m pip install --quiet -e '.[cpu,train,dev,ray]'
 	touch $@
 

@@ -29,13 +29,16 @@ from loadgen import LoadResult, ServiceProcess, run_load  # noqa: E402
 from traffic_latency import make_body as traffic_body  # noqa: E402
 from water_service import make_requests as water_bodies  # noqa: E402
 
+from families.repository_layout import latest_manifest  # noqa: E402
 from families.weld.preprocessing import MODALITIES as WELD_MODALITIES  # noqa: E402
 from families.weld.preprocessing import PreprocessParams  # noqa: E402
 
 
 def _manifest(repository: Path, family: str) -> dict:
-    versions = sorted((p for p in (repository / family).iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
-    return json.loads((versions[-1] / "manifest.json").read_text())
+    manifest = latest_manifest(repository / family)
+    if manifest is None:
+        raise SystemExit(f"no version of {family!r} in {repository}")
+    return manifest
 
 
 def _photo_png(height: int, width: int) -> bytes:

@@ -31,13 +31,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
-
-def latest(model_dir: Path) -> Path | None:
-    versions = sorted((int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and (p / "manifest.json").exists()),
-                      reverse=True)
-    return model_dir / str(versions[0]) if versions else None
+from families.repository_layout import latest_version_dir  # noqa: E402
 
 
 def sync(device: str) -> None:
@@ -155,7 +151,7 @@ def unbatched_copy(repository: Path, models: list[str], target: Path) -> Path:
     from families.manifest import MANIFEST_FILE, Manifest
 
     for model in models:
-        version_dir = latest(repository / model)
+        version_dir = latest_version_dir(repository / model)
         copy = target / model / version_dir.name
         shutil.copytree(version_dir, copy)
         manifest = Manifest.read(copy)
@@ -166,7 +162,7 @@ def unbatched_copy(repository: Path, models: list[str], target: Path) -> Path:
 
 def serve_and_measure(repository: Path, models: list[str], device: str, seconds: float, label: str,
                       log_dir: Path, concurrencies: dict[str, int]) -> dict:
-    from testkit import LiveServer
+    from harness import LiveServer
 
     server = LiveServer(repository, log_dir / f"service-{label}.log",
                         env={"SERVICE_DEVICE": device, "SERVICE_RUNTIME": "auto", "SERVICE_CPU_THREADS": "0",
@@ -175,7 +171,7 @@ def serve_and_measure(repository: Path, models: list[str], device: str, seconds:
     try:
         server.wait_ready(240)
         for model in models:
-            body, header_length = binary_request(latest(repository / model))
+            body, header_length = binary_request(latest_version_dir(repository / model))
             url = f"{server.url}/v2/models/{model}/infer"
             results[model] = {}
             for concurrency in sorted({1, concurrencies[model]}):
@@ -200,14 +196,14 @@ def main() -> int:
     from families.manifest import Manifest
 
     models = [m for m in args.models.split(",") if m and (args.repository / m).is_dir()
-              and latest(args.repository / m) is not None]
+              and latest_version_dir(args.repository / m) is not None]
     skipped = sorted(set(args.models.split(",")) - set(models))
     if skipped:
         print(f"not in {args.repository}: {skipped}")
     report: dict = {"device": args.device, "raw": {}, "batching_on": {}, "batching_off": {}, "ratios": {}}
     max_batch = {}
     for model in models:
-        version_dir = latest(args.repository / model)
+        version_dir = latest_version_dir(args.repository / model)
         max_batch[model] = Manifest.read(version_dir).batching.max_batch_size
         report["raw"][model] = r = raw(version_dir, args.device, args.seconds)
         print(f"raw {model:<8} ({r['runtime']}): runtime single p50 {r['runtime_single_p50_ms']:.3f} ms, "

@@ -1,15 +1,13 @@
 """Closed-loop HTTP load generator: N concurrent clients for a fixed number of requests or seconds.
 
-Used by the benchmark scripts; prints nothing itself. `start_service` launches `python -m service` on a
-repository when no URL is given, exactly as the integration tests do.
+Used by the benchmark scripts; prints nothing itself. `ServiceProcess` launches `python -m service` on a
+repository when no URL is given (with the caller's device and threads, unlike harness.LiveServer's test defaults).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,8 +18,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
+from harness import ROOT, free_port, stop_process, wait_until_ready
 
 
 @dataclass
@@ -79,32 +76,22 @@ def run_load(url: str, make_request: Callable, concurrency: int, total: int, war
 
 
 class ServiceProcess:
+    """`python -m service` on a free port with the caller's environment (its device and threads: what is
+    measured), logging to the console; SIGTERM when the block ends."""
+
     def __init__(self, repository: Path, env: dict[str, str] | None = None, root: Path = ROOT) -> None:
         """`root`: the checkout whose `service` runs (another worktree for before/after comparisons)."""
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
             [sys.executable, "-m", "service", "--port", str(self.port), "--log-level", "warning"],
             # GRPC_PORT=0: these benchmarks speak HTTP, and processes side by side would share gRPC's 8001.
             cwd=root, env={**os.environ, "SERVICE_MODEL_REPOSITORY": str(repository), "GRPC_PORT": "0", **(env or {})},
         )
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/v2/health/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if self.process.poll() is not None:
-                raise RuntimeError("service exited during start-up")
-            time.sleep(0.2)
-        raise TimeoutError("service not ready")
+        wait_until_ready(self.url, self.process, timeout=300)
 
     def __enter__(self) -> ServiceProcess:
         return self
 
     def __exit__(self, *_: object) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        self.process.wait(timeout=60)
+        stop_process(self.process, timeout=60)

@@ -17,9 +17,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+from harness import export_tiny, metric_value, train_tiny  # noqa: E402
 from loadgen import ServiceProcess, run_load  # noqa: E402
-from testkit import export_tiny, metric_value, train_tiny  # noqa: E402
 
 
 def body() -> dict:

@@ -24,8 +24,8 @@ import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-from testkit import LiveServer  # noqa: E402
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+from harness import LiveServer  # noqa: E402
 
 TOKEN = "bench-token"
 AUTH = {"authorization": f"Bearer {TOKEN}"}

@@ -39,6 +39,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from grpc_load import METHOD, grpc_load, infer_request  # noqa: E402
 
+from families.repository_layout import latest_version_dir  # noqa: E402
+
 LUA = """
 local f = io.open(os.getenv("BODY_FILE"), "rb")
 wrk.method = "POST"
@@ -216,10 +218,7 @@ def build_tiny(repository: Path, workdir: Path) -> None:
 def find_traffic(explicit: Path | None) -> Path | None:
     if explicit is not None:
         return explicit
-    model_dir = ROOT / "model_repository" / "traffic"
-    versions = sorted((int(p.name) for p in model_dir.iterdir() if p.name.isdigit()), reverse=True) \
-        if model_dir.is_dir() else []
-    return model_dir / str(versions[0]) if versions else None
+    return latest_version_dir(ROOT / "model_repository" / "traffic")
 
 
 # ---- the run -----------------------------------------------------------------------------------------

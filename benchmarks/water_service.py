@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from loadgen import ServiceProcess, run_load  # noqa: E402
 
+from families.repository_layout import latest_manifest  # noqa: E402
 from families.water.preprocessing import IMAGE_MODALITIES, MODALITIES, expand_patch_mask  # noqa: E402
 from training.water.data import generate  # noqa: E402
 
@@ -54,8 +55,10 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,8")
     parser.add_argument("--threads", default="1", help="SERVICE_CPU_THREADS")
     args = parser.parse_args()
-    versions = sorted((p for p in (args.repository / "water").iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
-    grid = json.loads((versions[-1] / "manifest.json").read_text())["preprocessing"]["grid"]
+    manifest = latest_manifest(args.repository / "water")
+    if manifest is None:
+        raise SystemExit(f"no water model in {args.repository}")
+    grid = manifest["preprocessing"]["grid"]
     env = {"SERVICE_MODELS": "water", "SERVICE_DEVICE": "cpu", "SERVICE_CPU_THREADS": args.threads,
            "SERVICE_STATE_DIR": "/tmp/water-bench-state"}
     payloads = itertools.cycle([json.dumps(b).encode() for b in make_requests(grid, args.requests)])

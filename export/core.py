@@ -9,11 +9,8 @@ service never sees a half-written version.
 from __future__ import annotations
 
 import io
-import os
 import shutil
 import subprocess
-import tempfile
-import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,6 +22,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ValidationError
 
+from families import repository_layout
 from families.manifest import (
     MANIFEST_FILE,
     NUMPY_TO_OIP,
@@ -38,7 +36,6 @@ from families.manifest import (
     TorchScriptCompanion,
     VersionPolicy,
     checksum_files,
-    is_version_name,
     sha256_file,
 )
 from service.runtimes import Runtime, open_runtime
@@ -151,13 +148,6 @@ def code_revision() -> str:
         return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
-
-def next_version(model_dir: Path) -> int:
-    if not model_dir.exists():
-        return 1
-    versions = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and is_version_name(p.name)]
-    return max(versions, default=0) + 1
 
 
 def _to_numpy(value: Any) -> list[np.ndarray]:
@@ -318,33 +308,15 @@ def _build_graph(graph: GraphExport, version_dir: Path, torchscript: bool, notes
     return spec
 
 
-def _fsync_tree(root: Path) -> None:
-    for path in root.rglob("*"):
-        if path.is_file():
-            with path.open("rb") as handle:
-                os.fsync(handle.fileno())
-
-
 @contextmanager
 def staged_version(repository: Path, name: str, version: int | None = None) -> Iterator[tuple[Path, int]]:
-    """(staging folder, version) for a new `repository/name/version`: what the block writes there is fsynced and
-    renamed into place in one step when it ends, removed when it raises. Versions are immutable."""
-    model_dir = repository / name
-    model_dir.mkdir(parents=True, exist_ok=True)
-    version = version if version is not None else next_version(model_dir)
-    final_dir = model_dir / str(version)
-    if final_dir.exists():
-        raise ExportError(f"{final_dir} already exists; versions are immutable, pick another version")
-    # Dot-prefixed staging folder in the same filesystem: invisible to the service, renamed in one step.
-    staging = Path(tempfile.mkdtemp(prefix=f".staging-{version}-{uuid.uuid4().hex[:8]}-", dir=model_dir))
+    """(staging folder, version) for a new `repository/name/version`, published atomically when the block ends
+    (families.repository_layout.staged_version); an existing version is an ExportError."""
     try:
-        yield staging, version
-        _fsync_tree(staging)
-        staging.chmod(0o755)
-        os.rename(staging, final_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        with repository_layout.staged_version(repository / name, version) as staged:
+            yield staged
+    except repository_layout.VersionExists as exc:
+        raise ExportError(str(exc)) from None
 
 
 def publish(plan: ExportPlan, repository: Path, name: str, version: int | None = None,

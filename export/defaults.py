@@ -13,15 +13,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from export.core import publish
-from families import registry
+from families import registry, repository_layout
 from families.manifest import MANIFEST_FILE, Manifest, sha256_file
 
 log = logging.getLogger("export.defaults")
@@ -32,10 +30,7 @@ COMMITTED = ROOT / "models"
 
 
 def has_version(repository: Path, name: str) -> bool:
-    model_dir = repository / name
-    return model_dir.is_dir() and any(
-        p.name.isdigit() and (p / MANIFEST_FILE).is_file() for p in model_dir.iterdir()
-    )
+    return repository_layout.latest_version(repository / name) is not None
 
 
 def install_committed(source: Path, repository: Path) -> Path:
@@ -44,23 +39,16 @@ def install_committed(source: Path, repository: Path) -> Path:
     for asset in manifest.assets.values():
         if sha256_file(source / asset.file) != asset.sha256:
             raise RuntimeError(f"committed artifact {source} is corrupted: {asset.file} checksum mismatch")
-    target = repository / manifest.name / str(manifest.version)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
-    try:
+    with repository_layout.staged_version(repository / manifest.name, manifest.version) as (staging, version):
         shutil.copytree(source, staging, dirs_exist_ok=True)
-        os.rename(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target
+    return repository / manifest.name / str(version)
 
 
 def committed_artifacts(family: str) -> list[Path]:
     family_dir = COMMITTED / family
     if not family_dir.is_dir():
         return []
-    return sorted(p for p in family_dir.rglob(MANIFEST_FILE) if p.parent.name.isdigit())
+    return sorted(p for p in family_dir.rglob(MANIFEST_FILE) if repository_layout.is_version_dir(p.parent))
 
 
 def default_models(family: str) -> list[str]:

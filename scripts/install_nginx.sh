@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs nginx (Debian package `nginx-light`) when it is missing. Used by .ci/run; tests/ray/test_front_proxy.py
+# Installs nginx (Debian package `nginx-light`) when it is missing. Used by .ci/run; tests/deploy/ray/test_front_proxy.py
 # runs deploy/ray/nginx.conf with it in front of the Ray test cluster and skips, naming this script, without it.
 # The package's own server is not started (no init system here; the test runs its own nginx on a free port).
 set -euo pipefail

@@ -10,7 +10,6 @@ the nearest neighbour, and 409 on the duplicate id.
 from __future__ import annotations
 
 import argparse
-import json
 import socket
 import uuid
 from collections import Counter
@@ -20,14 +19,17 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 
+from families.repository_layout import latest_manifest
 from families.weld.preprocessing import MODALITIES, PreprocessParams
 
 DEFAULT_LIMIT = 64 * 1024 * 1024  # SERVICE_MAX_REQUEST_BYTES's default
 
 
 def _manifest(repository: Path, model: str) -> dict:
-    versions = sorted((p for p in (repository / model).iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
-    return json.loads((versions[-1] / "manifest.json").read_text())
+    manifest = latest_manifest(repository / model)
+    if manifest is None:
+        raise SystemExit(f"no version of {model!r} in {repository}")
+    return manifest
 
 
 def forecast_body(repository: Path) -> dict:

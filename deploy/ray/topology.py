@@ -3,11 +3,12 @@ deployment's sizing, read from the model repository's manifests (the newest read
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from families.repository_layout import latest_manifest
 
 # Task route prefixes (service/families/<f>/routes.py) -> family.
 PREFIXES = {"traffic": "traffic", "weld": "weld", "water": "water", "image": "imagecodec"}
@@ -52,16 +53,6 @@ class FamilyPlan:
                 "look_back_period_s": 10.0, **(overrides or {})}
 
 
-def _latest_manifest(model_dir: Path) -> dict | None:
-    versions = sorted((int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and p.is_dir()), reverse=True)
-    for version in versions:
-        try:
-            return json.loads((model_dir / str(version) / "manifest.json").read_text())
-        except (OSError, ValueError):
-            continue
-    return None
-
-
 def plan_families(repository: Path) -> dict[str, FamilyPlan]:
     """{family: FamilyPlan} for every family with at least one model in the repository."""
     plans: dict[str, FamilyPlan] = {}
@@ -70,7 +61,7 @@ def plan_families(repository: Path) -> dict[str, FamilyPlan]:
     for model_dir in sorted(repository.iterdir()):
         if model_dir.name.startswith(".") or not model_dir.is_dir():
             continue
-        manifest = _latest_manifest(model_dir)
+        manifest = latest_manifest(model_dir)
         if manifest is None:
             continue
         plan = plans.setdefault(manifest["family"], FamilyPlan(manifest["family"]))

@@ -34,6 +34,7 @@ from export.core import AssetFile, ExportPlan, GraphExport, parse_options
 from families.imagecodec.codec import GRAPH_INPUTS, GRAPH_OUTPUTS, MAX_ASPECT, PAD_MULTIPLE, encode
 from families.imagecodec.contract import PRIMARY_GRAPH, TABLES_ASSET, Preprocessing, level_hash, level_name
 from families.manifest import MANIFEST_FILE, Batching, Manifest, VersionPolicy, checksum_files
+from families.repository_layout import latest_version, latest_version_dir
 from training.imagecodec.model import count_parameters, state_hash
 from training.imagecodec.networks import TorchNetworks, build_tables, codec_model, graph_modules
 from training.imagecodec.train import load_checkpoint
@@ -158,14 +159,6 @@ def derive_level(source: Path, repository: Path, name: str, quality: int, step: 
     return repository / name / str(version)
 
 
-def _latest(repository: Path, name: str) -> Path | None:
-    model_dir = repository / name
-    if not model_dir.is_dir():
-        return None
-    versions = [int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and (p / MANIFEST_FILE).is_file()]
-    return model_dir / str(max(versions)) if versions else None
-
-
 def publish_levels(checkpoint: Path, repository: Path, levels: Mapping[int, float],
                    torchscript: bool = True) -> list[Path]:
     """The quality levels {quality: step} of one checkpoint as models `imagecodec-q<quality>`: the step-1
@@ -175,7 +168,7 @@ def publish_levels(checkpoint: Path, repository: Path, levels: Mapping[int, floa
     if len(base) != 1:
         raise ValueError(f"levels {dict(levels)} need exactly one level at step 1 (the trained point)")
     written = []
-    base_dir = _latest(repository, level_name(base[0]))
+    base_dir = latest_version_dir(repository / level_name(base[0]))
     if base_dir is None:
         from export.core import publish
 
@@ -183,6 +176,6 @@ def publish_levels(checkpoint: Path, repository: Path, levels: Mapping[int, floa
         base_dir = publish(plan, repository, level_name(base[0]), torchscript=torchscript)
         written.append(base_dir)
     for quality, step in sorted(levels.items()):
-        if step != 1.0 and _latest(repository, level_name(quality)) is None:
+        if step != 1.0 and latest_version(repository / level_name(quality)) is None:
             written.append(derive_level(base_dir, repository, level_name(quality), quality, step))
     return written

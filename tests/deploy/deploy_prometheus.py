@@ -4,24 +4,18 @@ rewritten to the test's processes, 1 s scrape/evaluation, on 127.0.0.1, queried 
 from __future__ import annotations
 
 import math
-import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import yaml
 from deploy_support import ALERTS_YML, PROMETHEUS_YML, load_yaml
-from testkit import stop_process
+from testkit import free_port, stop_process
 
 SCRAPE_S = 1  # the test's scrape and rule evaluation interval (production: 5 s / 15 s)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def scrape_config_for_test(service_port: int, prometheus_port: int) -> dict:
@@ -101,3 +95,14 @@ class Prometheus:
     def stop(self) -> None:
         stop_process(self.process, timeout=20)
         self._log.close()
+
+
+@contextmanager
+def scraping(binary: str, workdir: Path, service_port: int) -> Iterator[Prometheus]:
+    """A Prometheus that has scraped the service on `service_port` at least once; stopped after the block."""
+    prometheus = Prometheus(binary, workdir, service_port)
+    try:
+        prometheus.wait_scraped()
+        yield prometheus
+    finally:
+        prometheus.stop()

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from deploy_prometheus import Prometheus, finite, free_port
+from deploy_prometheus import Prometheus, finite, free_port, scraping
 from deploy_support import (
     DOCKER,
     alert_rules,
@@ -45,12 +45,8 @@ def stack(live_server: Callable, tiny_repository: Path, tmp_path: Path) -> Itera
     override = os.environ.get("DEPLOY_TEST_MODEL_REPOSITORY")
     repository = Path(override) if override else tiny_repository
     server = live_server(repository, env={"SERVICE_ADMIN_TOKEN": ADMIN_TOKEN})
-    prometheus = Prometheus(binary, tmp_path, server.port)
-    try:
-        prometheus.wait_scraped()
+    with scraping(binary, tmp_path, server.port) as prometheus:
         yield server.url, repository, prometheus
-    finally:
-        prometheus.stop()
 
 
 def test_every_dashboard_and_alert_query_returns_data(stack: tuple[str, Path, Prometheus],

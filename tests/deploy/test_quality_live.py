@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from deploy_prometheus import Prometheus, finite
+from deploy_prometheus import Prometheus, finite, scraping
 from deploy_support import alert_rules, panel_queries, prometheus_binary, split_comparison, substitute
 
 from families.manifest import Manifest
@@ -46,12 +46,8 @@ def stack(live_server: Callable, traffic_repository: Path, weld_repository: Path
     server = live_server(repository, env={"SERVICE_QUALITY_WATER_SELFCHECK_FRACTION": "1.0",
                                           "SERVICE_QUALITY_CODEC_PSNR_FRACTION": "1.0",
                                           "SERVICE_ADMIN_TOKEN": ADMIN_TOKEN})  # observations are a write
-    prometheus = Prometheus(binary, tmp_path, server.port)
-    try:
-        prometheus.wait_scraped()
+    with scraping(binary, tmp_path, server.port) as prometheus:
         yield server.url, repository, prometheus
-    finally:
-        prometheus.stop()
 
 
 def drive_quality(client: httpx.Client, repository: Path, weld_data: Path, round_: int) -> None:

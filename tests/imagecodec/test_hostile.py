@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import torch
+from fixtures.imagecodec import untrained_codec_checkpoint
 from PIL import Image
 from testkit import LiveServer, hostile_request, jpeg_claiming, metric_value, png_claiming
 
@@ -30,8 +30,6 @@ from export.families.imagecodec import plan_from_checkpoint
 from families.imagecodec.bitstream import Bitstream
 from families.imagecodec.contract import Preprocessing
 from families.manifest import Manifest, VersionPolicy
-from training.imagecodec.config import tiny_config
-from training.imagecodec.model import ImageCodec
 
 MAX_PIXELS = 2048 * 2048  # large enough that one coding job holds the worker (~0.5 s, tiny model)
 MAX_ASPECT = 8
@@ -41,21 +39,11 @@ REPORT: list[tuple[str, int, float, float, float]] = []
 FAST = {"max_seconds": 2.0, "max_lag_s": 0.15, "max_rss_mb": 40.0}  # bounds of every header-level refusal
 
 
-def _checkpoint(root: Path, seed: int) -> Path:
-    torch.manual_seed(seed)
-    model = ImageCodec(tiny_config(phase="phase2"))
-    with torch.no_grad():  # a non-trivial entropy model: spread-out predicted scales
-        model.h_s.net[-1].bias[: model.cfg.M].uniform_(-1.0, 2.0)
-    path = root / f"ck{seed}.pt"
-    torch.save({"config": model.cfg.to_dict(), "state_dict": model.state_dict(), "quality": 2}, path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("imagecodec-hostile")
     repo = root / "repo"
-    ckpt = _checkpoint(root, 0)
+    ckpt = untrained_codec_checkpoint(root, 0)
     plan = plan_from_checkpoint(ckpt, {"max_pixels": str(MAX_PIXELS), "max_aspect": str(MAX_ASPECT)})
     publish(with_batching(plan, {"max_queue_size": "1"}), repo, "imagecodec", version=1)
     publish(plan_from_checkpoint(ckpt), repo, "imagecodec-vs", version=1)
@@ -63,7 +51,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     latest = plan_from_checkpoint(ckpt)
     latest.version_policy = VersionPolicy(kind="latest")
     publish(latest, repo, "imagecodec-last", version=1)
-    _checkpoint(root, 1)  # version 2's weights (different hash), exported by the version tests
+    untrained_codec_checkpoint(root, 1)  # version 2's weights (different hash), exported by the version tests
     return repo
 
 

@@ -11,16 +11,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import torch
-from fixtures.imagecodec import local_codec, png_bytes, smooth_image
+from fixtures.imagecodec import local_codec, png_bytes, smooth_image, untrained_codec_checkpoint
 from PIL import Image
 
 from export.core import publish
 from export.families.imagecodec import plan_from_checkpoint
 from families.imagecodec.bitstream import Bitstream
 from families.imagecodec.codec import decode, encode
-from training.imagecodec.config import tiny_config
-from training.imagecodec.model import ImageCodec
 
 SIZES = [(64, 64), (37, 101), (130, 67)]
 MAX_PIXELS = 200 * 200
@@ -29,12 +26,7 @@ MAX_PIXELS = 200 * 200
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("imagecodec")
-    torch.manual_seed(0)
-    model = ImageCodec(tiny_config(phase="phase2"))
-    with torch.no_grad():  # a non-trivial entropy model: spread-out predicted scales
-        model.h_s.net[-1].bias[: model.cfg.M].uniform_(-1.0, 2.0)
-    ckpt = root / "ck.pt"
-    torch.save({"config": model.cfg.to_dict(), "state_dict": model.state_dict(), "quality": 2}, ckpt)
+    ckpt = untrained_codec_checkpoint(root)
     repo = root / "repo"
     publish(plan_from_checkpoint(ckpt, {"max_pixels": str(MAX_PIXELS)}), repo, "imagecodec", version=1)
     publish(plan_from_checkpoint(ckpt, {"max_pixels": str(MAX_PIXELS), "format": "torchscript"}), repo,

@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from fixtures.imagecodec import local_codec, png_bytes, smooth_image
+from fixtures.imagecodec import local_codec, png_bytes, smooth_image, untrained_codec_checkpoint
 from PIL import Image
 
 from export.families.imagecodec import publish_levels
@@ -19,10 +19,8 @@ from families.imagecodec.bitstream import BitstreamError, StreamHeader
 from families.imagecodec.codec import decode, encode
 from families.imagecodec.contract import Preprocessing, level_hash, level_name
 from families.manifest import Manifest, verify_files
-from training.imagecodec.config import tiny_config
 from training.imagecodec.default import DEFAULT_LEVELS, SHIPPED
 from training.imagecodec.evaluate import psnr
-from training.imagecodec.model import ImageCodec
 from training.imagecodec.networks import TorchNetworks, codec_model
 from training.imagecodec.train import load_checkpoint
 
@@ -70,12 +68,7 @@ def test_step_one_is_the_trained_identity_and_other_steps_are_not() -> None:
 @pytest.fixture(scope="module")
 def levels_repository(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("imagecodec-levels")
-    torch.manual_seed(0)
-    model = ImageCodec(tiny_config(phase="phase2"))
-    with torch.no_grad():  # a non-trivial entropy model: spread-out predicted scales
-        model.h_s.net[-1].bias[: model.cfg.M].uniform_(-1.0, 2.0)
-    ckpt = root / "ck.pt"
-    torch.save({"config": model.cfg.to_dict(), "state_dict": model.state_dict(), "quality": 2}, ckpt)
+    ckpt = untrained_codec_checkpoint(root)
     repo = root / "repo"
     written = publish_levels(ckpt, repo, LEVELS)
     assert sorted(p.parent.name for p in written) == [level_name(q) for q in sorted(LEVELS)]

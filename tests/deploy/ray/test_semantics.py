@@ -6,15 +6,12 @@ allows one queued request, Ray's queue in front of it bounded at 2."""
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
@@ -24,14 +21,9 @@ pytestmark = pytest.mark.ray
 
 
 @pytest.fixture(scope="module")
-def tight(ray_service, ray_repository: Path, tmp_path_factory: pytest.TempPathFactory,
+def tight(ray_service, traffic_repository_with, tmp_path_factory: pytest.TempPathFactory,
           extra_app) -> Iterator[str]:
-    repository = tmp_path_factory.mktemp("tight-repo")
-    shutil.copytree(ray_repository / "traffic", repository / "traffic")
-    for path in (repository / "traffic").glob("*/manifest.json"):
-        manifest = json.loads(path.read_text())
-        manifest["batching"].update(max_batch_size=1, max_queue_size=1)
-        path.write_text(json.dumps(manifest))
+    repository = traffic_repository_with("tight", max_batch_size=1, max_queue_size=1)
     state = tmp_path_factory.mktemp("tight-state")
     args = {"repository": str(repository), "replicas": 1, "ingress_replicas": 1, "num_cpus": 0.25,
             "state_dir": str(state), "metrics_dir": str(state / "targets"), "max_queued_requests": 2,

@@ -8,14 +8,11 @@ clients keep about 6 times that in flight. Delays shortened so the test takes a 
 
 from __future__ import annotations
 
-import json
-import shutil
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
@@ -26,14 +23,9 @@ BATCH = 4
 
 
 @pytest.fixture(scope="module")
-def autoscaled(ray_service, ray_repository: Path, tmp_path_factory: pytest.TempPathFactory,
+def autoscaled(ray_service, traffic_repository_with, tmp_path_factory: pytest.TempPathFactory,
                extra_app) -> Iterator[str]:
-    repository = tmp_path_factory.mktemp("auto-repo")
-    shutil.copytree(ray_repository / "traffic", repository / "traffic")
-    for path in (repository / "traffic").glob("*/manifest.json"):
-        manifest = json.loads(path.read_text())
-        manifest["batching"].update(max_batch_size=BATCH)
-        path.write_text(json.dumps(manifest))
+    repository = traffic_repository_with("auto", max_batch_size=BATCH)
     state = tmp_path_factory.mktemp("auto-state")
     args = {"repository": str(repository), "ingress_replicas": 1, "num_cpus": 0.25, "state_dir": str(state),
             "metrics_dir": None, "graceful_shutdown_timeout_s": 2, "settings": {"device": "cpu"},

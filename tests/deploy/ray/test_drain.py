@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import socket
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
@@ -29,15 +27,10 @@ DELAY_MS = 2000
 
 
 @pytest.fixture(scope="module")
-def slow(ray_service, ray_repository: Path, tmp_path_factory: pytest.TempPathFactory,
+def slow(ray_service, traffic_repository_with, tmp_path_factory: pytest.TempPathFactory,
          extra_app) -> Iterator[tuple[str, dict]]:
-    repository = tmp_path_factory.mktemp("slow-repo")
-    shutil.copytree(ray_repository / "traffic", repository / "traffic")
-    for path in (repository / "traffic").glob("*/manifest.json"):
-        manifest = json.loads(path.read_text())
-        manifest["batching"].update(max_batch_size=64, max_queue_delay_ms=DELAY_MS, delay_policy="fixed",
-                                    max_queue_size=256)
-        path.write_text(json.dumps(manifest))
+    repository = traffic_repository_with("slow", max_batch_size=64, max_queue_delay_ms=DELAY_MS,
+                                         delay_policy="fixed", max_queue_size=256)
     state = tmp_path_factory.mktemp("slow-state")
     args = {"repository": str(repository), "replicas": 2, "ingress_replicas": 1, "num_cpus": 0.25,
             "state_dir": str(state), "metrics_dir": str(state / "targets"), "graceful_shutdown_timeout_s": 20,

@@ -3,6 +3,7 @@ serving traffic and weld with two replicas each through deploy/ray/serve_app.py.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -14,8 +15,10 @@ import pytest
 import yaml
 from testkit import ROOT, free_port
 
-ray = pytest.importorskip("ray", reason="ray[serve] is not installed (pip install -e '.[ray]')")
-serve = pytest.importorskip("ray.serve")
+# ray.serve, not ray, decides: without ray installed, `import ray` finds this folder (tests/deploy is on
+# pythonpath) as an empty namespace package.
+serve = pytest.importorskip("ray.serve", reason="ray[serve] is not installed (pip install -e '.[ray]')")
+import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from deploy.ray.launch import wait_ready as launcher_wait_ready  # noqa: E402
@@ -68,6 +71,23 @@ def ray_repository(tmp_path_factory: pytest.TempPathFactory, traffic_repository:
 
 
 @pytest.fixture(scope="session")
+def traffic_repository_with(ray_repository: Path, tmp_path_factory: pytest.TempPathFactory):
+    """`traffic_repository_with(name, **batching)`: a fresh repository holding the session's traffic model with
+    `batching` over its manifests' batching (the manifest is outside its own checksums)."""
+
+    def copy(name: str, **batching: object) -> Path:
+        repository = tmp_path_factory.mktemp(f"{name}-repo")
+        shutil.copytree(ray_repository / "traffic", repository / "traffic")
+        for path in (repository / "traffic").glob("*/manifest.json"):
+            manifest = json.loads(path.read_text())
+            manifest["batching"].update(batching)
+            path.write_text(json.dumps(manifest))
+        return repository
+
+    return copy
+
+
+@pytest.fixture(scope="session")
 def ray_service(tmp_path_factory: pytest.TempPathFactory, ray_repository: Path) -> Iterator[RayService]:
     from deploy.ray.serve_app import build_app
 
@@ -100,8 +120,6 @@ def ray_service(tmp_path_factory: pytest.TempPathFactory, ray_repository: Path) 
 @pytest.fixture(scope="session")
 def forecast_body(ray_repository: Path) -> dict:
     """A valid /traffic/forecast request for the repository's traffic model."""
-    import json
-
     repository = ray_repository
     import numpy as np
 
