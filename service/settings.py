@@ -84,7 +84,7 @@ class LegacyEnvSource(PydanticBaseSettingsSource):
         environ = {k.upper(): v for k, v in os.environ.items()}
         found: dict[str, Any] = {}
         for field, old in model.legacy_env.items():
-            if old.upper() in environ:
+            if old.upper() in environ and model.env_name(field) not in environ:  # the new name wins, silently
                 warn_renamed(old, model.env_name(field))
                 found[field] = environ[old.upper()]
         return found
