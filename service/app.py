@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -290,7 +290,7 @@ def create_app(settings: Settings | None = None, *, grpc_listen: tuple[str, int]
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus_metrics() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.page.render(), media_type=CONTENT_TYPE_LATEST)
 
     # In front of FastAPI: the fast path and the routed path share the body bound, metrics and errors.
     # RolloutMiddleware: X-Model-Version on every answer, and the rollouts' live figures and shadow copies.

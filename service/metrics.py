@@ -2,7 +2,8 @@
 
 The page stays small and cheap to scrape (issue 28): no `_created` samples (Prometheus does not read them),
 buckets sized to each histogram's range, labels bounded (route templates, loaded models and versions, a few
-codes), and a family's own series are its plug-in's (`FamilySpec.metrics`, made once per app by `family`).
+codes), a page written without re-formatting every label on every scrape (service/exposition.py), and a
+family's own series are its plug-in's (`FamilySpec.metrics`, made once per app by `family`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
+from service.exposition import MetricsPage
 from service.gc_tuning import GcPauses
 from service.rollouts.metrics import RolloutMetrics
 
@@ -102,6 +104,7 @@ class Metrics:
         self.gpu = GpuCollector()
         if self.gpu.available:
             r.register(self.gpu)
+        self.page = MetricsPage(r)  # /metrics: generate_latest's text, each series' labels formatted once
 
 
     def family(self, name: str, build: Callable[[CollectorRegistry], FamilyMetricsT]) -> FamilyMetricsT:
