@@ -1,6 +1,7 @@
 """The size and scrape time of /metrics: idle, and while a mixed workload runs (issue 28).
 
     python benchmarks/metrics_page.py [--repository tests/golden/repository] [--rounds 40] [--scrapes 20]
+                                      [--code /path/to/another/checkout]   # e.g. the commit before, to compare
 
 Starts `python -m service` on a free port with the repository (default: the golden one, every family), replays
 the golden requests (every task route, /v2 metadata and infer; codec streams decoded again) plus requests that
@@ -69,11 +70,13 @@ def main() -> None:
     parser.add_argument("--repository", type=Path, default=cases.REPOSITORY)
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--scrapes", type=int, default=20)
+    parser.add_argument("--code", type=Path, default=ROOT, help="the checkout whose service is measured")
     args = parser.parse_args()
     port = _free_port()
     env = {**os.environ, "SERVICE_MODEL_REPOSITORY": str(args.repository), "PORT": str(port), "GRPC_PORT": "0",
-           "LOG_LEVEL": "warning", "SERVICE_STATE_DIR": str(Path("/tmp") / f"metrics-page-{port}")}
-    server = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env)
+           "LOG_LEVEL": "warning", "SERVICE_STATE_DIR": str(Path("/tmp") / f"metrics-page-{port}"),
+           "PYTHONPATH": str(args.code)}
+    server = subprocess.Popen([sys.executable, "-m", "service"], cwd=args.code, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         with httpx.Client(base_url=url, timeout=120) as client:

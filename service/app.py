@@ -228,8 +228,8 @@ async def watch_loop_lag(metrics: Metrics, interval_s: float = LOOP_LAG_INTERVAL
 def create_app(settings: Settings | None = None, *, grpc_listen: tuple[str, int] | None = None) -> FastAPI:
     """The app; with `grpc_listen` (host, port), its lifespan also serves gRPC on that address (service/grpc)."""
     settings = settings or Settings()
+    metrics = Metrics()
     families = plugins()
-    metrics = Metrics({name: f.spec.metrics for name, f in families.items() if f.spec.metrics})
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -41,8 +41,12 @@ FamilyMetricsT = TypeVar("FamilyMetricsT")
 
 class Metrics:
     def __init__(self, families: Mapping[str, Callable[[CollectorRegistry], Any]] | None = None) -> None:
-        """`families`: each family's `FamilySpec.metrics`, made now so that their series are described from the
-        first scrape on."""
+        """`families`: each family's `FamilySpec.metrics` by name (default: every registered family's), made now
+        so that their series are described from the first scrape on."""
+        if families is None:
+            from service.families import specs  # the declarations import this module's neighbours, not it
+
+            families = {name: spec.metrics for name, spec in specs().items() if spec.metrics is not None}
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.request_duration = Histogram(

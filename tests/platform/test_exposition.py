@@ -10,7 +10,8 @@ from service.metrics import REQUEST_BUCKETS, Metrics
 
 
 def _filled() -> Metrics:
-    metrics = Metrics({name: spec.metrics for name, spec in specs().items() if spec.metrics})
+    metrics = Metrics()
+    assert all(metrics.family(name, spec.metrics) for name, spec in specs().items() if spec.metrics)
     for code in ("200", "404"):
         metrics.request_duration.labels("/v2/models/{model_name}/infer", "POST", code, "m", "1", "http").observe(0.02)
     metrics.request_duration.labels("unmatched", "GET", "404", "", "", "http").observe(7.5)
