@@ -8,7 +8,8 @@
   nearest distance exceeds the threshold: a counter and `quality_ood_ratio`, the share over the last
   `quality_ood_window` samples (setting `SERVICE_WELD_QUALITY_OOD_WINDOW`). A request with another `metric`
   than the threshold's is not judged OOD.
-- Updates per batch: the series of each class are looked up once per version, counters move once per class.
+- Updates per batch: a class's series are looked up once per version (when first predicted: no empty series),
+  counters move once per class.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ class WeldQuality:
     metric: str
     threshold: float | None
     recent: RecentRatio
-    by_class: list[tuple[Any, Any, Any]]  # per class index: (nearest distance, vote margin, predictions) series
-    ood: Any
+    by_class: dict[int, tuple[Any, Any, Any]]  # class index -> (nearest distance, vote margin, predictions)
+    ood: Any  # the OOD counter's series, from the first OOD sample on
 
     @classmethod
     def create(cls, metrics: WeldMetrics, model: str, version: str, classes: tuple[str, ...], metric: str,
@@ -46,10 +47,16 @@ class WeldQuality:
         if threshold is not None:
             metrics.ood_threshold.labels(model, version, metric).set(threshold)
         recent = RecentRatio(metrics.ood_ratio.labels(model, version), window)
-        by_class = [(metrics.nearest_distance.labels(model, version, name), metrics.vote_margin.labels(
-            model, version, name), metrics.predictions.labels(model, version, name)) for name in classes]
-        return cls(metrics, model, version, classes, metric, threshold, recent, by_class,
-                   metrics.ood_samples.labels(model, version))
+        return cls(metrics, model, version, classes, metric, threshold, recent, {}, None)
+
+    def _series(self, index: int) -> tuple[Any, Any, Any]:
+        found = self.by_class.get(index)
+        if found is None:  # a dict insert under the GIL: two threads at worst look the same series up twice
+            m, name = self.metrics, self.classes[index]
+            found = self.by_class[index] = (m.nearest_distance.labels(self.model, self.version, name),
+                                            m.vote_margin.labels(self.model, self.version, name),
+                                            m.predictions.labels(self.model, self.version, name))
+        return found
 
     def record(self, result: KnnResult, metric: str) -> None:
         nearest = result.distances[:, 0].astype(np.float64)
@@ -58,7 +65,7 @@ class WeldQuality:
         predicted = result.predictions.astype(np.int64)
         for index in np.unique(predicted).tolist():
             rows = predicted == index
-            distance, margin, predictions = self.by_class[index]
+            distance, margin, predictions = self._series(index)
             for value in nearest[rows].tolist():
                 distance.observe(value)
             for value in margins[rows].tolist():
@@ -68,6 +75,8 @@ class WeldQuality:
             return
         flags = (nearest > self.threshold).tolist()
         if any(flags):
+            if self.ood is None:
+                self.ood = self.metrics.ood_samples.labels(self.model, self.version)
             self.ood.inc(sum(flags))
         self.recent.add(flags)
 
