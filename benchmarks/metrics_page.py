@@ -41,21 +41,36 @@ def _scrape(client: httpx.Client) -> tuple[float, str]:
     return (time.perf_counter() - started) * 1000, text
 
 
-def _figures(client: httpx.Client, scrapes: int) -> dict[str, float]:
-    """The page, and the median of a liveness probe's time (the floor: HTTP and the loop, no page) beside."""
+def _cpu_ms(pid: int) -> float:
+    """CPU time the process used so far (user + system), in ms: unlike wall time, not inflated by waiting for a
+    shared core."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def _figures(client: httpx.Client, scrapes: int, pid: int) -> dict[str, float]:
+    """The page: wall time per scrape, and the server's CPU per scrape (N scrapes back to back); a liveness
+    probe's beside (the floor: HTTP and the loop without the page). Under load the server's CPU includes the
+    load's."""
     times, floor, text = [], [], ""
+    before = _cpu_ms(pid)
     for _ in range(scrapes):
         ms, text = _scrape(client)
         times.append(ms)
+    page_cpu = _cpu_ms(pid) - before
+    before = _cpu_ms(pid)
+    for _ in range(scrapes):
         started = time.perf_counter()
         client.get("/v2/health/live")
         floor.append((time.perf_counter() - started) * 1000)
-        time.sleep(0.05)
+    probe_cpu = _cpu_ms(pid) - before
     times.sort()
     lines = text.splitlines()
     return {"bytes": len(text.encode()), "lines": len(lines), "bucket_lines": sum("_bucket{" in x for x in lines),
-            "created_lines": sum("_created" in x for x in lines), "p50_ms": statistics.median(times),
-            "p90_ms": times[int(0.9 * (len(times) - 1))], "probe_p50_ms": statistics.median(floor)}
+            "created_lines": sum("_created" in x for x in lines), "p50_ms": round(statistics.median(times), 1),
+            "p90_ms": round(times[int(0.9 * (len(times) - 1))], 1), "probe_p50_ms": round(statistics.median(floor), 1),
+            "server_cpu_ms_per_scrape": round(page_cpu / scrapes, 1),
+            "server_cpu_ms_per_probe": round(probe_cpu / scrapes, 1)}
 
 
 def _workload(url: str, requests: list[dict], rounds: int) -> None:
@@ -94,15 +109,15 @@ def main() -> None:
                 time.sleep(0.2)
             requests = [case["request"] for case in cases.load()["cases"]]
             _workload(url, requests, 1)  # every series exists before the idle figures
-            print("idle (after one round)", _figures(client, args.scrapes))
+            print("idle (after one round)", _figures(client, args.scrapes, server.pid))
             workers = [threading.Thread(target=_workload, args=(url, requests, args.rounds)) for _ in range(4)]
             for worker in workers:
                 worker.start()
             time.sleep(1.0)
-            print("under load", _figures(client, args.scrapes))
+            print("under load", _figures(client, args.scrapes, server.pid))
             for worker in workers:
                 worker.join()
-            print("idle (after the load)", _figures(client, args.scrapes))
+            print("idle (after the load)", _figures(client, args.scrapes, server.pid))
             if args.save:
                 args.save.write_text(client.get("/metrics").text)
     finally:
