@@ -19,9 +19,10 @@ from prometheus_client import CollectorRegistry
 
 from families.traffic.preprocessing import Scaler, build_features
 from families.weld.knn import knn_search
-from service.metrics import QualityMetrics
-from service.quality.traffic import ForecastStore
-from service.quality.weld import WeldQuality
+from service.families.traffic.metrics import TrafficMetrics
+from service.families.traffic.quality import ForecastStore
+from service.families.weld.metrics import WeldMetrics
+from service.families.weld.quality import WeldQuality
 
 
 def median_us(fn: Callable[[], object], repeats: int) -> float:
@@ -40,7 +41,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=300)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    metrics = QualityMetrics(CollectorRegistry())
+    registry = CollectorRegistry()
+    metrics = TrafficMetrics(registry)
     n, h = args.sensors, 12
     speeds = rng.uniform(0, 70, (1, 12, n))
     stamps = np.datetime64("2012-03-05T08:00") + np.arange(12) * np.timedelta64(300, "s")
@@ -58,7 +60,8 @@ def main() -> None:
     refs = torch.nn.functional.normalize(torch.randn(args.gallery, 512), dim=1)
     labels = torch.from_numpy(rng.integers(0, 12, args.gallery))
     query = torch.nn.functional.normalize(torch.randn(1, 512), dim=1).numpy()
-    quality = WeldQuality.create(metrics, "weld", "1", tuple(str(c) for c in range(12)), "cosine", 0.5, 256)
+    quality = WeldQuality.create(WeldMetrics(registry), "weld", "1", tuple(str(c) for c in range(12)), "cosine", 0.5,
+                                 256)
     result = knn_search(query, refs, labels, 5, "cosine", 12)
     search = median_us(lambda: knn_search(query, refs, labels, 5, "cosine", 12), args.repeats)
     record = median_us(lambda: quality.record(result, "cosine"), args.repeats)

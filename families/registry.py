@@ -6,7 +6,9 @@ A family is one name and four parts, found at the same place for every family, s
 - training: `training.<name>.train`: `train(config, out_dir, data=None, *, log=print) -> TrainResult`,
   `load_checkpoint(path) -> Checkpoint` (training/checkpoints.py) and `main()`, the CLI;
 - export: `export.families.<name>`: `plan_from_checkpoint(checkpoint: Path, options) -> ExportPlan`;
-- service: `service.families.<name>.family:PLUGIN`: the service plug-in (`service.plugin.FamilyPlugin`).
+- service: `service.families.<name>.family:PLUGIN`: the service plug-in (`service.plugin.FamilyPlugin`), and its
+  light declaration `service.families.<name>:SPEC` (`service.plugin.FamilySpec`: route prefix, settings, metrics;
+  read by the platform and deploy/ without loading model code).
 
 Parts are imported when asked for (`entry.load("service")`), never by this module: the service imports only
 service parts, training never does (the layers stay apart), and listing the families costs nothing.
@@ -19,13 +21,14 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Literal
 
-Part = Literal["contract", "training", "export", "service"]
+Part = Literal["contract", "training", "export", "service", "spec"]
 
 _PART_PATHS: dict[str, str] = {
     "contract": "families.{name}.contract",
     "training": "training.{name}.train",
     "export": "export.families.{name}",
     "service": "service.families.{name}.family:PLUGIN",
+    "spec": "service.families.{name}:SPEC",
 }
 
 
@@ -41,7 +44,7 @@ class FamilyEntry:
         return _PART_PATHS[part].format(name=self.name)
 
     def load(self, part: Part) -> Any:
-        """The part's module (contract, training, export) or object (service: the plug-in)."""
+        """The part's module (contract, training, export) or object (service: the plug-in; spec: its declaration)."""
         module_name, _, attribute = self.path(part).partition(":")
         module: ModuleType = importlib.import_module(module_name)
         return getattr(module, attribute) if attribute else module

@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service import __version__, gc_tuning
 from service.docs_ui import install_docs
 from service.errors import PayloadTooLarge, ServiceError, error_body, is_oip_path
-from service.families import plugins
+from service.families import description, plugins
 from service.landing import router as landing_router
 from service.metrics import Metrics
 from service.oip.fastpath import InferFastPath
@@ -188,7 +188,7 @@ class ServiceMiddleware:
 class ServiceApp(FastAPI):
     """FastAPI whose front is ServiceMiddleware (body bound, in-flight, latency) and the OIP infer fast path.
 
-    Profiled at concurrency 64 (tiny model), FastAPI's own __call__ (its OpenTelemetry provider checks read
+    Profiled at concurrency 64 (the smallest model), FastAPI's own __call__ (its OpenTelemetry provider checks read
     os.environ on every request), Starlette's error middlewares and routing took about 40 % of the event loop
     for the hottest route; `POST .../infer` now reaches its handler from here, every other request goes
     through FastAPI unchanged, with the same middleware in front.
@@ -267,8 +267,7 @@ def create_app(settings: Settings | None = None, *, grpc_listen: tuple[str, int]
     app = ServiceApp(
         title="Research model inference service",
         version=__version__,
-        description="Traffic forecasting, weld defect classification, hydrology reconstruction and learned image "
-                    "compression behind task endpoints and the Open Inference Protocol v2.",
+        description=description(),  # from the families' declarations (service/families)
         lifespan=lifespan,
         # FastAPI's native OpenTelemetry checks the global providers on every request; off unless asked for.
         telemetry=None if settings.otel_telemetry else {"tracing": False, "metrics": False, "logs": False},
@@ -291,7 +290,7 @@ def create_app(settings: Settings | None = None, *, grpc_listen: tuple[str, int]
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus_metrics() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.page.render(), media_type=CONTENT_TYPE_LATEST)
 
     # In front of FastAPI: the fast path and the routed path share the body bound, metrics and errors.
     # RolloutMiddleware: X-Model-Version on every answer, and the rollouts' live figures and shadow copies.

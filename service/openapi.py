@@ -28,6 +28,7 @@ from fastapi.routing import APIRoute
 
 from families.manifest import OIP_TO_NUMPY
 from service.auth import require_admin, require_index_access
+from service.families import specs
 from service.http_protocol import UNLIMITED_PATHS
 
 if TYPE_CHECKING:
@@ -222,7 +223,8 @@ def _zeros(shape: list[int], datatype: str) -> list[Any]:
 
 
 def oip_example(hub: ModelHub) -> tuple[LoadedVersion, dict[str, Any]] | None:
-    """An inference request for the served model with the smallest fixed-shape inputs (`tiny` if served)."""
+    """An inference request for the served model with the smallest fixed-shape inputs (a family that declares
+    `oip_example_first` first)."""
     candidates = []
     for loaded in hub.serving():
         inputs = loaded.manifest.primary.inputs
@@ -231,7 +233,8 @@ def oip_example(hub: ModelHub) -> tuple[LoadedVersion, dict[str, Any]] | None:
             continue  # dynamic non-batch axes (e.g. image sizes) have no one-size example
         size = sum(prod(s) for s in shapes)
         if size <= MAX_OIP_EXAMPLE_VALUES:
-            candidates.append((loaded.name != "tiny", size, loaded.name, loaded, inputs, shapes))
+            first = getattr(specs().get(loaded.manifest.family), "oip_example_first", False)
+            candidates.append((not first, size, loaded.name, loaded, inputs, shapes))
     if not candidates:
         return None
     *_, loaded, inputs, shapes = min(candidates, key=lambda c: c[:3])

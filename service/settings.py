@@ -1,18 +1,105 @@
+"""The service's settings: the platform's (`Settings`) and the base of each family's (`FamilySettings`).
+
+A family's settings model lives with its plug-in (`service/families/<f>/settings.py`, declared by its
+`FamilySpec.settings`) and reads `SERVICE_<F>_*`; `Settings.family(model)` builds it once per app. A setting that
+had another name before it moved to its family keeps working under that name (`legacy_env`), with a deprecation
+warning logged once per process.
+"""
+
 from __future__ import annotations
 
+import logging
+import os
+import warnings
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, PrivateAttr
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+log = logging.getLogger(__name__)
+PLATFORM_PREFIX = "SERVICE_"
+_warned: set[str] = set()
+
+
+def warn_renamed(old: str, new: str) -> None:
+    """The deprecation of a renamed setting: a DeprecationWarning and a log line, once per name and process."""
+    if old in _warned:
+        return
+    _warned.add(old)
+    message = f"{old} is deprecated and will be removed: set {new} instead"
+    warnings.warn(message, DeprecationWarning, stacklevel=3)
+    log.warning(message)
+
+
+class FamilySettings(BaseSettings):
+    """Base of a family's settings model. A subclass sets `model_config` with `env_prefix="SERVICE_<F>_"` and,
+    for a field that had another variable name before, `legacy_env = {field: "SERVICE_OLD_NAME"}` (read when the
+    new name is not set)."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+    legacy_env: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Earlier sources win: arguments, the new names, then the old names.
+        return init_settings, env_settings, LegacyEnvSource(settings_cls), dotenv_settings, file_secret_settings
+
+    @classmethod
+    def env_name(cls, field: str) -> str:
+        return f"{cls.model_config.get('env_prefix', '')}{field}".upper()
+
+    @classmethod
+    def from_platform(cls, settings: Settings) -> FamilySettings:
+        """The family's settings from the environment, overridden by keyword arguments given to `Settings`
+        (tests, Ray's `settings`): the variable's name without `SERVICE_`, lower-case (`weld_faiss_min=1`), or
+        its legacy name's (`gallery_url=...`, deprecated)."""
+        given = settings.model_extra or {}
+        overrides: dict[str, Any] = {}
+        for field in cls.model_fields:
+            current = cls.env_name(field).removeprefix(PLATFORM_PREFIX).lower()
+            legacy = cls.legacy_env.get(field, "").removeprefix(PLATFORM_PREFIX).lower()
+            if current in given:
+                overrides[field] = given[current]
+            elif legacy and legacy in given:
+                warn_renamed(f"the setting {legacy!r}", f"{current!r} ({cls.env_name(field)})")
+                overrides[field] = given[legacy]
+        return cls(**overrides)
+
+
+class LegacyEnvSource(PydanticBaseSettingsSource):
+    """A family setting's old environment variable (`FamilySettings.legacy_env`), with a deprecation warning."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        model: type[FamilySettings] = self.settings_cls  # type: ignore[assignment]
+        environ = {k.upper(): v for k, v in os.environ.items()}
+        found: dict[str, Any] = {}
+        for field, old in model.legacy_env.items():
+            if old.upper() in environ and model.env_name(field) not in environ:  # the new name wins, silently
+                warn_renamed(old, model.env_name(field))
+                found[field] = environ[old.upper()]
+        return found
+
+
+FamilySettingsT = TypeVar("FamilySettingsT", bound=FamilySettings)
 
 
 class Settings(BaseSettings):
-    """Every setting of the service, from `SERVICE_*` environment variables (the listener's from the conventional
-    `HOST`, `PORT`, `LOG_LEVEL`, `GRACEFUL_TIMEOUT_S`, `ACCESS_LOG`). Nothing in service/ reads `os.environ` itself."""
+    """Every setting of the platform, from `SERVICE_*` environment variables (the listener's from the conventional
+    `HOST`, `PORT`, `LOG_LEVEL`, `GRACEFUL_TIMEOUT_S`, `ACCESS_LOG`); each family's are `family(model)`. Nothing
+    else in service/ reads `os.environ`. Keyword arguments that are no field are kept for the families' models."""
 
-    model_config = SettingsConfigDict(env_prefix="SERVICE_", extra="ignore", populate_by_name=True)
+    model_config = SettingsConfigDict(env_prefix=PLATFORM_PREFIX, extra="allow", populate_by_name=True)
+    _families: dict[type, FamilySettings] = PrivateAttr(default_factory=dict)
 
     # `python -m service` (uvicorn): listen address, log level, graceful drain on SIGTERM, access log.
     host: str = Field("127.0.0.1", validation_alias="HOST")
@@ -51,16 +138,6 @@ class Settings(BaseSettings):
                                                                    "0 = unbounded (set 0 behind a proxy)")
     max_header_bytes: int = Field(64 * 1024, ge=1024, description="request line + headers; 431 beyond")
     header_timeout_s: float = Field(10.0, gt=0, description="seconds to complete request headers")
-    # Live quality (docs/quality.md): served traffic forecasts kept per model version to score against
-    # observations (count, memory and age bounds), the window of the weld OOD gauge.
-    quality_forecasts: int = Field(1024, ge=0, description="forecast windows kept per version; 0 = off")
-    quality_forecasts_mb: float = Field(64.0, gt=0, description="memory bound of the kept forecasts per version")
-    quality_forecast_ttl_s: float = Field(7200.0, gt=0, description="seconds a kept forecast waits for actuals")
-    quality_ood_window: int = Field(256, ge=1, description="recent weld samples behind quality_ood_ratio")
-    # Sampled quality checks (docs/quality.md): the share of codec compressions decoded again to measure
-    # PSNR, and of water requests reconstructed a second time with a few visible values hidden.
-    quality_codec_psnr_fraction: float = Field(0.05, ge=0, le=1, description="compressions also decoded for PSNR")
-    quality_water_selfcheck_fraction: float = Field(0.05, ge=0, le=1, description="water requests self-checked")
     # Garbage collector (service/gc_tuning.py): freeze the start-up heap and each loaded model, thresholds.
     gc_freeze: bool = True
     gc_thresholds: str = Field("2000,25,1000", description="gc.set_threshold(g0, g1, g2)")
@@ -72,12 +149,6 @@ class Settings(BaseSettings):
     inline_compute_ms: float = Field(0.25, ge=0, le=5)
     # FastAPI's native OpenTelemetry spans and metrics (needs a configured provider); Prometheus is always on.
     otel_telemetry: bool = False
-    # Enrolled weld references (families/weld/gallery_db.py): empty = SQLite at `<state_dir>/gallery.sqlite3`,
-    # `sqlite:///<path>` another SQLite file, `postgresql://...` a PostgreSQL database shared by every replica.
-    gallery_url: str = ""
-    # A weld gallery of at least this many references (shipped + enrolled) is searched through an exact FAISS
-    # index (faiss-cpu, the `faiss` extra; CPU serving only) instead of torch's matmul + top-k; 0 = never.
-    weld_faiss_min: int = Field(0, ge=0)
     # Triton serves the repository index to anyone; set true to put it behind the admin token too.
     restrict_repository_index: bool = False
     # /docs and /redoc load Swagger UI and Redoc from the service itself (service/docs_ui.py, works offline);
@@ -92,3 +163,10 @@ class Settings(BaseSettings):
     @cached_property
     def model_allowlist(self) -> set[str]:
         return {m.strip() for m in self.models.split(",") if m.strip()}
+
+    def family(self, model: type[FamilySettingsT]) -> FamilySettingsT:
+        """A family's settings (its plug-in's `FamilySpec.settings`), read once per `Settings`."""
+        found = self._families.get(model)
+        if found is None:
+            found = self._families[model] = model.from_platform(self)
+        return found  # type: ignore[return-value]

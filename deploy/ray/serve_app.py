@@ -7,7 +7,7 @@ behind a thin ingress that routes by path prefix or model name and answers healt
 
 Application args (serve_config.yaml `args`): repository (absolute, or relative to where the app is built),
 replicas (per family, overridable per deployment), num_cpus / num_gpus (per family replica, fractional),
-state_dir (state shared by the replicas of a family: the weld gallery's SQLite file), metrics_dir (file_sd
+state_dir (state shared by the replicas of a family, e.g. a gallery's SQLite file), metrics_dir (file_sd
 targets of every replica's /metrics), graceful_shutdown_timeout_s, settings (extra `Settings` fields),
 families (only these), ingress_replicas, env (replica environment variables), autoscaling (with replicas "auto"
 or absent: per family or for all, Serve's autoscaling_config sized to the batcher by FamilyPlan.autoscaling_config),
@@ -34,13 +34,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from deploy.ray.forwarding import ForwardedRequest, ForwardedResponse, call_asgi
-from deploy.ray.topology import FamilyPlan, family_of_path, plan_families
+from deploy.ray.topology import NOT_RETRIED, FamilyPlan, family_of_path, plan_families
 from service.settings import Settings
 
 log = logging.getLogger("ray.serve")
 PINNED_THREADS = ("SERVICE_CPU_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-# Never re-sent to another replica when the first one died mid-request: writes (enrolment, load/unload).
-NOT_RETRIED = ("/weld/gallery", "/v2/repository/models/")
 READY_TIMEOUT_S = 5.0
 DEFAULT_MAX_BODY: int = Settings.model_fields["max_request_bytes"].default
 
@@ -285,7 +283,7 @@ def family_options(plan: FamilyPlan, args: dict[str, Any]) -> dict[str, Any]:
 def autoscaling_of(family: str, args: dict[str, Any]) -> dict[str, Any] | None:
     """The family's autoscaling overrides when it autoscales, else None (a fixed `replicas` count). It autoscales
     when `autoscaling` is given and `replicas` is "auto" or absent; `autoscaling` holds either one dict for every
-    family ({min_replicas, max_replicas, ...}) or one per family ({traffic: {...}, weld: {...}})."""
+    family ({min_replicas, max_replicas, ...}) or one per family ({<family>: {...}, ...})."""
     given = args.get("autoscaling")
     if not given or args.get("replicas", "auto") != "auto":
         return None

@@ -9,9 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from families.repository_layout import latest_manifest
+from service.families import specs
 
-# Task route prefixes (service/families/<f>/routes.py) -> family.
-PREFIXES = {"traffic": "traffic", "weld": "weld", "water": "water", "image": "imagecodec"}
+# Task route prefixes (each family's declared `route_prefix`, its first path segment) -> family.
+PREFIXES = {spec.route_prefix.strip("/"): name for name, spec in specs().items() if spec.route_prefix}
+# Path prefixes of writes never re-sent to another replica when the first one died mid-request: the families'
+# declared non-idempotent routes, and loading / unloading models.
+NOT_RETRIED = (*(route for spec in specs().values() for route in spec.non_idempotent_routes),
+               "/v2/repository/models/")
 _MODEL_PATH = re.compile(r"^/v2/models/([^/]+)(?:/|$)")
 _REPOSITORY_PATH = re.compile(r"^/v2/repository/models/([^/]+)/")
 

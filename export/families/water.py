@@ -73,7 +73,7 @@ def _sample(cfg: WaterModelConfig, batch: int, pattern: str, generator: torch.Ge
 
 def _preprocessing(cfg: WaterModelConfig, stats: Normalisation, missing: dict[str, float] | None) -> Preprocessing:
     """What the service needs to validate requests and (de)normalise; with the training split's missing share
-    per modality, the drift reference too (service/quality/water.py). Older checkpoints lack it: no drift
+    per modality, the drift reference too (service/families/water/quality.py). Older checkpoints lack it: no drift
     series for them."""
     return Preprocessing(
         grid=Grid(height=cfg.height, width=cfg.width, patch=cfg.patch, frames=cfg.frames, series_len=cfg.series_len,

@@ -26,7 +26,7 @@ TASK = "traffic-forecast"
 GRAPH = "model"  # the one graph, x -> y
 INPUT = "x"  # (batch, input_steps, num_sensors, len(features)) float32
 OUTPUT = "y"  # (batch, horizon, num_sensors, 1) float32 mph
-# Names of the drift statistics in `training_statistics` (service/quality/traffic.py observes the same ones).
+# Names of the drift statistics in `training_statistics` (service/families/traffic/quality.py observes the same ones).
 STAT_MISSING = "missing_fraction"
 STAT_SPEED = "mean_speed"
 

@@ -2,7 +2,7 @@
 
 The gallery's own leave-one-out nearest-neighbour distance, 99th percentile, for the served metric. Export
 writes it to the manifest (`Preprocessing.quality`); the service computes it from the shipped gallery when a
-version exported before that loads. The live side (histograms, OOD ratio) is service/quality/weld.py.
+version exported before that loads. The live side (histograms, OOD ratio) is service/families/weld/quality.py.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 
-from service.metrics import QualityMetrics
+from service.metrics import DriftMetrics
 
 STATISTICS_KEY = "training_statistics"
 MIN_STD = 0.01  # a statistic constant in training (e.g. no missing values at all) still gives a finite drift
@@ -35,7 +35,7 @@ class _Series:
 class DriftRecorder:
     """The live side of one model version's statistics; `observe` is thread-safe (prometheus counters)."""
 
-    def __init__(self, metrics: QualityMetrics, model: str, version: str, training: dict[str, Any]) -> None:
+    def __init__(self, metrics: DriftMetrics, model: str, version: str, training: dict[str, Any]) -> None:
         self._series: dict[str, _Series] = {}
         for name, stats in training.items():
             labels = (model, version, name)
@@ -47,7 +47,7 @@ class DriftRecorder:
             self._series[name] = _Series(metrics.input_sum.labels(*labels), metrics.input_count.labels(*labels))
 
     @classmethod
-    def from_preprocessing(cls, metrics: QualityMetrics, model: str, version: str,
+    def from_preprocessing(cls, metrics: DriftMetrics, model: str, version: str,
                            preprocessing: dict[str, Any]) -> DriftRecorder:
         training = preprocessing.get(STATISTICS_KEY)
         return cls(metrics, model, version, training if isinstance(training, dict) else {})

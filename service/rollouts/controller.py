@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from service.auth import require_admin
 from service.errors import InvalidInput, NotFound, ServiceError
+from service.families import specs
 from service.rollouts import quality
 from service.rollouts.state import Policy, Rollout, RolloutBody, ShadowJob, Ticket
 
@@ -33,11 +34,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ROLLOUT_KEY_HEADER = "x-rollout-key"
-# Writes every version of a rollout must see: observations score each version's own kept forecasts.
-FANOUT_ROUTES = frozenset({"/traffic/observations"})
-# Requests tied to the version that made their input (a codec stream decodes with its own weights, whatever
-# is routed): neither split nor copied.
-NOT_ROUTED = frozenset({"/image/decompress"})
+# Writes every version of a rollout must see (the families' `fanout_routes`, e.g. ground truth scored against
+# each version's own answers).
+FANOUT_ROUTES = frozenset(route for spec in specs().values() for route in spec.fanout_routes)
+# Requests tied to the version that made their input (the families' `version_pinned_routes`): neither split
+# nor copied.
+NOT_ROUTED = frozenset(route for spec in specs().values() for route in spec.version_pinned_routes)
 SHADOW_STALE_S = 10.0  # a copy that waited longer for the live requests to finish is dropped
 # Scope keys a replayed copy keeps: what routing and the handlers read; the rest is per-connection state.
 _SCOPE_KEYS = ("type", "asgi", "http_version", "method", "scheme", "path", "raw_path", "root_path",

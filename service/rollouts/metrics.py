@@ -38,9 +38,9 @@ class RolloutMetrics:
         self.compared = Counter("rollout_shadow_compared", "Shadow copies whose answer was compared with the "
                                 "baseline's.", ("model", "version"), registry=r)
         self.abs_difference = Counter("rollout_shadow_abs_difference", "Sum over compared requests of the mean "
-                                      "|candidate - baseline| of their numeric outputs (traffic: mph).",
+                                      "|candidate - baseline| of their numeric outputs (in the outputs' units).",
                                       ("model", "version"), registry=r)
         self.agreed = Counter("rollout_shadow_agreed", "Compared requests where both versions predicted the "
-                              "same classes (weld).", ("model", "version"), registry=r)
+                              "same classes (classifiers).", ("model", "version"), registry=r)
         self.decisions = Counter("rollout_decisions", "Rollout decisions: start, promote, end, auto_promote, "
                                  "auto_rollback.", ("model", "decision"), registry=r)

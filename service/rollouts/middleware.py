@@ -70,7 +70,7 @@ class RolloutMiddleware:
 def _add_version(message: Message, state: dict[str, Any]) -> None:
     version = state.get("model_version")
     headers = message.get("headers", ())
-    # A route that names its version itself (the codec's model headers) keeps its own: one header, one value.
+    # A route that names its version itself (a route that picks its model itself) keeps its own: one header, one value.
     if version and not any(name.lower() == VERSION_HEADER for name, _ in headers):
         message["headers"] = [*headers, (VERSION_HEADER, version.encode())]
 

@@ -26,7 +26,7 @@ class Policy(BaseModel):
     promote_margin: float | None = Field(None, ge=0, le=1, description="e.g. 0.02: candidate's figure 2 % "
                                          "better than the baseline's; null: never promote automatically")
     min_scored: int = Field(100, ge=1, description="scored samples per version before quality is compared "
-                            "(traffic: forecast points; weld: classified samples; codec: PSNR samples; water: "
+                            "(each family's own: forecast points, classified samples, PSNR samples, "
                             "self-checked values)")
     max_error_rate: float | None = Field(None, ge=0, le=1, description="roll back above this share of 5xx")
     max_p99_ms: float | None = Field(None, gt=0, description="roll back when the candidate's p99 passes this")

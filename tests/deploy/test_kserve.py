@@ -85,7 +85,7 @@ def test_runtime_speaks_v2_and_probes_the_service(runtime: dict) -> None:
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["PORT"] == str(port) and env["SERVICE_MODEL_REPOSITORY"] == "/mnt/models"  # KServe's storage path
     assert env["SERVICE_STATE_DIR"] in {m["mountPath"] for m in container["volumeMounts"]}
-    assert "SERVICE_GALLERY_URL" in env  # replicas share the weld gallery only through PostgreSQL
+    assert "SERVICE_WELD_GALLERY_URL" in env  # replicas share the weld gallery only through PostgreSQL
     assert container["securityContext"]["runAsUser"] == 10001  # the image's `app` user
     assert container["resources"]["requests"] and container["resources"]["limits"]
 

@@ -43,8 +43,8 @@ def stack(live_server: Callable, traffic_repository: Path, weld_repository: Path
     for source in (traffic_repository, weld_repository, water_repository, imagecodec_repository):
         for model_dir in source.iterdir():
             shutil.copytree(model_dir, repository / model_dir.name)
-    server = live_server(repository, env={"SERVICE_QUALITY_WATER_SELFCHECK_FRACTION": "1.0",
-                                          "SERVICE_QUALITY_CODEC_PSNR_FRACTION": "1.0",
+    server = live_server(repository, env={"SERVICE_WATER_QUALITY_SELFCHECK_FRACTION": "1.0",
+                                          "SERVICE_IMAGECODEC_QUALITY_PSNR_FRACTION": "1.0",
                                           "SERVICE_ADMIN_TOKEN": ADMIN_TOKEN})  # observations are a write
     with scraping(binary, tmp_path, server.port) as prometheus:
         yield server.url, repository, prometheus

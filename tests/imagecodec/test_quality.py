@@ -17,8 +17,8 @@ from prometheus_client import CollectorRegistry
 from testkit import LiveServer, hostile_request, metric_value, running_server
 
 from families.imagecodec.codec import decode, encode
-from service.metrics import QualityMetrics
-from service.quality.imagecodec import PSNR_CAP_DB, CodecQuality, level_of, psnr_db
+from service.families.imagecodec.metrics import ImagecodecMetrics
+from service.families.imagecodec.quality import PSNR_CAP_DB, CodecQuality, level_of, psnr_db
 
 REPORT: list[tuple[str, int, float, float, float]] = []
 
@@ -48,7 +48,7 @@ def test_psnr() -> None:
 def test_record_bpp_always_psnr_on_sampled(imagecodec_repository: Path, fraction: float) -> None:
     nets, model = local_codec(imagecodec_repository / "imagecodec" / "1", cpu_threads=1)
     registry = CollectorRegistry()
-    quality = CodecQuality.create(QualityMetrics(registry), "imagecodec", "1", 2, fraction, seed=0)
+    quality = CodecQuality.create(ImagecodecMetrics(registry), "imagecodec", "1", 2, fraction, seed=0)
     image = _image()
     start = time.perf_counter()
     stream, info = encode(image, nets, model)
@@ -68,7 +68,7 @@ def test_record_bpp_always_psnr_on_sampled(imagecodec_repository: Path, fraction
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, imagecodec_repository: Path) -> Iterator[LiveServer]:
     with running_server(imagecodec_repository, tmp_path_factory.mktemp("codec-quality") / "server.log",
-                      env={"SERVICE_QUALITY_CODEC_PSNR_FRACTION": "1.0"}) as live:
+                      env={"SERVICE_IMAGECODEC_QUALITY_PSNR_FRACTION": "1.0"}) as live:
         yield live
 
 

@@ -173,9 +173,9 @@ def test_documented_weld_tensor_ranks_ids_and_labels_are_enforced() -> None:
     from families.weld.classes import CLASSES
     from families.weld.preprocessing import SENSOR_COLUMNS, PreprocessParams
     from service.errors import InvalidInput
+    from service.families.weld.jsontensors import split_tensor_body
     from service.families.weld.routes import ParsedSample, _check_text, _labelled
     from service.families.weld.schemas import MAX_TEXT_CHARS
-    from service.jsontensors import split_tensor_body
 
     shapes = PreprocessParams(video_frames=2, video_size=4, num_photos=1, photo_size=4, audio_frames=3,
                               audio_mel_bins=2, sensor_steps=2).shapes()

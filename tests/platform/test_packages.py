@@ -18,7 +18,7 @@ from families.registry import REGISTRY
 
 ROOT = Path(__file__).resolve().parents[2]
 WEB_STACK = ("fastapi", "starlette", "uvicorn", "pydantic_settings", "prometheus_client")
-SERVICE_FAMILY_FILES = {"__init__.py", "family.py", "schemas.py", "routes.py"}
+FAMILY_NAMES = ("tiny", "traffic", "weld", "water", "imagecodec")
 
 
 def _modules(package) -> list[str]:
@@ -84,9 +84,81 @@ def test_every_family_has_every_part_of_the_contract(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", BY_FAMILY)
-def test_every_service_family_folder_has_the_same_files(name: str) -> None:
-    folder = ROOT / "service" / "families" / name
-    assert {p.name for p in folder.glob("*.py")} == SERVICE_FAMILY_FILES
+def test_every_family_plugs_in_the_same_parts(name: str) -> None:
+    """The same parts, layered: the declaration (`SPEC`, light) and the plug-in that carries it; routes under the
+    declared prefix, declared routes among them; settings read from `SERVICE_<F>_*`; metrics that build on a
+    registry of their own."""
+    from prometheus_client import CollectorRegistry
+
+    from service.families import specs
+    from service.plugin import FamilyPlugin, FamilySpec
+    from service.settings import FamilySettings
+
+    spec, plugin = REGISTRY[name].load("spec"), REGISTRY[name].load("service")
+    assert isinstance(spec, FamilySpec) and spec.name == name and specs()[name] is spec
+    assert isinstance(plugin, FamilyPlugin) and plugin.spec is spec
+    paths = {route.path for route in plugin.router.routes} if plugin.router is not None else set()
+    assert (spec.route_prefix is None) == (plugin.router is None)
+    assert all(path.startswith(f"{spec.route_prefix}/") for path in paths), paths
+    declared = {*spec.non_idempotent_routes, *spec.fanout_routes, *spec.version_pinned_routes}
+    assert declared <= paths, declared - paths
+    if spec.settings is not None:
+        assert issubclass(spec.settings, FamilySettings)
+        assert spec.settings.model_config["env_prefix"] == f"SERVICE_{name.upper()}_"
+        spec.settings()  # the defaults are valid
+    if spec.metrics is not None:
+        spec.metrics(CollectorRegistry())  # its own series, none shared with another part
+    if spec.rollout_quality is not None:
+        assert "figure" in spec.rollout_quality.figures({}) and spec.rollout_quality.samples
+
+
+def test_family_declarations_load_no_model_code() -> None:
+    """The platform and deploy/ (the Ray ingress) read every declaration without torch or a runtime."""
+    script = ("import sys\nfrom service.families import specs\nfrom deploy.ray.topology import PREFIXES\nspecs()\n"
+              "heavy = sorted(m for m in ('torch', 'onnxruntime', 'numpy', 'PIL') if m in sys.modules)\n"
+              "assert not heavy, heavy\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("name", BY_FAMILY)
+def test_a_family_uses_only_its_own_code_and_the_platform(name: str) -> None:
+    """Layered: service/families/<f>/ imports its own web-free code (`families.<f>`) and its own service
+    modules, the shared web-free modules and the platform, never another family's parts."""
+    others = [f for f in REGISTRY if f != name]
+    offenders = {}
+    for path in (ROOT / "service" / "families" / name).rglob("*.py"):
+        for module in _imported_modules(path):
+            parts = module.split(".")
+            if (parts[0] == "families" and len(parts) > 1 and parts[1] in others) or (
+                    parts[:2] == ["service", "families"] and len(parts) > 2 and parts[2] in others):
+                offenders.setdefault(str(path.relative_to(ROOT)), []).append(module)
+    assert not offenders
+
+
+def test_the_platform_imports_no_family_part() -> None:
+    """service/ outside service/families/ and deploy/ reach a family only through the registry."""
+    offenders = {}
+    for folder in ("service", "deploy"):
+        for path in (ROOT / folder).rglob("*.py"):
+            if path.is_relative_to(ROOT / "service" / "families"):
+                continue
+            for module in _imported_modules(path):
+                parts = module.split(".")
+                if (parts[0] == "families" and len(parts) > 1 and parts[1] in REGISTRY) or (
+                        parts[:2] == ["service", "families"] and len(parts) > 2):
+                    offenders.setdefault(str(path.relative_to(ROOT)), []).append(module)
+    assert offenders == {"deploy/ray/smoke.py": ["families.weld.preprocessing"]}, offenders
+
+
+def _imported_modules(path: Path) -> list[str]:
+    modules = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            modules += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            modules.append(node.module)
+    return modules
 
 
 def test_every_service_family_folder_is_registered() -> None:

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from testkit import ROOT, LiveServer
 
+from service.families import specs
 from service.metrics import Metrics
 from service.rollouts.controller import decide
 from service.rollouts.quality import compare, difference, figures, snapshot
@@ -336,8 +337,9 @@ def test_answer_comparison_and_body_checks() -> None:
 
 def test_quality_figures_per_family_cover_the_rollout_only() -> None:
     """The version-labelled quality counters, minus their values at the rollout's start, per family."""
-    metrics = Metrics()
-    q, registry = metrics.quality, metrics.registry
+    metrics = Metrics()  # with every family's own series
+    registry = metrics.registry
+    q, w, c, r = (metrics.family(name, specs()[name].metrics) for name in ("traffic", "weld", "imagecodec", "water"))
     q.forecast_abs_error.labels("traffic", "1", "1", "model").inc(100)  # before the rollout: not counted
     q.forecast_points.labels("traffic", "1", "1", "model").inc(10)
     start = snapshot(registry, "traffic")
@@ -353,18 +355,18 @@ def test_quality_figures_per_family_cover_the_rollout_only() -> None:
     assert v2["mae"] == 2.0 and v2["figure"] == "mae"
 
     start = snapshot(registry, "weld")
-    q.predictions.labels("weld", "2", "Good").inc(8)
-    q.predictions.labels("weld", "2", "Porosity").inc(2)
-    q.ood_samples.labels("weld", "2").inc(1)
+    w.predictions.labels("weld", "2", "Good").inc(8)
+    w.predictions.labels("weld", "2", "Porosity").inc(2)
+    w.ood_samples.labels("weld", "2").inc(1)
     weld = figures("weld", difference(snapshot(registry, "weld"), start, "2"))
     assert weld["ood_share"] == pytest.approx(0.1) and weld["scored"] == 10
 
-    q.codec_bpp.labels("imagecodec-q2", "2", "2").observe(0.5)
-    q.codec_bpp.labels("imagecodec-q2", "2", "2").observe(0.3)
-    q.codec_psnr.labels("imagecodec-q2", "2", "2").observe(31.0)
+    c.bpp.labels("imagecodec-q2", "2", "2").observe(0.5)
+    c.bpp.labels("imagecodec-q2", "2", "2").observe(0.3)
+    c.psnr.labels("imagecodec-q2", "2", "2").observe(31.0)
     codec = figures("imagecodec", difference(snapshot(registry, "imagecodec-q2"), {}, "2"))
     assert codec["bpp"] == pytest.approx(0.4) and codec["psnr_db"] == 31.0 and codec["higher_is_better"]
 
-    q.selfcheck_abs_error.labels("water", "3", "flow").inc(0.5)
-    q.selfcheck_points.labels("water", "3", "flow").inc(5)
+    r.selfcheck_abs_error.labels("water", "3", "flow").inc(0.5)
+    r.selfcheck_points.labels("water", "3", "flow").inc(5)
     assert figures("water", difference(snapshot(registry, "water"), {}, "3"))["selfcheck_mae"] == pytest.approx(0.1)

@@ -21,8 +21,8 @@ from testkit import LiveServer, hostile_request
 
 from families.manifest import Manifest
 from families.traffic.contract import training_statistics
-from service.metrics import QualityMetrics
-from service.quality.traffic import ForecastStore, last_non_missing
+from service.families.traffic.metrics import TrafficMetrics
+from service.families.traffic.quality import ForecastStore, last_non_missing
 
 STEP_NS = 300 * 10**9
 REPORT: list[tuple[str, int, float, float, float]] = []
@@ -36,7 +36,7 @@ AUTH = {"authorization": f"Bearer {TOKEN}"}
 def _store(horizon: int = 3, sensors: int = 2, **kw: Any) -> tuple[ForecastStore, CollectorRegistry]:
     registry = CollectorRegistry()
     args = {"max_forecasts": 100, "max_bytes": 1e9, "ttl_s": 3600.0, **kw}
-    return ForecastStore(QualityMetrics(registry), "traffic", "1", horizon=horizon, sensors=sensors,
+    return ForecastStore(TrafficMetrics(registry), "traffic", "1", horizon=horizon, sensors=sensors,
                          step_seconds=300, **args), registry
 
 

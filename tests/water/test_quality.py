@@ -17,10 +17,11 @@ from families.manifest import Manifest
 from families.water.contract import Preprocessing, missing_statistic
 from families.water.observed import graph_inputs
 from families.water.preprocessing import IMAGE_MODALITIES, MODALITIES, patch_mask
+from service.families.water.metrics import WaterMetrics
+from service.families.water.quality import HIDE_FRACTION, WaterQuality
 from service.families.water.routes import WaterState, prepare_request
 from service.families.water.schemas import ReconstructRequest, max_json_values
-from service.metrics import QualityMetrics
-from service.quality.water import HIDE_FRACTION, WaterQuality
+from service.metrics import DriftMetrics
 from service.runtimes import open_runtime
 from training.water.data import generate
 
@@ -51,7 +52,8 @@ def pre(manifest: Manifest) -> Preprocessing:
 def _state(pre: Preprocessing, fraction: float) -> tuple[WaterState, CollectorRegistry]:
     """The served state with its own metrics registry; `fraction` 0 never self-checks."""
     registry = CollectorRegistry()
-    quality = WaterQuality(QualityMetrics(registry), "water", "1", pre.training_statistics, fraction, seed=0)
+    quality = WaterQuality(WaterMetrics(registry), DriftMetrics(registry), "water", "1", pre.training_statistics,
+                           fraction, seed=0)
     return WaterState(pre, pre.stats.norm_stats(), max_json_values(pre.grid), quality), registry
 
 
@@ -120,7 +122,7 @@ def test_selfcheck_cost(manifest: Manifest, pre: Preprocessing, body: dict, wate
 
 @pytest.fixture(scope="module")
 def server(serve, water_repository: Path) -> LiveServer:
-    return serve(water_repository, env={"SERVICE_QUALITY_WATER_SELFCHECK_FRACTION": "1.0"})
+    return serve(water_repository, env={"SERVICE_WATER_QUALITY_SELFCHECK_FRACTION": "1.0"})
 
 
 def test_live_selfcheck_and_drift_metrics(server: LiveServer, body: dict, pre: Preprocessing) -> None:

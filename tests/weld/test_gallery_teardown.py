@@ -32,7 +32,7 @@ PER_VERSION = 2  # a gallery holds a writer and a reader connection
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def gallery(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, Callable[[LiveServer], int]]:
-    """(SERVICE_GALLERY_URL, count(server) -> the gallery connections the server process holds)."""
+    """(SERVICE_WELD_GALLERY_URL, count(server) -> the gallery connections the server process holds)."""
     if request.param == "sqlite":
         path = tmp_path / "gallery.sqlite3"
 
@@ -82,7 +82,7 @@ def _enrol(client: httpx.Client, repository: Path, sample_id: str) -> httpx.Resp
 def test_unload_and_reload_close_the_retired_gallery(live_server, weld_repository: Path, tmp_path: Path,
                                                      gallery: tuple[str, Callable[[LiveServer], int]]) -> None:
     url, count = gallery
-    server = live_server(weld_repository, env={"SERVICE_ADMIN_TOKEN": TOKEN, "SERVICE_GALLERY_URL": url,
+    server = live_server(weld_repository, env={"SERVICE_ADMIN_TOKEN": TOKEN, "SERVICE_WELD_GALLERY_URL": url,
                                                "SERVICE_STATE_DIR": str(tmp_path / "state")})
     seen = [count(server)]
     assert seen[0] == PER_VERSION, seen

@@ -36,7 +36,7 @@ from families.weld.preprocessing import (
     read_sensor_csv,
 )
 from service.errors import ServiceError
-from service.jsontensors import split_tensor_body
+from service.families.weld.jsontensors import split_tensor_body
 from training.weld.data import read_manifest
 
 TOKEN = "weld-hostile-token"

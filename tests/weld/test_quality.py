@@ -17,8 +17,8 @@ from families.manifest import Manifest
 from families.weld.knn import KnnResult
 from families.weld.ood import loo_nearest_distances, manifest_quality
 from families.weld.preprocessing import PreprocessParams
-from service.metrics import QualityMetrics
-from service.quality.weld import WeldQuality
+from service.families.weld.metrics import WeldMetrics
+from service.families.weld.quality import WeldQuality
 from training.weld.data import read_manifest
 
 REPORT: list[tuple[str, int, float, float, float]] = []
@@ -35,7 +35,7 @@ def test_leave_one_out_excludes_the_row_itself() -> None:
 
 def test_record_histograms_counts_and_ood_ratio() -> None:
     registry = CollectorRegistry()
-    quality = WeldQuality.create(QualityMetrics(registry), "weld", "1", CLASSES, "cosine", 0.5, window=4)
+    quality = WeldQuality.create(WeldMetrics(registry), "weld", "1", CLASSES, "cosine", 0.5, window=4)
     result = KnnResult(indices=np.zeros((2, 2), int), distances=np.array([[0.1, 0.2], [0.9, 1.0]], np.float32),
                        predictions=np.array([0, 2]), votes=np.array([[1.0, 0, 0], [0, 0.5, 0.5]]))
     quality.record(result, "cosine")

@@ -18,9 +18,10 @@ from families.imagecodec.codec import PreparedStream, decode, encode
 from families.imagecodec.contract import COMPRESS_PROCEDURE, DECOMPRESS_PROCEDURE, TABLES_ASSET, Preprocessing
 from families.imagecodec.tables import PmfTables
 from service.errors import BadRequest
+from service.families.imagecodec import SPEC
+from service.families.imagecodec.quality import CodecQuality
 from service.families.imagecodec.routes import CodecState, png, router, stream_error
 from service.plugin import FamilyPlugin
-from service.quality.imagecodec import CodecQuality
 
 if TYPE_CHECKING:
     from service.repository import LoadedVersion
@@ -62,7 +63,7 @@ def decompress_batch(nets: VersionNetworks, state: CodecState, payloads: list[Pr
 
 
 class ImageCodecPlugin(FamilyPlugin[CodecState]):
-    name = "imagecodec"
+    spec = SPEC
 
     def __init__(self) -> None:
         self.router = router
@@ -71,8 +72,8 @@ class ImageCodecPlugin(FamilyPlugin[CodecState]):
         """Parse the manifest, load the shipped pmf tables and register the two codec procedures."""
         pre = version.manifest.preprocessing_as(Preprocessing)
         tables = PmfTables.from_bytes(version.asset_path(TABLES_ASSET).read_bytes())
-        quality = CodecQuality.create(version.metrics.quality, version.name, str(version.version), pre.quality,
-                                      version.settings.quality_codec_psnr_fraction)
+        quality = CodecQuality.create(self.metrics_of(version), version.name, str(version.version), pre.quality,
+                                      self.settings_of(version).quality_psnr_fraction)
         state = CodecState(preprocessing=pre, model=pre.codec_model(version.name, tables), quality=quality)
         nets = VersionNetworks(version)
         version.add_procedure(COMPRESS_PROCEDURE, partial(compress_batch, nets, state))

@@ -39,6 +39,7 @@ from families.images import upright_rgb
 from families.manifest import Manifest
 from service.dataplane import Call, hub_of, resolve_version, workpool_of
 from service.errors import BadRequest, InvalidInput, NotFound, PayloadTooLarge, UnsupportedMediaType
+from service.families.imagecodec.quality import CodecQuality
 from service.families.imagecodec.schemas import (
     ACCEPTED_IMAGE_TYPES,
     COMPRESS_OPENAPI,
@@ -54,7 +55,6 @@ from service.families.imagecodec.schemas import (
     compress_headers,
     model_headers,
 )
-from service.quality.imagecodec import CodecQuality
 
 
 @dataclass(frozen=True)

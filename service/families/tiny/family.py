@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from families.tiny.contract import Preprocessing
+from service.families.tiny import SPEC
 from service.families.tiny.routes import router
 from service.plugin import FamilyPlugin
 
@@ -13,7 +14,7 @@ if TYPE_CHECKING:
 
 
 class TinyPlugin(FamilyPlugin[Preprocessing]):
-    name = "tiny"
+    spec = SPEC
 
     def __init__(self) -> None:
         self.router = router

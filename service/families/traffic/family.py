@@ -6,9 +6,10 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from families.traffic.contract import Preprocessing
+from service.families.traffic import SPEC
+from service.families.traffic.quality import forecast_store
 from service.families.traffic.routes import TrafficState, router
 from service.plugin import FamilyPlugin
-from service.quality.traffic import forecast_store
 
 if TYPE_CHECKING:
     from service.repository import LoadedVersion
@@ -28,7 +29,7 @@ def forecast_example(pre: Preprocessing) -> dict[str, Any]:
 
 
 class TrafficPlugin(FamilyPlugin[TrafficState]):
-    name = "traffic"
+    spec = SPEC
     router = router
 
     def prepare(self, version: LoadedVersion) -> TrafficState:
@@ -38,7 +39,8 @@ class TrafficPlugin(FamilyPlugin[TrafficState]):
         if shape[1:3] != [pre.input_steps, len(pre.sensor_ids)]:
             raise ValueError(f"graph input shape {shape} does not match {pre.input_steps} steps x "
                              f"{len(pre.sensor_ids)} sensors of the manifest")
-        return TrafficState(preprocessing=pre, store=forecast_store(version, pre))
+        return TrafficState(preprocessing=pre, store=forecast_store(
+            version, pre, self.settings_of(version), self.metrics_of(version), version.metrics.drift))
 
     def openapi_examples(self, version: LoadedVersion, state: TrafficState) -> dict[str, Any]:
         return {"/traffic/forecast": forecast_example(state.preprocessing)}

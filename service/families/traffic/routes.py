@@ -8,7 +8,7 @@ linear in the request size), and bodies larger than any valid request to the ser
 parsing.
 
 Observations: actual readings as they arrive, scored against the forecasts served for their times
-(service/quality/traffic.py). They move the live error metrics and the "worse than naive" alert, so writing
+(service/families/traffic/quality.py). They move the live error metrics and the "worse than naive" alert, so writing
 them needs the admin bearer token (as gallery enrolment does; without a configured token the route is off).
 """
 
@@ -28,6 +28,7 @@ from families.traffic.preprocessing import MAX_TIMESTAMP, MIN_TIMESTAMP, build_f
 from service.auth import require_admin
 from service.dataplane import Call, json_body_openapi, task_call
 from service.errors import InvalidInput
+from service.families.traffic.quality import OUTCOMES, ForecastStore
 from service.families.traffic.schemas import (
     MAX_JSON_VALUES,
     MAX_OBSERVATION_STEPS,
@@ -42,7 +43,6 @@ from service.families.traffic.schemas import (
     ObservationWindow,
     SensorsResponse,
 )
-from service.quality.traffic import OUTCOMES, ForecastStore
 
 if TYPE_CHECKING:
     from service.repository import LoadedVersion

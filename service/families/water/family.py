@@ -5,25 +5,26 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from families.water.contract import Preprocessing
+from service.families.water import SPEC
+from service.families.water.quality import WaterQuality
 from service.families.water.routes import WaterState, router
 from service.families.water.schemas import max_json_values, reconstruct_example
 from service.plugin import FamilyPlugin
-from service.quality.water import WaterQuality
 
 if TYPE_CHECKING:
     from service.repository import LoadedVersion
 
 
 class WaterPlugin(FamilyPlugin[WaterState]):
-    name = "water"
+    spec = SPEC
 
     def __init__(self) -> None:
         self.router = router
 
     def prepare(self, version: LoadedVersion) -> WaterState:
         pre = version.manifest.preprocessing_as(Preprocessing)
-        quality = WaterQuality(version.metrics.quality, version.name, str(version.version), pre.training_statistics,
-                               version.settings.quality_water_selfcheck_fraction)
+        quality = WaterQuality(self.metrics_of(version), version.metrics.drift, version.name, str(version.version),
+                               pre.training_statistics, self.settings_of(version).quality_selfcheck_fraction)
         return WaterState(preprocessing=pre, stats=pre.stats.norm_stats(), max_json_values=max_json_values(pre.grid),
                           quality=quality)
 

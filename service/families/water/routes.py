@@ -22,8 +22,8 @@ from families.water.observed import ObservedSample, graph_inputs
 from families.water.preprocessing import IMAGE_MODALITIES, MODALITIES, STATIC_NAMES, UNITS, NormStats
 from service.dataplane import Call, json_body_openapi, task_call
 from service.errors import InvalidInput
+from service.families.water.quality import SelfCheck, WaterQuality
 from service.families.water.schemas import ReconstructRequest, ReconstructResponse, WaterSample
-from service.quality.water import SelfCheck, WaterQuality
 
 Tensors = dict[str, np.ndarray]
 

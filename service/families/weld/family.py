@@ -1,5 +1,5 @@
 """The weld family's plug-in: the manifest's section parsed once per loaded version, the gallery opened (shipped
-references + those enrolled in the gallery database, `SERVICE_GALLERY_URL`; an earlier `enrolled.npz` in the
+references + those enrolled in the gallery database, `SERVICE_WELD_GALLERY_URL`; an earlier `enrolled.npz` in the
 version's state folder is migrated into it), the OOD threshold and the quality recorder."""
 
 from __future__ import annotations
@@ -12,35 +12,36 @@ from families.weld.gallery import GalleryKey, GalleryStore
 from families.weld.gallery_db import open_gallery_db
 from families.weld.ood import threshold_from
 from families.weld.preprocessing import warm_up
+from service.families.weld import SPEC
+from service.families.weld.quality import WeldQuality
 from service.families.weld.routes import WeldState, router
 from service.families.weld.schemas import classify_example
 from service.plugin import FamilyPlugin
-from service.quality.weld import WeldQuality
 
 if TYPE_CHECKING:
     from service.repository import LoadedVersion
 
 
 class WeldPlugin(FamilyPlugin[WeldState]):
-    name = "weld"
+    spec = SPEC
 
     def __init__(self) -> None:
         self.router = router
 
     def prepare(self, version: LoadedVersion) -> WeldState:
         pre = version.manifest.preprocessing_as(Preprocessing)
-        settings = version.settings
-        db = open_gallery_db(settings.gallery_url, settings.state_dir)
+        settings = self.settings_of(version)
+        db = open_gallery_db(settings.gallery_url, version.settings.state_dir)
         try:
             gallery = GalleryStore(version.asset_path(pre.knn.gallery), db,
                                    GalleryKey(version.name, str(version.version)), version.device,
                                    num_classes=len(CLASSES), legacy_dir=version.state_dir,
-                                   faiss_min=settings.weld_faiss_min, metric=pre.knn.metric)
+                                   faiss_min=settings.faiss_min, metric=pre.knn.metric)
             warm_up(pre.params)
             shipped = gallery.snapshot.embeddings[:gallery.snapshot.shipped].cpu().numpy()
             threshold = threshold_from(pre.quality, pre.knn.metric, shipped)
-            quality = WeldQuality.create(version.metrics.quality, version.name, str(version.version), CLASSES,
-                                         pre.knn.metric, threshold, version.settings.quality_ood_window)
+            quality = WeldQuality.create(self.metrics_of(version), version.name, str(version.version), CLASSES,
+                                         pre.knn.metric, threshold, settings.quality_ood_window)
         except BaseException:
             db.close()  # a failed load is never retired: its connections would stay open for good
             raise

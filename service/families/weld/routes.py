@@ -61,6 +61,9 @@ from service.errors import (
     ServiceError,
     UnsupportedMediaType,
 )
+from service.families.weld.jsontensors import sample_error as _fail
+from service.families.weld.jsontensors import split_tensor_body
+from service.families.weld.quality import WeldQuality, search_and_record
 from service.families.weld.schemas import (
     MAX_K,
     MAX_SAMPLES,
@@ -75,9 +78,6 @@ from service.families.weld.schemas import (
     TensorRequest,
 )
 from service.jsonbody import validate_json
-from service.jsontensors import sample_error as _fail
-from service.jsontensors import split_tensor_body
-from service.quality.weld import WeldQuality, search_and_record
 
 _FORBIDDEN_CATEGORIES = {"Cc", "Cs", "Zl", "Zp"}  # control characters, lone surrogates, line separators
 _FIELD = re.compile(r"^(video|photos|audio|sensors|id|label)(?:\.(\d{1,3}))?$")

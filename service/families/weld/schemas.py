@@ -2,7 +2,7 @@
 
 `POST /weld/classify` and `POST /weld/gallery` take the same samples: uploads of the real file formats
 (multipart/form-data, fields described in routes.py) or ready tensors (JSON, `TensorRequest`). Tensor shapes
-are checked against the served version's manifest on the raw bytes (service/jsontensors.py).
+are checked against the served version's manifest on the raw bytes (service/families/weld/jsontensors.py).
 """
 
 from __future__ import annotations

@@ -105,7 +105,7 @@ def ray_service(tmp_path_factory: pytest.TempPathFactory, ray_repository: Path) 
     args = {"repository": str(ray_repository), "replicas": 2, "num_cpus": 0.25, "state_dir": str(state),
             "metrics_dir": str(state / "targets"), "graceful_shutdown_timeout_s": 5,
             "settings": {"admin_token": ADMIN_TOKEN, "device": "cpu",
-                         "gallery_url": f"sqlite:///{state / 'g.sqlite3'}"}}
+                         "weld_gallery_url": f"sqlite:///{state / 'g.sqlite3'}"}}
     serve.run(build_app(args), name="service", route_prefix="/", blocking=False)
     url = f"http://127.0.0.1:{port}"
     wait_ready(url)

@@ -1,5 +1,5 @@
 """The weld gallery in PostgreSQL through Ray Serve: a second application ("pg", route_prefix /pg) on the session
-cluster, two weld replicas whose environment carries SERVICE_GALLERY_URL=postgresql://... (a throw-away
+cluster, two weld replicas whose environment carries SERVICE_WELD_GALLERY_URL=postgresql://... (a throw-away
 cluster, tests/fixtures/postgres.py). An enrolment through one replica is used by classify on the other; a
 duplicate id is refused with 409 whichever replica answers; the rows are in the database."""
 
@@ -25,7 +25,7 @@ def pg_app(ray_service, ray_repository: Path, postgres_server, tmp_path_factory:
     state = tmp_path_factory.mktemp("pg-state")
     args = {"repository": str(ray_repository), "families": ["weld"], "replicas": 2, "ingress_replicas": 1,
             "num_cpus": 0.25, "state_dir": str(state), "metrics_dir": str(state / "targets"),
-            "graceful_shutdown_timeout_s": 2, "env": {"SERVICE_GALLERY_URL": database},
+            "graceful_shutdown_timeout_s": 2, "env": {"SERVICE_WELD_GALLERY_URL": database},
             "settings": {"admin_token": TOKEN, "device": "cpu"}}
     with extra_app("pg", args) as url:
         yield url, database

@@ -29,7 +29,9 @@ from families.traffic.preprocessing import NULL_VALUE
 from service.quality.drift import DriftRecorder
 
 if TYPE_CHECKING:
-    from service.metrics import QualityMetrics
+    from service.families.traffic.metrics import TrafficMetrics
+    from service.families.traffic.settings import TrafficSettings
+    from service.metrics import DriftMetrics
     from service.repository import LoadedVersion
 
 PREDICTORS = ("model", "last_value")
@@ -61,7 +63,7 @@ class ScoreTotals:
 
 
 class ForecastStore:
-    def __init__(self, metrics: QualityMetrics, model: str, version: str, *, horizon: int, sensors: int,
+    def __init__(self, metrics: TrafficMetrics, model: str, version: str, *, horizon: int, sensors: int,
                  step_seconds: int, max_forecasts: int, max_bytes: float, ttl_s: float,
                  drift: DriftRecorder | None = None) -> None:
         self.horizon, self.sensors = horizon, sensors
@@ -181,13 +183,13 @@ def last_non_missing(speeds: np.ndarray) -> np.ndarray:
     return values
 
 
-def forecast_store(version: LoadedVersion, pre: Preprocessing) -> ForecastStore:
-    """The store of a loaded version (its plug-in's `prepare`), bounded by the service's settings, with the
+def forecast_store(version: LoadedVersion, pre: Preprocessing, settings: TrafficSettings, metrics: TrafficMetrics,
+                   drift: DriftMetrics) -> ForecastStore:
+    """The store of a loaded version (its plug-in's `prepare`), bounded by the family's settings, with the
     drift recorder of the manifest's training statistics."""
-    settings, metrics = version.settings, version.metrics.quality
     model, number = version.name, str(version.version)
     training = {name: stat.model_dump() for name, stat in (pre.training_statistics or {}).items()}
     return ForecastStore(metrics, model, number, horizon=pre.horizon, sensors=len(pre.sensor_ids),
                          step_seconds=pre.step_seconds, max_forecasts=settings.quality_forecasts,
                          max_bytes=settings.quality_forecasts_mb * 1024 * 1024,
-                         ttl_s=settings.quality_forecast_ttl_s, drift=DriftRecorder(metrics, model, number, training))
+                         ttl_s=settings.quality_forecast_ttl_s, drift=DriftRecorder(drift, model, number, training))

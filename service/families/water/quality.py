@@ -3,7 +3,7 @@
 - Drift: every request adds its missing share per modality (`missing_fraction_<modality>`) to the drift
   counters of service/quality/drift.py, beside the training share the manifest ships
   (`preprocessing.training_statistics`, written by export/families/water.py).
-- Self-check: on a sampled fraction of requests (setting `quality_water_selfcheck_fraction`) a few percent
+- Self-check: on a sampled fraction of requests (setting `SERVICE_WATER_QUALITY_SELFCHECK_FRACTION`) a few percent
   of the visible tokens (whole patches of a grid, steps of a series) are hidden as well, the model
   reconstructs that copy alongside the real request (a second inference, never returned), and the error at
   the hidden values is exported per modality in normalised units (training standard deviations), so that
@@ -27,7 +27,8 @@ from families.water.preprocessing import IMAGE_MODALITIES, MODALITIES, NormStats
 from service.quality.drift import DriftRecorder
 
 if TYPE_CHECKING:
-    from service.metrics import QualityMetrics
+    from service.families.water.metrics import WaterMetrics
+    from service.metrics import DriftMetrics
 
 HIDE_FRACTION = 0.05  # of the visible tokens of each modality
 
@@ -43,10 +44,10 @@ class SelfCheck:
 class WaterQuality:
     """One served version's drift counters and self-check sampler (thread-safe: work-pool threads share it)."""
 
-    def __init__(self, metrics: QualityMetrics, model: str, version: str,
+    def __init__(self, metrics: WaterMetrics, drift: DriftMetrics, model: str, version: str,
                  training: dict[str, TrainingStatistic] | None, fraction: float, seed: int | None = None) -> None:
         shipped = {name: stat.model_dump() for name, stat in (training or {}).items()}
-        self.drift = DriftRecorder(metrics, model, version, shipped)
+        self.drift = DriftRecorder(drift, model, version, shipped)
         self.fraction = fraction
         self._rng = random.Random(seed)
         self._lock = threading.Lock()

@@ -1,7 +1,7 @@
 """Codec quality (issue 16 item 4; docs/quality.md "Image codec"): bits per pixel of every compression, and
 the PSNR of the reconstruction of a sampled fraction of them, both by quality level.
 
-The encoder can decode what it wrote: on a sampled compression (setting `quality_codec_psnr_fraction`) the
+The encoder can decode what it wrote: on a sampled compression (setting `SERVICE_IMAGECODEC_QUALITY_PSNR_FRACTION`) the
 compress procedure decodes its own stream in the same job on the version's worker thread, so the check
 costs one decode (about the time of the encode) on those compressions only and never touches the event
 loop. A failing check is logged and counted as nothing; it never fails the compression.
@@ -22,7 +22,7 @@ import numpy as np
 from families.imagecodec.codec import CodecInfo, CodecModel, Networks, decode
 
 if TYPE_CHECKING:
-    from service.metrics import QualityMetrics
+    from service.families.imagecodec.metrics import ImagecodecMetrics
 
 log = logging.getLogger(__name__)
 PSNR_CAP_DB = 100.0  # a lossless reconstruction (mse 0) lands in the +Inf bucket, not at infinity
@@ -49,14 +49,14 @@ class CodecQuality:
     """One version's recorder, made by the plug-in's `prepare` and held in the version's state; `record` runs
     on the version's worker thread (prometheus is thread-safe). No series exists before the first record."""
 
-    metrics: QualityMetrics
+    metrics: ImagecodecMetrics
     labels: tuple[str, str, str]  # model, version, level
     fraction: float
     rng: random.Random
     lock: threading.Lock
 
     @classmethod
-    def create(cls, metrics: QualityMetrics, model: str, version: str, quality: int | None, fraction: float,
+    def create(cls, metrics: ImagecodecMetrics, model: str, version: str, quality: int | None, fraction: float,
                seed: int | None = None) -> CodecQuality:
         """The recorder of `model` `version`, trained at `quality` (the manifest's), sampling `fraction`."""
         return cls(metrics, (model, version, level_of(model, quality)), fraction, random.Random(seed),
@@ -68,7 +68,7 @@ class CodecQuality:
 
     def record(self, image: np.ndarray, stream: bytes, info: CodecInfo, nets: Networks, model: CodecModel) -> None:
         """bpp always; PSNR of the decoded stream when this compression is sampled."""
-        self.metrics.codec_bpp.labels(*self.labels).observe(info.bpp)
+        self.metrics.bpp.labels(*self.labels).observe(info.bpp)
         if not self.sampled():
             return
         try:
@@ -76,4 +76,4 @@ class CodecQuality:
         except Exception:  # noqa: BLE001 - the check must never fail the compression it measures
             log.warning("codec PSNR self-check of %s v%s failed", *self.labels[:2], exc_info=True)
             return
-        self.metrics.codec_psnr.labels(*self.labels).observe(psnr_db(image, reconstruction))
+        self.metrics.psnr.labels(*self.labels).observe(psnr_db(image, reconstruction))
