@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
+from families.manifest import Batching
 from families.repository_layout import latest_manifest
 from service.families import specs
 
@@ -58,6 +61,15 @@ class FamilyPlan:
                 "look_back_period_s": 10.0, **(overrides or {})}
 
 
+def _batching(manifest: dict) -> Batching:
+    """The manifest's batcher limits with the contract's defaults (families/manifest.py), or the defaults where
+    the section is malformed (the replica will refuse that version itself and say why)."""
+    try:
+        return Batching.model_validate(manifest.get("batching") or {})
+    except ValidationError:
+        return Batching()
+
+
 def plan_families(repository: Path) -> dict[str, FamilyPlan]:
     """{family: FamilyPlan} for every family with at least one model in the repository."""
     plans: dict[str, FamilyPlan] = {}
@@ -71,10 +83,10 @@ def plan_families(repository: Path) -> dict[str, FamilyPlan]:
             continue
         plan = plans.setdefault(manifest["family"], FamilyPlan(manifest["family"]))
         plan.models.append(model_dir.name)
-        batching = manifest.get("batching", {})
-        plan.max_batch_size = max(plan.max_batch_size, int(batching.get("max_batch_size", 8)))
-        plan.instances = max(plan.instances, int(batching.get("instance_count", 1)))
-        plan.max_queue_size = max(plan.max_queue_size, int(batching.get("max_queue_size", 128)))
+        batching = _batching(manifest)
+        plan.max_batch_size = max(plan.max_batch_size, batching.max_batch_size)
+        plan.instances = max(plan.instances, batching.instance_count)
+        plan.max_queue_size = max(plan.max_queue_size, batching.max_queue_size)
     return plans
 
 
