@@ -7,17 +7,14 @@ family folder has the same files: `family.py` (the plug-in), `schemas.py` (reque
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from fastapi import APIRouter
 
 if TYPE_CHECKING:
-    from service.repository import LoadedVersion
+    from service.models.version import LoadedVersion
 
 StateT = TypeVar("StateT")
-log = logging.getLogger(__name__)
 
 
 class FamilyPlugin(Generic[StateT]):
@@ -44,14 +41,3 @@ class FamilyPlugin(Generic[StateT]):
         thread, after its queues drained (a request still holding `state` may find it closed); an exception
         is logged, not raised. Default: nothing to release."""
 
-
-async def teardown_version(family: FamilyPlugin | None, version: LoadedVersion) -> None:
-    """The repository's hook when it retires `version` (after its drain): the family's `teardown` off the event
-    loop (closing a database connection can wait on the network); failures are logged, the retirement goes on.
-    `version.prepared` stays: a request that resolved the version before the swap may still read it."""
-    if family is None or version.prepared is None:
-        return
-    try:
-        await asyncio.to_thread(family.teardown, version, version.prepared)
-    except Exception:  # noqa: BLE001 - a plug-in's clean-up must not stop the others or the shutdown
-        log.exception("teardown of %s v%d (family %s) failed", version.name, version.version, family.name)

@@ -30,7 +30,7 @@ from service.quality.drift import DriftRecorder
 
 if TYPE_CHECKING:
     from service.metrics import QualityMetrics
-    from service.repository import LoadedVersion
+    from service.models.version import LoadedVersion
 
 PREDICTORS = ("model", "last_value")
 OUTCOMES = ("matched", "duplicate", "late", "unmatched", "missing")

@@ -23,7 +23,7 @@ from service.plugin import FamilyPlugin
 from service.quality.imagecodec import CodecQuality
 
 if TYPE_CHECKING:
-    from service.repository import LoadedVersion
+    from service.models.version import LoadedVersion
 
 
 class VersionNetworks:

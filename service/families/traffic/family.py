@@ -11,7 +11,7 @@ from service.plugin import FamilyPlugin
 from service.quality.traffic import forecast_store
 
 if TYPE_CHECKING:
-    from service.repository import LoadedVersion
+    from service.models.version import LoadedVersion
 
 EXAMPLE_LAST_READING = datetime(2012, 6, 4, 7, 55)  # a Monday morning, well inside the supported range
 

@@ -11,7 +11,7 @@ from service.plugin import FamilyPlugin
 from service.quality.water import WaterQuality
 
 if TYPE_CHECKING:
-    from service.repository import LoadedVersion
+    from service.models.version import LoadedVersion
 
 
 class WaterPlugin(FamilyPlugin[WaterState]):

@@ -18,7 +18,7 @@ from service.plugin import FamilyPlugin
 from service.quality.weld import WeldQuality
 
 if TYPE_CHECKING:
-    from service.repository import LoadedVersion
+    from service.models.version import LoadedVersion
 
 
 class WeldPlugin(FamilyPlugin[WeldState]):

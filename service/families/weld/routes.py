@@ -48,11 +48,11 @@ from families.weld.preprocessing import (
     SampleFiles,
     preprocess_sample,
 )
-from service.auth import require_admin
-from service.batching import ClientDisconnected, RequestContext
-from service.dataplane import Call, json_body_openapi, task_call
+from service.dataplane.bodies import validate_json
+from service.dataplane.context import RequestContext
 from service.errors import (
     BadRequest,
+    ClientDisconnected,
     Conflict,
     DeadlineExceeded,
     InvalidInput,
@@ -74,7 +74,9 @@ from service.families.weld.schemas import (
     SampleResult,
     TensorRequest,
 )
-from service.jsonbody import validate_json
+from service.http.auth import require_admin
+from service.http.call import Call, task_call
+from service.http.openapi import json_body_openapi
 from service.jsontensors import sample_error as _fail
 from service.jsontensors import split_tensor_body
 from service.quality.weld import WeldQuality, search_and_record
