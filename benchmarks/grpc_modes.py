@@ -40,7 +40,7 @@ def serve(mode: str, repository: Path, port: int, threads: int) -> None:
     import uvloop
 
     from service.app import create_app
-    from service.batching import RequestContext
+    from service.dataplane.context import RequestContext
     from service.grpc.protos import grpc_service_pb2 as pb
     from service.grpc.protos import grpc_service_pb2_grpc as pb_grpc
     from service.grpc.tensors import decode_inputs, encode_outputs, requested_outputs

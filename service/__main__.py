@@ -3,7 +3,7 @@ HOST:GRPC_PORT (default 8001, 0 = off; service/grpc) in the same event loop.
 
 Every default comes from `service.settings.Settings`; the command-line flags override them. Connection limits
 (SERVICE_MAX_CONNECTIONS, ..._PER_CLIENT, SERVICE_MAX_HEADER_BYTES, SERVICE_HEADER_TIMEOUT_S) are enforced by
-`service.http_protocol`.
+`service.http.protocol`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from service.app import create_app
-from service.http_protocol import ConnectionLimits, guarded_protocol
+from service.http.protocol import ConnectionLimits, guarded_protocol
 from service.settings import Settings
 
 

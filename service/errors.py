@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
@@ -88,6 +89,29 @@ class InferenceFailed(ServiceError):
     code = "inference_failed"
 
 
+class ClientDisconnected(ServiceError):
+    """The client went away before its request was computed (499, nginx's code; nobody reads the answer)."""
+
+    status_code = 499
+    code = "client_disconnected"
+
+
+class LoadFailed(ServiceError):
+    """A model version did not load; the previous version keeps serving."""
+
+    status_code = 400  # as Triton answers a failed load
+    code = "load_failed"
+
+
+_ABSOLUTE_PATH = re.compile(r"""(?<![\w.:/~])/(?:[^\s/'"():,]+/)+([^\s/'"():,]*)""")
+
+
+def redact_paths(text: str) -> str:
+    """`text` with every absolute filesystem path cut to its last component: error bodies reach clients,
+    paths (repository layout, install locations) stay in the logs."""
+    return _ABSOLUTE_PATH.sub(lambda m: m.group(1) or "<path>", text)
+
+
 def is_oip_path(path: str) -> bool:
     return path == "/v2" or path.startswith("/v2/")
 
@@ -100,3 +124,4 @@ def error_body(path: str, code: str, message: str, details: Any = None) -> dict[
     if details is not None:
         body["error"]["details"] = details
     return body
+

@@ -16,6 +16,7 @@ import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
+from service.batching.observer import OUTCOMES, REJECTIONS
 from service.exposition import MetricsPage
 from service.gc_tuning import GcPauses
 from service.rollouts.metrics import RolloutMetrics
@@ -167,3 +168,23 @@ class GpuCollector:
             total.add_metric([str(index)], float(memory.total))
             util.add_metric([str(index)], rates.gpu / 100.0)
         yield from (used, total, util)
+
+
+class PrometheusBatchObserver:
+    """A batcher's reports (service.batching.observer.BatchObserver) as the queue's Prometheus series, each
+    labelled child looked up once here, never per request."""
+
+    def __init__(self, metrics: Metrics, model: str, version: int, queue: str) -> None:
+        labels = {"model": model, "version": str(version), "queue": queue}
+        self.waited = metrics.queue_wait.labels(**labels).observe
+        self.computed = metrics.compute.labels(**labels).observe
+        self.batch = metrics.batch_size.labels(**labels).observe
+        self.depth = metrics.queue_depth.labels(**labels).set
+        self._outcomes = {o: metrics.requests.labels(**labels, outcome=o).inc for o in OUTCOMES}
+        self._rejections = {r: metrics.rejections.labels(**labels, reason=r).inc for r in REJECTIONS}
+
+    def outcome(self, outcome: str) -> None:
+        self._outcomes[outcome]()
+
+    def rejected(self, reason: str) -> None:
+        self._rejections[reason]()

@@ -9,8 +9,6 @@ The platform (app description, OpenAPI, rollouts, metrics, settings) and deploy/
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -20,11 +18,10 @@ from fastapi import APIRouter
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-    from service.repository import LoadedVersion
+    from service.models.version import LoadedVersion
     from service.settings import FamilySettings
 
 StateT = TypeVar("StateT")
-log = logging.getLogger(__name__)
 
 # (sample name, label value that splits it) -> the sample's value summed over the rollout, of one version
 RolloutTotals = Mapping[tuple[str, str], float]
@@ -109,14 +106,3 @@ class FamilyPlugin(Generic[StateT]):
         thread, after its queues drained (a request still holding `state` may find it closed); an exception
         is logged, not raised. Default: nothing to release."""
 
-
-async def teardown_version(family: FamilyPlugin | None, version: LoadedVersion) -> None:
-    """The repository's hook when it retires `version` (after its drain): the family's `teardown` off the event
-    loop (closing a database connection can wait on the network); failures are logged, the retirement goes on.
-    `version.prepared` stays: a request that resolved the version before the swap may still read it."""
-    if family is None or version.prepared is None:
-        return
-    try:
-        await asyncio.to_thread(family.teardown, version, version.prepared)
-    except Exception:  # noqa: BLE001 - a plug-in's clean-up must not stop the others or the shutdown
-        log.exception("teardown of %s v%d (family %s) failed", version.name, version.version, family.name)

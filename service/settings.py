@@ -125,13 +125,13 @@ class Settings(BaseSettings):
     max_queued_bytes: int = Field(1 << 30, gt=0)
     cpu_threads: int = Field(0, ge=0, description="intra-op threads per model; 0 = runtime default")
     strict_readiness: bool = True
-    # Work pool for decoding and preprocessing (service/workpool.py): threads, and jobs queued + running
+    # Work pool for decoding and preprocessing (service/dataplane/workpool.py): threads, and jobs queued + running
     # beyond which requests get 429 before their body is decoded.
     work_threads: int = Field(2, ge=1)
     max_pending_work: int = Field(64, ge=1)
     # Put ONNX Runtime's TensorRT execution provider first on GPU (when the build has it).
     ort_tensorrt: bool = False
-    # HTTP connection guards (service/http_protocol.py, applied by `python -m service`).
+    # HTTP connection guards (service/http/protocol.py, applied by `python -m service`).
     max_connections: int = Field(2048, ge=1, description="open connections of all clients; 503 beyond, "
                                                          "health probes and /metrics exempt")
     max_connections_per_client: int = Field(256, ge=0, description="open connections per peer address; "

@@ -8,8 +8,9 @@ work. The other Triton RPCs (streaming, shared memory, trace and log settings) a
 
 The server is grpcio's asyncio server on the service's own event loop (benchmarks/grpc_modes.py measured it
 against grpcio's thread-pool server), and every call goes through the data plane HTTP uses:
-- the same lookup (`hub.get`), admission (the batcher's queue bound -> RESOURCE_EXHAUSTED, checked before the
-  tensors are decoded), `LoadedVersion.infer` (batching, deadlines, statistics) and errors;
+- the data plane's version resolution, admission (the batcher's queue bound -> RESOURCE_EXHAUSTED, checked
+  before the tensors are decoded), decoding, `infer` (batching, deadlines, statistics), model metadata,
+  statistics' version selection, repository calls and the admin bearer-token rule, and the same errors;
 - the client's gRPC deadline becomes the request's deadline (DEADLINE_EXCEEDED, never computed once passed),
   and a cancelled call sets the request's disconnect signal, so it leaves the queue like an HTTP disconnect;
 - `grpc.max_receive_message_length` = SERVICE_MAX_REQUEST_BYTES: gRPC refuses a larger message with
@@ -21,7 +22,6 @@ against grpcio's thread-pool server), and every call goes through the data plane
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -31,35 +31,27 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 from google.protobuf import json_format
 
-from service import __version__
-from service.batching import RequestContext
-from service.errors import (
-    BadRequest,
-    DeadlineExceeded,
-    Forbidden,
-    InvalidInput,
-    NotFound,
-    NotReady,
-    ServiceError,
-    Unauthorized,
-)
+from service.dataplane.access import check_admin, check_index_access
+from service.dataplane.context import RequestContext, timeout_seconds
+from service.dataplane.plane import PLATFORMS, server_metadata, version_number
+from service.errors import BadRequest, DeadlineExceeded, NotFound, NotReady, ServiceError
 from service.grpc.protos import grpc_service_pb2 as pb
 from service.grpc.protos import grpc_service_pb2_grpc as pb_grpc
 from service.grpc.protos import model_config_pb2 as mc
 from service.grpc.tensors import decode_inputs, encode_outputs, requested_outputs, typed_value_count
-from service.oip.routes import PLATFORMS, SERVER_NAME, server_extensions, timeout_seconds, version_number
 from service.oip.stats import model_stats
-from service.repository import LoadedVersion, LoadFailed, VersionStatus
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from service.repository import ModelHub
+    from service.dataplane.plane import DataPlane
+    from service.models.version import LoadedVersion
     from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "inference.GRPCInferenceService"
+AUTH_METADATA = "metadata authorization"  # where the bearer token goes, as error messages name it
 # Typed `contents` beyond this many values are converted on the work pool (~10 ns a value), not on the loop.
 INLINE_VALUES = 65536
 # The gRPC status of each HTTP status the service's errors carry (service/errors.py).
@@ -125,8 +117,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._series: dict[tuple[str, int, str, str], Any] = {}  # bounded: RPCs x statuses x loaded models
 
     @property
-    def hub(self) -> ModelHub:
-        return self.app.state.hub
+    def plane(self) -> DataPlane:
+        return self.app.state.dataplane
 
     # ---- one call: errors -> gRPC status, duration -> metrics -----------------------------------------
     async def _serve(self, rpc: str, handler: Callable[[Req, grpc.aio.ServicerContext, _Labels], Awaitable[Resp]],
@@ -181,7 +173,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return await self._serve("ServerReady", self._ready, request, context)
 
     async def _ready(self, request: pb.ServerReadyRequest, context: Any, labels: _Labels) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=self.hub.ready)
+        return pb.ServerReadyResponse(ready=self.plane.hub.ready)
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
                          ) -> pb.ModelReadyResponse:
@@ -191,7 +183,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                            ) -> pb.ModelReadyResponse:
         version = version_number(request.version)
         try:
-            labels.of(self.hub.get(request.name, version))
+            labels.of(self.plane.resolve(request.name, version))
         except (NotFound, NotReady):  # a yes/no question over gRPC (Triton answers false, not an error)
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=True)
@@ -202,8 +194,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _server_metadata(self, request: pb.ServerMetadataRequest, context: Any, labels: _Labels
                                ) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name=SERVER_NAME, version=__version__,
-                                         extensions=server_extensions(self.settings))
+        return pb.ServerMetadataResponse(**server_metadata(self.settings))
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
                             ) -> pb.ModelMetadataResponse:
@@ -211,14 +202,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _model_metadata(self, request: pb.ModelMetadataRequest, context: Any, labels: _Labels
                               ) -> pb.ModelMetadataResponse:
-        loaded = labels.of(self.hub.get(request.name, version_number(request.version)))
-        graph = loaded.manifest.primary
-        serving = sorted(v.version for v in self.hub.serving() if v.name == loaded.name)
+        loaded = labels.of(self.plane.resolve(request.name, version_number(request.version)))
+        meta = self.plane.model_metadata(loaded)  # REST's answer; the message has no `parameters`
         tensor = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
-            name=loaded.name, versions=[str(v) for v in serving], platform=PLATFORMS[graph.format],
-            inputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in graph.inputs],
-            outputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in graph.outputs])
+            name=meta["name"], versions=meta["versions"], platform=meta["platform"],
+            inputs=[tensor(**t) for t in meta["inputs"]], outputs=[tensor(**t) for t in meta["outputs"]])
 
     async def ModelConfig(self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext
                           ) -> pb.ModelConfigResponse:
@@ -227,7 +216,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _model_config(self, request: pb.ModelConfigRequest, context: Any, labels: _Labels
                             ) -> pb.ModelConfigResponse:
         """The part of Triton's model configuration a client reads (perf_analyzer: batching and tensors)."""
-        loaded = labels.of(self.hub.get(request.name, version_number(request.version)))
+        loaded = labels.of(self.plane.resolve(request.name, version_number(request.version)))
         graph = loaded.manifest.primary
         batch = loaded.manifest.batching.max_batch_size if graph.batchable else 0
 
@@ -252,22 +241,22 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _infer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext, labels: _Labels
                      ) -> pb.ModelInferResponse:
-        loaded = labels.of(self.hub.get(request.model_name, version_number(request.model_version)))
-        # Refuse a full queue before decoding anything (HTTP refuses it before reading the body).
-        loaded.batchers[loaded.manifest.primary_graph].check_admission()
+        plane = self.plane
+        version = version_number(request.model_version)
+        loaded = labels.of(plane.resolve(request.model_name, version))
+        plane.check_admission(loaded)  # a full queue: refused before decoding (HTTP: before reading the body)
         ctx = RequestContext(deadline=self._deadline(context, request))
         # A cancelled call leaves the queue (grpc.aio also cancels this task; the signal covers a call whose
         # cancellation arrives while its task is between awaits).
         context.add_done_callback(lambda done: ctx.disconnected.set() if done.cancelled() else None)
-        if typed_value_count(request) > INLINE_VALUES:
-            inputs = await self.app.state.workpool.run(decode_inputs, request, ctx=ctx, what="gRPC tensor decoding")
-        else:
-            inputs = decode_inputs(request)  # raw contents: np.frombuffer views, nothing to compute
-        current = self.hub.get(request.model_name, version_number(request.model_version))
+        # Raw contents are np.frombuffer views (nothing to compute); many typed values go to the work pool.
+        inputs = await plane.decode(decode_inputs, request, inline=typed_value_count(request) <= INLINE_VALUES,
+                                    ctx=ctx, what="gRPC tensor decoding")
+        current = plane.resolve(request.model_name, version)
         if current is not loaded:  # a reload swapped versions while the pool decoded: the one serving now
             loaded = labels.of(current)
         chosen = requested_outputs(request, [t.name for t in loaded.manifest.primary.outputs])
-        outputs = await loaded.infer(inputs, ctx)
+        outputs = await plane.infer(loaded, inputs, ctx)
         response = pb.ModelInferResponse(model_name=loaded.name, model_version=str(loaded.version), id=request.id)
         encode_outputs(response, outputs, chosen)
         return response
@@ -295,19 +284,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _statistics(self, request: pb.ModelStatisticsRequest, context: Any, labels: _Labels
                           ) -> pb.ModelStatisticsResponse:
         """As GET /v2/models[/{m}[/versions/{v}]]/stats: every loaded version, a model's, or one version."""
-        hub = self.hub
-        version = version_number(request.version)
-        if not request.name:
-            if version is not None:
-                raise InvalidInput("a version needs a model name")
-            versions = hub.serving()
-        elif version is None:
-            hub.get(request.name)  # the error for an unknown or unloaded model
-            versions = [v for v in hub.serving() if v.name == request.name]
-        else:
-            versions = [hub.get(request.name, version)]
         response = pb.ModelStatisticsResponse()
-        for loaded in sorted(versions, key=lambda v: (v.name, v.version)):
+        for loaded in self.plane.stats_versions(request.name, version_number(request.version)):
             # The REST extension's JSON (service/oip/stats.py), field for field the same message.
             json_format.ParseDict(model_stats(loaded), response.model_stats.add())
         return response
@@ -318,11 +296,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _index(self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext, labels: _Labels
                      ) -> pb.RepositoryIndexResponse:
-        if self.settings.restrict_repository_index:
-            self._require_admin(context)
-        rows = self.hub.index()
-        if request.ready:
-            rows = [r for r in rows if r["state"] == VersionStatus.READY]
+        check_index_access(self.settings, _authorization(context), AUTH_METADATA)
+        rows = self.plane.index(ready_only=request.ready)
         return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**row) for row in rows])
 
     async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest,
@@ -339,12 +314,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             if kind not in ("int64_param", "string_param"):
                 raise BadRequest("parameters.version must be an int64 or a string of digits")
             version = version_number(str(getattr(param, kind)))
-        try:
-            labels.of(await self.hub.load(request.model_name, version))
-        except ServiceError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a broken artifact is reported; the old version keeps serving
-            raise LoadFailed(f"model {request.model_name!r} failed to load: {type(exc).__name__}: {exc}") from exc
+        labels.of(await self.plane.load(request.model_name, version))
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest,
@@ -354,21 +324,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _unload(self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext,
                       labels: _Labels) -> pb.RepositoryModelUnloadResponse:
         self._require_admin(context)
-        await self.hub.unload(request.model_name)
+        await self.plane.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
     def _require_admin(self, context: grpc.aio.ServicerContext) -> None:
-        """service/auth.py's bearer-token rule on the call's `authorization` metadata."""
-        token = self.settings.admin_token
-        if not token:
-            raise NotFound("admin API is disabled: set SERVICE_ADMIN_TOKEN to enable it")
-        header = next((str(value) for key, value in context.invocation_metadata() or () if key == "authorization"),
-                      "")
-        scheme, _, supplied = header.partition(" ")
-        if scheme.lower() != "bearer" or not supplied:
-            raise Unauthorized("missing bearer token (metadata authorization: Bearer <token>)")
-        if not hmac.compare_digest(supplied.strip().encode(), token.encode()):
-            raise Forbidden("invalid admin token")
+        check_admin(self.settings, _authorization(context), AUTH_METADATA)
+
+
+def _authorization(context: grpc.aio.ServicerContext) -> str:
+    """The call's `authorization` metadata (HTTP's Authorization header), or ""."""
+    return next((str(value) for key, value in context.invocation_metadata() or () if key == "authorization"), "")
 
 
 def listen_address(host: str, port: int) -> str:

@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
-import math
-import time
 import zlib
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
-from service import __version__
-from service.auth import require_admin, require_index_access
-from service.dataplane import hub_of, request_context, workpool_of
-from service.errors import BadRequest, InvalidInput, PayloadTooLarge, ServiceError, UnsupportedMediaType
-from service.jsonbody import parse_json
+from service.dataplane.bodies import parse_json
+from service.dataplane.context import timeout_seconds
+from service.dataplane.plane import server_metadata as oip_server_metadata
+from service.dataplane.plane import version_number
+from service.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from service.http.auth import require_admin, require_index_access
+from service.http.request import dataplane_of, hub_of, media_type, request_context, resolve_version, workpool_of
+from service.models.version import LoadedVersion, VersionStatus
 from service.oip.tensors import HEADER_LENGTH, decode_inputs, encode_response, requested_outputs, split_body
-from service.repository import LoadedVersion, LoadFailed, VersionStatus
-from service.rollouts.routing import route_request
-from service.settings import Settings
 
-SERVER_NAME = "research-serving"
 # Media types of an inference body: JSON, or Triton's binary extension (JSON header + raw tensor bytes).
 # No Content-Type at all is accepted too: tritonclient sends none.
 INFER_MEDIA_TYPES = ("application/json", "application/octet-stream")
@@ -32,39 +29,16 @@ INLINE_DECODE_BYTES = 16 * 1024
 INLINE_ENCODE_BYTES = 64 * 1024
 
 
-PLATFORMS = {"onnx": "onnxruntime_onnx", "torchscript": "pytorch_libtorch"}
-
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
 
 
-def version_number(raw: str | None) -> int | None:
-    """A version path segment or field: None or "" -> the served version; otherwise ASCII digits (every
-    protocol's rule: REST, gRPC, statistics)."""
-    if not raw:
-        return None
-    # ASCII only: str.isdigit() also accepts "²" or "١", which int() then rejects or reads as another number.
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= 18):
-        raise BadRequest(f"model version must be a positive integer (ASCII digits), got {raw!r}")
-    return int(raw)
-
-
 def _lookup(request: Request, model: str, version: str | None) -> LoadedVersion:
-    loaded = hub_of(request).get(model, version_number(version))
-    # Rollouts hook (service/rollouts): records the answering version; a canary may pick the candidate.
-    return route_request(request, loaded, explicit=version is not None)
-
-
-def server_extensions(settings: Settings) -> list[str]:
-    """The OIP extensions this server offers (REST and gRPC server metadata)."""
-    extensions = ["binary_tensor_data", "parameters", "statistics"]
-    if settings.admin_token or not settings.restrict_repository_index:  # the index at least is reachable
-        extensions.append("model_repository")
-    return extensions
+    return resolve_version(request, model, version_number(version))
 
 
 @router.get("")
 async def server_metadata(request: Request) -> dict[str, Any]:
-    return {"name": SERVER_NAME, "version": __version__, "extensions": server_extensions(request.app.state.settings)}
+    return oip_server_metadata(request.app.state.settings)
 
 
 @router.get("/health/live")
@@ -79,29 +53,14 @@ async def ready(request: Request) -> JSONResponse:
     return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
 
 
-def _metadata(loaded: LoadedVersion, request: Request) -> dict[str, Any]:
-    graph = loaded.manifest.primary
-    serving = sorted(v.version for v in hub_of(request).serving() if v.name == loaded.name)
-    return {
-        "name": loaded.name,
-        "versions": [str(v) for v in serving],
-        "platform": PLATFORMS[graph.format],
-        "inputs": [{"name": t.name, "datatype": t.datatype, "shape": t.shape} for t in graph.inputs],
-        "outputs": [{"name": t.name, "datatype": t.datatype, "shape": t.shape} for t in graph.outputs],
-        "parameters": {"family": loaded.manifest.family, "task": loaded.manifest.task,
-                       "max_batch_size": loaded.manifest.batching.max_batch_size if graph.batchable else 0,
-                       **({"fallback": fb} if (fb := hub_of(request).fallback(loaded.name)) else {})},
-    }
-
-
 @router.get("/models/{model}")
 async def model_metadata(model: str, request: Request) -> dict[str, Any]:
-    return _metadata(_lookup(request, model, None), request)
+    return dataplane_of(request).model_metadata(_lookup(request, model, None))
 
 
 @router.get("/models/{model}/versions/{version}")
 async def model_version_metadata(model: str, version: str, request: Request) -> dict[str, Any]:
-    return _metadata(_lookup(request, model, version), request)
+    return dataplane_of(request).model_metadata(_lookup(request, model, version))
 
 
 @router.get("/models/{model}/ready")
@@ -116,16 +75,12 @@ async def model_version_ready(model: str, version: str, request: Request) -> dic
     return {"name": model, "version": version, "ready": True}
 
 
-def _media_type(request: Request) -> str:
-    return request.headers.get("content-type", "").split(";")[0].strip().lower()
-
-
 def _check_infer_headers(request: Request) -> str | None:
     """415 for a body that is neither JSON nor binary tensors; 400 for an unknown Content-Encoding.
     Returns the encoding to inflate (None for identity). Cheap: runs before the body is read."""
-    media_type = _media_type(request)
-    if media_type and media_type not in INFER_MEDIA_TYPES and not media_type.endswith("+json"):
-        raise UnsupportedMediaType(f"content type {media_type!r}: send application/json, or "
+    content_type = media_type(request)
+    if content_type and content_type not in INFER_MEDIA_TYPES and not content_type.endswith("+json"):
+        raise UnsupportedMediaType(f"content type {content_type!r}: send application/json, or "
                                    "application/octet-stream with Inference-Header-Content-Length")
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding in ("identity", ""):
@@ -157,14 +112,6 @@ def _timeout_s(header: dict[str, Any]) -> float | None:
     return None if timeout_us is None else timeout_seconds(timeout_us)
 
 
-def timeout_seconds(timeout_us: object) -> float:
-    """OIP `parameters.timeout` (microseconds) in seconds, for every protocol; 400 unless a positive finite number."""
-    if isinstance(timeout_us, bool) or not isinstance(timeout_us, int | float) \
-            or (isinstance(timeout_us, float) and not math.isfinite(timeout_us)) or timeout_us <= 0:
-        raise BadRequest(f"parameters.timeout must be a positive finite number of microseconds, got {timeout_us!r}")
-    return min(timeout_us, 1e15) / 1e6  # beyond ~30 years is "no timeout"; and a 400-digit int still divides
-
-
 def _decode_request(body: bytes, encoding: str | None, limit: int, header_length: str | None,
                     output_names: list[str]) -> tuple[dict[str, Any], dict, list[tuple[str, bool]], float | None]:
     """Everything request-sized (inflate, JSON, tensors): runs on the work pool, never on the event loop."""
@@ -193,20 +140,17 @@ async def infer_request(request: Request, model: str, version: str | None) -> Re
     graph = loaded.manifest.primary
     decode_args = (body, encoding, request.app.state.settings.max_request_bytes, request.headers.get(HEADER_LENGTH),
                    [t.name for t in graph.outputs])
-    if encoding is None and _json_bytes(body, request.headers.get(HEADER_LENGTH)) <= INLINE_DECODE_BYTES:
-        header, inputs, chosen, timeout_s = _decode_request(*decode_args)
-    else:
-        header, inputs, chosen, timeout_s = await pool.run(_decode_request, *decode_args, ctx=ctx,
+    inline = encoding is None and _json_bytes(body, request.headers.get(HEADER_LENGTH)) <= INLINE_DECODE_BYTES
+    plane = dataplane_of(request)
+    header, inputs, chosen, timeout_s = await plane.decode(_decode_request, *decode_args, inline=inline, ctx=ctx,
                                                            what="OIP request decoding")
-    if timeout_s is not None:
-        deadline = time.monotonic() + timeout_s
-        ctx.deadline = deadline if ctx.deadline is None else min(ctx.deadline, deadline)
+    ctx.tighten(timeout_s)
     # A reload may have swapped versions while the body was decoded: submit to the one serving now.
     current = _lookup(request, model, version)
     if current is not loaded:
         loaded = current
         chosen = requested_outputs(header, [t.name for t in loaded.manifest.primary.outputs])
-    outputs = await loaded.infer(inputs, ctx)
+    outputs = await plane.infer(loaded, inputs, ctx)
     response_header: dict[str, Any] = {"model_name": loaded.name, "model_version": str(loaded.version)}
     if isinstance(header.get("id"), str):
         response_header["id"] = header["id"]
@@ -238,9 +182,9 @@ ADMIN = [Depends(require_admin)]
 
 async def _optional_json(request: Request) -> dict[str, Any]:
     """The small optional JSON body of the repository routes (tritonclient sends no Content-Type)."""
-    media_type = _media_type(request)
-    if media_type and media_type != "application/json" and not media_type.endswith("+json"):
-        raise UnsupportedMediaType(f"content type {media_type!r}: send application/json")
+    content_type = media_type(request)
+    if content_type and content_type != "application/json" and not content_type.endswith("+json"):
+        raise UnsupportedMediaType(f"content type {content_type!r}: send application/json")
     body = await request.body()
     if len(body) > MAX_REPOSITORY_BODY:
         raise PayloadTooLarge(f"repository request body exceeds {MAX_REPOSITORY_BODY} bytes")
@@ -257,10 +201,7 @@ async def repository_index(request: Request) -> list[dict[str, str]]:
     body = await _optional_json(request)
     if not isinstance(body.get("ready", False), bool):
         raise BadRequest(f"'ready' must be a boolean, got {body['ready']!r}")
-    rows = hub_of(request).index()
-    if body.get("ready") is True:
-        rows = [r for r in rows if r["state"] == VersionStatus.READY]
-    return rows
+    return dataplane_of(request).index(ready_only=body.get("ready") is True)
 
 
 @repository_router.post("/models/{model}/load", dependencies=ADMIN)
@@ -268,16 +209,11 @@ async def load_model(model: str, request: Request) -> dict[str, Any]:
     body = await _optional_json(request)
     params = body.get("parameters") or {}
     version = version_number(str(params["version"])) if isinstance(params, dict) and "version" in params else None
-    try:
-        loaded = await hub_of(request).load(model, version)
-    except ServiceError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - a broken artifact is reported; the old version keeps serving
-        raise LoadFailed(f"model {model!r} failed to load: {type(exc).__name__}: {exc}") from exc
+    loaded = await dataplane_of(request).load(model, version)
     return {"name": loaded.name, "version": str(loaded.version), "state": VersionStatus.READY.value}
 
 
 @repository_router.post("/models/{model}/unload", dependencies=ADMIN)
 async def unload_model(model: str, request: Request) -> dict[str, Any]:
-    await hub_of(request).unload(model)
+    await dataplane_of(request).unload(model)
     return {"name": model, "state": VersionStatus.UNAVAILABLE.value}

@@ -1,6 +1,6 @@
 """Triton's statistics extension: `GET /v2/models/stats`, `/v2/models/{model}[/versions/{version}]/stats`.
 
-The figures are the batchers' plain counters (`service.batching.QueueStats`), summed over the graph and
+The figures are the batchers' plain counters (`service.batching.stats.QueueStats`), summed over the graph and
 procedure queues of each loaded version, in Triton's JSON shape so that `tritonclient`'s
 `get_inference_statistics()`, perf_analyzer and Triton dashboards read them unchanged. Include this router
 before the OIP one: `/v2/models/stats` would otherwise be taken for a model called "stats".
@@ -12,10 +12,10 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from service.batching import PhaseStats, QueueStats
-from service.dataplane import hub_of
-from service.oip.routes import version_number
-from service.repository import LoadedVersion
+from service.batching.stats import PhaseStats, QueueStats
+from service.dataplane.plane import version_number
+from service.http.request import dataplane_of
+from service.models.version import LoadedVersion
 
 router = APIRouter(prefix="/v2/models", tags=["Open Inference Protocol v2"])
 
@@ -43,25 +43,25 @@ def model_stats(loaded: LoadedVersion) -> dict[str, Any]:
     }
 
 
-def _response(versions: list[LoadedVersion]) -> dict[str, list[dict[str, Any]]]:
-    return {"model_stats": [model_stats(v) for v in sorted(versions, key=lambda v: (v.name, v.version))]}
+def _response(request: Request, model: str | None, version: str | None = None) -> dict[str, list[dict[str, Any]]]:
+    """The versions the data plane selects (as for gRPC's ModelStatistics), in Triton's JSON."""
+    versions = dataplane_of(request).stats_versions(model, version_number(version))
+    return {"model_stats": [model_stats(v) for v in versions]}
 
 
 @router.get("/stats")
 async def all_stats(request: Request) -> dict[str, list[dict[str, Any]]]:
     """Statistics of every loaded model version."""
-    return _response(hub_of(request).serving())
+    return _response(request, None)
 
 
 @router.get("/{model}/stats")
 async def model_statistics(model: str, request: Request) -> dict[str, list[dict[str, Any]]]:
     """Statistics of every loaded version of `model` (404 unknown, 503 not loaded)."""
-    hub = hub_of(request)
-    hub.get(model)  # the error for an unknown or unloaded model
-    return _response([v for v in hub.serving() if v.name == model])
+    return _response(request, model)
 
 
 @router.get("/{model}/versions/{version}/stats")
 async def version_statistics(model: str, version: str, request: Request) -> dict[str, list[dict[str, Any]]]:
     """Statistics of one loaded version (404 when that version is not loaded)."""
-    return _response([hub_of(request).get(model, version_number(version))])
+    return _response(request, model, version)

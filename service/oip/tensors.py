@@ -15,8 +15,8 @@ import numpy as np
 import orjson
 
 from families.manifest import NUMPY_TO_OIP, OIP_TO_NUMPY
+from service.dataplane.bodies import parse_json
 from service.errors import BadRequest, InvalidInput
-from service.jsonbody import parse_json
 
 HEADER_LENGTH = "inference-header-content-length"
 # numpy kinds a JSON array may infer to, per target kind: no strings, nulls or objects, no floats into ints.

@@ -2,7 +2,7 @@
 served version) and a candidate, runs shadow copies off the response path, keeps the per-version comparison,
 promotes, ends, and applies the automatic policy.
 
-Routing happens where a request is resolved to a version (`service.dataplane.resolve_version`, the OIP
+Routing happens where a request is resolved to a version (`service.http.request.resolve_version`, the OIP
 `_lookup`): only task requests (POST routes without the admin token) and the fan-out writes (FANOUT_ROUTES)
 take part; metadata and other admin routes see the served version. A `?version=` (or OIP `/versions/N`)
 request gets that version, outside the rollout.
@@ -11,25 +11,26 @@ request gets that version, outside the rollout.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import random
 import time
 from typing import TYPE_CHECKING, Any
 
-from service.auth import require_admin
 from service.errors import InvalidInput, NotFound, ServiceError
 from service.families import specs
+from service.http.auth import require_admin
 from service.rollouts import quality
-from service.rollouts.state import Policy, Rollout, RolloutBody, ShadowJob, Ticket
+from service.rollouts.shadow import ShadowCopies
+from service.rollouts.state import Policy, Rollout, RolloutBody, Ticket
 
 if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.types import ASGIApp
 
     from service.metrics import Metrics
-    from service.repository import LoadedVersion, ModelHub
+    from service.models.hub import ModelHub
+    from service.models.version import LoadedVersion
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +41,13 @@ FANOUT_ROUTES = frozenset(route for spec in specs().values() for route in spec.f
 # Requests tied to the version that made their input (the families' `version_pinned_routes`): neither split
 # nor copied.
 NOT_ROUTED = frozenset(route for spec in specs().values() for route in spec.version_pinned_routes)
-SHADOW_STALE_S = 10.0  # a copy that waited longer for the live requests to finish is dropped
-# Scope keys a replayed copy keeps: what routing and the handlers read; the rest is per-connection state.
-_SCOPE_KEYS = ("type", "asgi", "http_version", "method", "scheme", "path", "raw_path", "root_path",
-               "query_string", "headers", "server", "client", "app", "extensions")
 
 
 def _requires_admin(route: Any) -> bool:
     return any(getattr(dep, "dependency", None) is require_admin for dep in getattr(route, "dependencies", ()))
 
 
-class RolloutController:
+class RolloutController(ShadowCopies):
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
         self.m = metrics.rollouts
@@ -130,123 +127,6 @@ class RolloutController:
         labels = (rollout.model, str(ticket.version), rollout.role(ticket.version), "live")
         self.m.requests.labels(*labels, "error" if error else "ok").inc()
         self.m.duration.labels(*labels).observe(seconds)
-
-    def enqueue_shadow(self, ticket: Ticket, scope: dict[str, Any], body: bytes, answer: bytes | None) -> None:
-        """Queue a copy of a finished live request for the candidate; dropped (and counted) when full."""
-        rollout = ticket.rollout
-        if self.rollouts.get(rollout.model) is not rollout:
-            self._drop(rollout, "ended")
-            return
-        job = ShadowJob({k: scope[k] for k in _SCOPE_KEYS if k in scope}, body,
-                        answer if ticket.compare else None, fanout=ticket.fanout)
-        try:
-            rollout.queue.put_nowait(job)
-        except asyncio.QueueFull:
-            self._drop(rollout, "queue_full")
-            return
-        self.m.shadow_queued.labels(rollout.model).set(rollout.queue.qsize())
-
-    def _drop(self, rollout: Rollout, reason: str) -> None:
-        rollout.dropped[reason] += 1
-        self.m.shadow_dropped.labels(rollout.model, str(rollout.candidate), reason).inc()
-
-    # ---- shadow copies ----------------------------------------------------------------------------------
-    async def _shadow_worker(self, rollout: Rollout) -> None:
-        """One copy at a time, and only while no live request is in flight: live requests go first."""
-        while True:
-            job = await rollout.queue.get()
-            self.m.shadow_queued.labels(rollout.model).set(rollout.queue.qsize())
-            if not await self._wait_idle(job):
-                self._drop(rollout, "stale")
-                continue
-            pool = self._workpool
-            if pool is not None and pool.pending * 2 >= pool.max_pending:
-                self._drop(rollout, "busy")  # the work pool's places are the live requests'
-                continue
-            try:
-                await self._replay(rollout, job)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - a failed copy is counted, never fatal to the worker
-                log.exception("shadow copy on %s v%d failed", rollout.model, rollout.candidate)
-
-    async def _wait_idle(self, job: ShadowJob) -> bool:
-        if self._idle is None:
-            self._idle = asyncio.Event()
-        while self.live_in_flight > 0:
-            left = SHADOW_STALE_S - (time.monotonic() - job.queued_at)
-            if left <= 0:
-                return False
-            self._idle.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), left)
-        return True
-
-    async def _replay(self, rollout: Rollout, job: ShadowJob) -> None:
-        assert self.replay_app is not None
-        ticket = Ticket(rollout, rollout.candidate, replay=False, compare=False)
-        scope = {**job.scope, "state": {"rollout_replay": ticket, "arrived_at": time.monotonic()}}
-        done = asyncio.Event()
-        sent = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": job.body, "more_body": False}
-            await done.wait()  # no disconnect while the copy runs
-            return {"type": "http.disconnect"}
-
-        status = 500
-        chunks: list[bytes] = []
-
-        async def send(message: dict[str, Any]) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            elif message["type"] == "http.response.body":
-                chunks.append(message.get("body", b""))
-
-        started = time.perf_counter()
-        try:
-            await self.replay_app(scope, receive, send)
-        except Exception:  # noqa: BLE001 - counted as the candidate's error
-            status = 500
-        finally:
-            done.set()
-            watch = scope["state"].get("disconnect_watch")
-            if watch is not None:
-                watch.cancel()
-        seconds = time.perf_counter() - started
-        error = status >= 500
-        rollout.shadow_run += 1
-        if job.fanout:
-            if error:
-                log.warning("fan-out copy on %s v%d answered %d", rollout.model, rollout.candidate, status)
-            return
-        rollout.path_stats(rollout.candidate, "shadow").add(seconds, error)
-        labels = (rollout.model, str(rollout.candidate), "candidate", "shadow")
-        self.m.requests.labels(*labels, "error" if error else "ok").inc()
-        self.m.duration.labels(*labels).observe(seconds)
-        if job.baseline_answer is not None and 200 <= status < 300:
-            difference, agreed = await asyncio.to_thread(quality.compare, job.baseline_answer, b"".join(chunks))
-            self._record_comparison(rollout, difference, agreed)
-
-    def _record_comparison(self, rollout: Rollout, difference: float | None, agreed: bool | None) -> None:
-        if difference is None and agreed is None:
-            return
-        version = str(rollout.candidate)
-        rollout.compared += 1
-        self.m.compared.labels(rollout.model, version).inc()
-        if difference is not None:
-            rollout.abs_difference_sum += difference
-            rollout.abs_difference_n += 1
-            self.m.abs_difference.labels(rollout.model, version).inc(difference)
-        if agreed is not None:
-            rollout.agreement_n += 1
-            rollout.agreed += agreed
-            if agreed:
-                self.m.agreed.labels(rollout.model, version).inc()
 
     # ---- admin ------------------------------------------------------------------------------------------
     def _hub_of(self, request: Request) -> ModelHub:

@@ -6,9 +6,10 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
-from service.auth import require_admin
-from service.dataplane import hub_of, json_body_openapi, parse_json_body
 from service.errors import NotFound
+from service.http.auth import require_admin
+from service.http.openapi import json_body_openapi
+from service.http.request import hub_of, parse_json_body
 from service.rollouts.controller import RolloutController
 from service.rollouts.state import RolloutBody
 

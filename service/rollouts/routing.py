@@ -1,4 +1,4 @@
-"""The two hooks the request path calls (service/dataplane.py, service/oip/routes.py): cheap when no rollout
+"""The two hooks the request path calls (service/http/request.py, service/http/call.py): cheap when no rollout
 runs (one attribute read)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from service.errors import ServiceError
 if TYPE_CHECKING:
     from starlette.requests import Request
 
-    from service.repository import LoadedVersion
+    from service.models.version import LoadedVersion
 
 
 def route_request(request: Request, loaded: LoadedVersion, explicit: bool) -> LoadedVersion:

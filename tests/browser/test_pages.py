@@ -108,7 +108,7 @@ def test_landing_lists_models_with_states(page: Any, server: LiveServer, artifac
     assert "v1 (default)" in traffic and "cpu" in traffic and "onnxruntime:CPUExecutionProvider" in traffic
     dashboards = page.locator("ul a").evaluate_all("links => links.map(a => a.href)")
     assert f"{GRAFANA}/d/serving-overview" in dashboards and f"{GRAFANA}/d/rollout" in dashboards \
-        and len(dashboards) == 5  # the provisioned dashboards (service/landing.py GRAFANA_DASHBOARDS)
+        and len(dashboards) == 5  # the provisioned dashboards (service/http/landing.py GRAFANA_DASHBOARDS)
     page.get_by_role("link", name="API docs (Swagger UI)").click()
     page.wait_for_url(f"{server.url}/docs")
     page.go_back()

@@ -10,9 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from service.batching import ClientDisconnected, DynamicBatcher, RequestContext
-from service.errors import DeadlineExceeded, InferenceFailed, NotReady, Overloaded
-from service.metrics import Metrics
+from service.batching.batcher import DynamicBatcher
+from service.dataplane.context import RequestContext
+from service.errors import ClientDisconnected, DeadlineExceeded, InferenceFailed, NotReady, Overloaded
+from service.metrics import Metrics, PrometheusBatchObserver
 
 
 class Recorder:
@@ -38,7 +39,8 @@ def make(run, **overrides) -> DynamicBatcher:
     limits = dict(max_batch_size=4, max_queue_delay_s=0.02, max_queue_size=64)
     limits.update(overrides)
     return DynamicBatcher(model="m", version=1, queue="model", run_batch=run,
-                          executor=ThreadPoolExecutor(max_workers=1), metrics=Metrics(),
+                          executor=ThreadPoolExecutor(max_workers=1),
+                          observer=PrometheusBatchObserver(Metrics(), "m", 1, "q"),
                           rows=lambda p: int(p["id"].shape[0]),
                           key=lambda p: p["id"].shape[1:], **limits)
 
@@ -90,7 +92,8 @@ def test_requests_of_different_shapes_are_never_batched_together() -> None:
             return [{"y": p["x"]} for p in payloads]
 
         batcher = DynamicBatcher(model="m", version=1, queue="q", run_batch=run,
-                                 executor=ThreadPoolExecutor(1), metrics=Metrics(), max_batch_size=8,
+                                 executor=ThreadPoolExecutor(1), max_batch_size=8,
+                                 observer=PrometheusBatchObserver(Metrics(), "m", 1, "q"),
                                  max_queue_delay_s=0.05, max_queue_size=64, key=lambda p: p["x"].shape[1:])
         batcher.start()
         shapes = [(1, 3), (1, 5)] * 4

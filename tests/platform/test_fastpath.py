@@ -19,10 +19,12 @@ import pytest
 from testkit import export_tiny, metric_value
 
 from families.manifest import Batching
-from service.batching import ArrivalRate, DynamicBatcher, RequestContext
+from service.batching.batcher import DynamicBatcher
+from service.batching.delay import ArrivalRate
+from service.dataplane.context import RequestContext
 from service.gc_tuning import parse_thresholds
-from service.metrics import Metrics
-from service.repository import parse_instances
+from service.metrics import Metrics, PrometheusBatchObserver
+from service.models.instances import parse_instances
 
 
 class Slow:
@@ -46,7 +48,8 @@ def batcher(runs, *, workers: int = 1, **overrides) -> DynamicBatcher:
     limits = dict(max_batch_size=4, max_queue_delay_s=0.2, max_queue_size=64)
     limits.update(overrides)
     return DynamicBatcher(model="m", version=1, queue="model", run_batch=runs,
-                          executor=ThreadPoolExecutor(max_workers=workers), metrics=Metrics(),
+                          executor=ThreadPoolExecutor(max_workers=workers),
+                          observer=PrometheusBatchObserver(Metrics(), "m", 1, "q"),
                           rows=lambda p: int(p["id"].shape[0]), **limits)
 
 

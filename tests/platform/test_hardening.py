@@ -18,10 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.batching import ClientDisconnected, DynamicBatcher, QueueBytes, RequestContext
-from service.errors import Overloaded
-from service.metrics import Metrics
-from service.workpool import WorkPool
+from service.batching.batcher import DynamicBatcher
+from service.batching.queue_bytes import QueueBytes
+from service.dataplane.context import RequestContext
+from service.dataplane.workpool import WorkPool
+from service.errors import ClientDisconnected, Overloaded
+from service.metrics import Metrics, PrometheusBatchObserver
 
 MB = 1 << 20
 
@@ -44,8 +46,8 @@ class Gate:
 def _batcher(run, *, max_batch_size: int = 1, max_queue_size: int = 8,
              queue_bytes: QueueBytes | None = None) -> DynamicBatcher:
     return DynamicBatcher(model="m", version=1, queue="q", run_batch=run, executor=ThreadPoolExecutor(1),
-                          metrics=Metrics(), max_batch_size=max_batch_size, max_queue_delay_s=0.0,
-                          max_queue_size=max_queue_size, rows=lambda p: int(p["x"].shape[0]),
+                          observer=PrometheusBatchObserver(Metrics(), "m", 1, "q"), max_batch_size=max_batch_size,
+                          max_queue_delay_s=0.0, max_queue_size=max_queue_size, rows=lambda p: int(p["x"].shape[0]),
                           key=lambda p: p["x"].shape[1:], queue_bytes=queue_bytes, delay_policy="fixed")
 
 
@@ -222,8 +224,8 @@ def _infer_body(rows: int, value: float = 0.0) -> dict:
 def test_value_checks_and_answers_leave_the_loop_thread_above_a_small_size(app, monkeypatch) -> None:
     """Item 4: which thread does the request-sized work: the loop for small requests (cheaper than a hop),
     a worker thread for large ones."""
+    import service.models.version as repository
     import service.oip.routes as oip_routes
-    import service.repository as repository
 
     seen: list[tuple[str, str]] = []
 
@@ -280,9 +282,9 @@ def test_one_strict_json_parser_for_every_body(app, body: bytes, needle: str) ->
 
 def test_task_routes_refuse_nan_literals_as_malformed_json(app) -> None:
     """Item 9: the task routes' parser is the same one (tiny has no task route; the traffic schema's is)."""
+    from service.dataplane.bodies import validate_json
     from service.errors import BadRequest
     from service.families.traffic.schemas import ObservationRequest
-    from service.jsonbody import validate_json
 
     with pytest.raises(BadRequest, match="NaN and Infinity are not JSON"):
         validate_json(ObservationRequest, b'{"values": [[NaN]], "last_timestamp": "2012-03-01T00:00:00"}')

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from testkit import export_tiny
 
-from service.landing import GRAFANA_DASHBOARDS, QUEUED, model_entries, wants_json
+from service.http.landing import GRAFANA_DASHBOARDS, QUEUED, model_entries, wants_json
 from service.metrics import Metrics
-from service.repository import ModelHub
+from service.models.hub import ModelHub
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

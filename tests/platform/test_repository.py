@@ -24,7 +24,7 @@ from export.core import ExportPlan, GraphExport, publish
 from families.manifest import ChecksumError, Manifest, VersionPolicy, sha256_file, verify_files
 from service.errors import NotFound, NotReady
 from service.metrics import Metrics
-from service.repository import ModelHub
+from service.models.hub import ModelHub
 from service.runtimes import open_runtime
 from service.settings import Settings
 
@@ -162,7 +162,7 @@ def test_latest_version_failing_at_start_up_falls_back_and_says_so(server: LiveS
     assert metric_value(metrics, "model_load_failures_total", {"model": "tiny", "version": "2"}) == 1
     assert metric_value(metrics, "model_fallback", {"model": "tiny"}) == 1
     assert metric_value(metrics, "model_fallback", {"model": "lookup"}) == 0
-    assert re.search(r"ERROR service.repository: model tiny: serving version 1", server.log())
+    assert re.search(r"ERROR service.models.hub: model tiny: serving version 1", server.log())
     rows = {(r["name"], r["version"]): r for r in httpx.post(f"{url}/v2/repository/index", headers=AUTH).json()}
     assert rows[("tiny", "1")]["state"] == "READY" and rows[("tiny", "2")]["state"] == "UNAVAILABLE"
     assert "SHA-256" in rows[("tiny", "2")]["reason"]

@@ -219,10 +219,10 @@ def test_observation_value_cap_is_the_forecasts_absolute_cap(traffic_repository:
     """Issue 26 item 7: with METR-LA's 207 sensors the per-model bound (~7.7M values) was above the absolute
     cap, so a 4.5M-value body was parsed (8.5 s) before its 422. It must be 413 before parsing, fast."""
     from families.traffic.contract import Preprocessing
+    from service.dataplane.bodies import validate_json
     from service.errors import PayloadTooLarge
     from service.families.traffic.routes import TrafficState
     from service.families.traffic.schemas import MAX_JSON_VALUES, ObservationRequest
-    from service.jsonbody import validate_json
 
     tiny = Preprocessing.model_validate(Manifest.read(traffic_repository / "traffic" / "1").preprocessing)
     metr_la = tiny.model_copy(update={"sensor_ids": [str(700_000 + i) for i in range(207)]})

@@ -24,7 +24,7 @@ from service.families.imagecodec.routes import CodecState, png, router, stream_e
 from service.plugin import FamilyPlugin
 
 if TYPE_CHECKING:
-    from service.repository import LoadedVersion
+    from service.models.version import LoadedVersion
 
 
 class VersionNetworks:

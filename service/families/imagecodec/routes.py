@@ -37,7 +37,6 @@ from families.imagecodec.contract import (
 )
 from families.images import upright_rgb
 from families.manifest import Manifest
-from service.dataplane import Call, hub_of, resolve_version, workpool_of
 from service.errors import BadRequest, InvalidInput, NotFound, PayloadTooLarge, UnsupportedMediaType
 from service.families.imagecodec.quality import CodecQuality
 from service.families.imagecodec.schemas import (
@@ -55,6 +54,8 @@ from service.families.imagecodec.schemas import (
     compress_headers,
     model_headers,
 )
+from service.http.call import Call
+from service.http.request import hub_of, resolve_version, workpool_of
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from service.families.tiny.routes import router
 from service.plugin import FamilyPlugin
 
 if TYPE_CHECKING:
-    from service.repository import LoadedVersion
+    from service.models.version import LoadedVersion
 
 
 class TinyPlugin(FamilyPlugin[Preprocessing]):

@@ -12,7 +12,7 @@ from service.families.traffic.routes import TrafficState, router
 from service.plugin import FamilyPlugin
 
 if TYPE_CHECKING:
-    from service.repository import LoadedVersion
+    from service.models.version import LoadedVersion
 
 EXAMPLE_LAST_READING = datetime(2012, 6, 4, 7, 55)  # a Monday morning, well inside the supported range
 

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from service.families.traffic.metrics import TrafficMetrics
     from service.families.traffic.settings import TrafficSettings
     from service.metrics import DriftMetrics
-    from service.repository import LoadedVersion
+    from service.models.version import LoadedVersion
 
 PREDICTORS = ("model", "last_value")
 OUTCOMES = ("matched", "duplicate", "late", "unmatched", "missing")

@@ -25,8 +25,6 @@ from pydantic_core import to_json
 
 from families.traffic.contract import INPUT, OUTPUT, Preprocessing
 from families.traffic.preprocessing import MAX_TIMESTAMP, MIN_TIMESTAMP, build_features
-from service.auth import require_admin
-from service.dataplane import Call, json_body_openapi, task_call
 from service.errors import InvalidInput
 from service.families.traffic.quality import OUTCOMES, ForecastStore
 from service.families.traffic.schemas import (
@@ -43,9 +41,12 @@ from service.families.traffic.schemas import (
     ObservationWindow,
     SensorsResponse,
 )
+from service.http.auth import require_admin
+from service.http.call import Call, task_call
+from service.http.openapi import json_body_openapi
 
 if TYPE_CHECKING:
-    from service.repository import LoadedVersion
+    from service.models.version import LoadedVersion
 
 
 @dataclass(frozen=True)

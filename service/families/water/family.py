@@ -12,7 +12,7 @@ from service.families.water.schemas import max_json_values, reconstruct_example
 from service.plugin import FamilyPlugin
 
 if TYPE_CHECKING:
-    from service.repository import LoadedVersion
+    from service.models.version import LoadedVersion
 
 
 class WaterPlugin(FamilyPlugin[WaterState]):

@@ -20,10 +20,11 @@ from pydantic_core import to_json
 from families.water.contract import Grid, Preprocessing, output_name
 from families.water.observed import ObservedSample, graph_inputs
 from families.water.preprocessing import IMAGE_MODALITIES, MODALITIES, STATIC_NAMES, UNITS, NormStats
-from service.dataplane import Call, json_body_openapi, task_call
 from service.errors import InvalidInput
 from service.families.water.quality import SelfCheck, WaterQuality
 from service.families.water.schemas import ReconstructRequest, ReconstructResponse, WaterSample
+from service.http.call import Call, task_call
+from service.http.openapi import json_body_openapi
 
 Tensors = dict[str, np.ndarray]
 

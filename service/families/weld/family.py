@@ -19,7 +19,7 @@ from service.families.weld.schemas import classify_example
 from service.plugin import FamilyPlugin
 
 if TYPE_CHECKING:
-    from service.repository import LoadedVersion
+    from service.models.version import LoadedVersion
 
 
 class WeldPlugin(FamilyPlugin[WeldState]):

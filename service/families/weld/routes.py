@@ -48,11 +48,11 @@ from families.weld.preprocessing import (
     SampleFiles,
     preprocess_sample,
 )
-from service.auth import require_admin
-from service.batching import ClientDisconnected, RequestContext
-from service.dataplane import Call, json_body_openapi, task_call
+from service.dataplane.bodies import validate_json
+from service.dataplane.context import RequestContext
 from service.errors import (
     BadRequest,
+    ClientDisconnected,
     Conflict,
     DeadlineExceeded,
     InvalidInput,
@@ -77,7 +77,9 @@ from service.families.weld.schemas import (
     SampleResult,
     TensorRequest,
 )
-from service.jsonbody import validate_json
+from service.http.auth import require_admin
+from service.http.call import Call, task_call
+from service.http.openapi import json_body_openapi
 
 _FORBIDDEN_CATEGORIES = {"Cc", "Cs", "Zl", "Zp"}  # control characters, lone surrogates, line separators
 _FIELD = re.compile(r"^(video|photos|audio|sensors|id|label)(?:\.(\d{1,3}))?$")

@@ -16,7 +16,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from service import __version__
-from service.repository import LoadedVersion, ModelHub, VersionState, VersionStatus
+from service.models.hub import ModelHub
+from service.models.version import LoadedVersion, VersionState, VersionStatus
 
 router = APIRouter()
 

@@ -25,17 +25,19 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI, routing
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
+from pydantic import BaseModel
 
 from families.manifest import OIP_TO_NUMPY
-from service.auth import require_admin, require_index_access
 from service.families import specs
-from service.http_protocol import UNLIMITED_PATHS
+from service.http.auth import require_admin, require_index_access
+from service.http.protocol import UNLIMITED_PATHS
 
 if TYPE_CHECKING:
     from fastapi.dependencies.models import Dependant
 
+    from service.models.hub import ModelHub
+    from service.models.version import LoadedVersion
     from service.plugin import FamilyPlugin
-    from service.repository import LoadedVersion, ModelHub
 
 log = logging.getLogger(__name__)
 
@@ -345,3 +347,31 @@ def install_openapi(app: FastAPI, families: dict[str, FamilyPlugin]) -> None:
         return cache["doc"]
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _inline_defs(schema: dict) -> dict:
+    """`schema` with its `$defs` substituted where referenced: FastAPI does not hoist the `$defs` of an
+    `openapi_extra` schema into components, so a `$ref` to them would dangle."""
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: object, seen: frozenset[str]) -> object:
+        if isinstance(node, list):
+            return [resolve(v, seen) for v in node]
+        if not isinstance(node, dict):
+            return node
+        ref = node.get("$ref", "")
+        if ref.startswith("#/$defs/"):
+            name = ref.removeprefix("#/$defs/")
+            if name in seen:
+                raise ValueError(f"{name} is recursive: it cannot be inlined into an OpenAPI request body")
+            rest = {k: v for k, v in node.items() if k != "$ref"}
+            return resolve({**defs[name], **rest}, seen | {name})
+        return {k: resolve(v, seen) for k, v in node.items()}
+
+    return resolve(schema, frozenset())  # type: ignore[return-value]
+
+
+def json_body_openapi(schema: type[BaseModel]) -> dict:
+    """`openapi_extra` for a route that reads its body with `parse_json_body` (FastAPI cannot see it)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": _inline_defs(schema.model_json_schema())}}}}

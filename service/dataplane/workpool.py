@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
-from service.batching import ClientDisconnected, RequestContext
-from service.errors import DeadlineExceeded, Overloaded
+from service.dataplane.context import RequestContext
+from service.errors import ClientDisconnected, DeadlineExceeded, Overloaded
 from service.metrics import Metrics
 
 T = TypeVar("T")
