@@ -15,7 +15,7 @@ from starlette.responses import Response
 from service import __version__, gc_tuning
 from service.dataplane.plane import DataPlane
 from service.dataplane.workpool import WorkPool
-from service.families import description, plugins
+from service.families import description, metric_builders, plugins
 from service.http.docs_ui import install_docs
 from service.http.errors import install_error_handlers
 from service.http.landing import router as landing_router
@@ -50,7 +50,7 @@ async def watch_loop_lag(metrics: Metrics, interval_s: float = LOOP_LAG_INTERVAL
 def create_app(settings: Settings | None = None, *, grpc_listen: tuple[str, int] | None = None) -> FastAPI:
     """The app; with `grpc_listen` (host, port), its lifespan also serves gRPC on that address (service/grpc)."""
     settings = settings or Settings()
-    metrics = Metrics()
+    metrics = Metrics(metric_builders())
     families = plugins()
 
     @asynccontextmanager

@@ -42,12 +42,9 @@ FamilyMetricsT = TypeVar("FamilyMetricsT")
 
 class Metrics:
     def __init__(self, families: Mapping[str, Callable[[CollectorRegistry], Any]] | None = None) -> None:
-        """`families`: each family's `FamilySpec.metrics` by name (default: every registered family's), made now
-        so that their series are described from the first scrape on."""
-        if families is None:
-            from service.families import specs  # the declarations import this module's neighbours, not it
-
-            families = {name: spec.metrics for name, spec in specs().items() if spec.metrics is not None}
+        """`families`: each family's `FamilySpec.metrics` by name (the app passes every registered family's:
+        `service.families.metric_builders()`), made now so that their series are described from the first scrape
+        on; a family not given here gets its series when it first asks (`family`)."""
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.request_duration = Histogram(

@@ -8,12 +8,15 @@ code), `plugins()` loads each one's plug-in.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from families.registry import REGISTRY
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
     from service.plugin import FamilyPlugin, FamilySpec
 
 
@@ -34,6 +37,11 @@ def plugins() -> dict[str, FamilyPlugin]:
         if plugin.spec is not specs()[name]:
             raise RuntimeError(f"{REGISTRY[name].path('service')} does not carry {REGISTRY[name].path('spec')}")
     return loaded
+
+
+def metric_builders() -> dict[str, Callable[[CollectorRegistry], Any]]:
+    """Each family's own series builder (`FamilySpec.metrics`), for `service.metrics.Metrics`."""
+    return {name: spec.metrics for name, spec in specs().items() if spec.metrics is not None}
 
 
 def description() -> str:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from service.families import specs
+from service.families import metric_builders, specs
 from service.metrics import REQUEST_BUCKETS, Metrics
 
 
 def _filled() -> Metrics:
-    metrics = Metrics()
+    metrics = Metrics(metric_builders())
     assert all(metrics.family(name, spec.metrics) for name, spec in specs().items() if spec.metrics)
     for code in ("200", "404"):
         metrics.request_duration.labels("/v2/models/{model_name}/infer", "POST", code, "m", "1", "http").observe(0.02)

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from testkit import ROOT, LiveServer
 
-from service.families import specs
+from service.families import metric_builders, specs
 from service.metrics import Metrics
 from service.rollouts.controller import decide
 from service.rollouts.quality import compare, difference, figures, snapshot
@@ -337,7 +337,7 @@ def test_answer_comparison_and_body_checks() -> None:
 
 def test_quality_figures_per_family_cover_the_rollout_only() -> None:
     """The version-labelled quality counters, minus their values at the rollout's start, per family."""
-    metrics = Metrics()  # with every family's own series
+    metrics = Metrics(metric_builders())  # with every family's own series
     registry = metrics.registry
     q, w, c, r = (metrics.family(name, specs()[name].metrics) for name in ("traffic", "weld", "imagecodec", "water"))
     q.forecast_abs_error.labels("traffic", "1", "1", "model").inc(100)  # before the rollout: not counted
