@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -66,14 +67,17 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
     config.train = replace(config.train, max_batches_per_epoch=3, max_eval_batches=1, epochs=2)
     straight = train(config, tmp_path / "straight", log=None).summary
     train(replace(config, train=replace(config.train, epochs=1)), tmp_path / "resumed", log=None)
-    resumed = train(replace(config, train=replace(config.train, resume=True)), tmp_path / "resumed", log=None).summary
-    assert resumed["epochs"] == 2
-    lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+    # a run from before train_state.pt existed resumes from its latest.pt
+    shutil.copytree(tmp_path / "resumed", tmp_path / "legacy", ignore=shutil.ignore_patterns("train_state.pt"))
     a = torch.load(tmp_path / "straight" / "latest.pt", weights_only=False)["state_dict"]
-    b = torch.load(tmp_path / "resumed" / "latest.pt", weights_only=False)["state_dict"]
-    assert all(torch.equal(a[k], b[k]) for k in a), "resumed run diverged from the uninterrupted one"
-    assert straight["best_val_mae"] == resumed["best_val_mae"]
+    for run in ("resumed", "legacy"):
+        resumed = train(replace(config, train=replace(config.train, resume=True)), tmp_path / run, log=None).summary
+        assert resumed["epochs"] == 2
+        lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+        b = torch.load(tmp_path / run / "latest.pt", weights_only=False)["state_dict"]
+        assert all(torch.equal(a[k], b[k]) for k in a), f"{run} run diverged from the uninterrupted one"
+        assert straight["best_val_mae"] == resumed["best_val_mae"]
 
 
 def test_evaluate_cli_writes_the_metric_table(traffic_run: TrainResult, tmp_path: Path, capsys) -> None:

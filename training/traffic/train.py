@@ -224,6 +224,19 @@ def loop_config(tcfg: TrainConfig, steps_per_epoch: int) -> loop.LoopConfig:
                            threads=tcfg.threads, resume=tcfg.resume, best=BEST, latest=LATEST)
 
 
+def state_from_latest(task: TrafficTask, out_dir: Path) -> None:
+    """Write the train_state.pt of a run from before the loop kept one: where its latest.pt ends (an epoch)."""
+    payload = _read(out_dir / LATEST)
+    task.model.load_state_dict(payload["state_dict"])
+    task.optimiser.load_state_dict(payload["optimizer"])
+    torch.set_rng_state(payload["torch_rng"])
+    task.history = payload["history"]
+    step = payload["epoch"] * task.steps_per_epoch
+    progress = loop.Progress(step=step, best_score=payload["best_val_mae"], stale=payload["bad_epochs"],
+                             best_step=payload["best_epoch"] * task.steps_per_epoch, validated_step=step)
+    loop.save_state(out_dir / loop.STATE, FAMILY, task, progress)
+
+
 def evaluate_best(config: TrafficConfig, data: TrafficData, task: TrafficTask, progress: loop.Progress,
                   out_dir: Path) -> dict[str, Any]:
     """best.pt on the test split beside the baselines: the run's summary, also stored in best.pt and
@@ -263,6 +276,8 @@ def fit(config: TrafficConfig, out_dir: Path, data: TrafficData, *, log: Log = p
         loop.seed_everything(config.train.seed)
         task = TrafficTask(config, data, out_dir, log)
         (out_dir / "config.json").write_text(json.dumps(task.config.to_dict(), indent=2))
+        if config.train.resume and not (out_dir / loop.STATE).exists() and (out_dir / LATEST).exists():
+            state_from_latest(task, out_dir)
         outcome = loop.run(task, loop_config(config.train, task.steps_per_epoch), out_dir, FAMILY, log=log)
         if not outcome.finished:
             return TrainResult(best_checkpoint=out_dir / BEST, out_dir=out_dir,
