@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from families.manifest import MANIFEST_FILE, Manifest, VersionPolicy, is_version_name
+from families.manifest import MANIFEST_FILE, Manifest, VersionPolicy
+from families.repository_layout import scan_repository, versions_on_disk
 
 log = logging.getLogger(__name__)
 
@@ -23,51 +24,14 @@ class RepositoryDisk:
         self._warned: set[str] = set()
 
     def scan(self) -> dict[str, list[int]]:
-        """Models and their numeric versions with a manifest; dot-folders (staging) are ignored, other
-        folders that are not a version number are skipped with a warning."""
-        found: dict[str, list[int]] = {}
-        try:
-            model_dirs = sorted(self.root.iterdir()) if self.root.is_dir() else []
-        except OSError as exc:
-            self._warn_once("root", "model repository is unreadable: %s", exc)
-            return found
-        for model_dir in model_dirs:
-            if model_dir.name.startswith("."):
-                continue
-            versions = self._versions_in(model_dir)
-            if versions:
-                found[model_dir.name] = versions
-        self.on_disk = found
-        return found
+        """Models and their versions (families/repository_layout.py's one rule); folders that are not a version
+        number are skipped with a warning, once per folder."""
+        self.on_disk = scan_repository(self.root, self._warn_once)
+        return self.on_disk
 
     def versions(self, name: str) -> list[int]:
         """The versions of model `name` on disk now (not the last scan's view)."""
-        return self._versions_in(self.root / name)
-
-    def _versions_in(self, model_dir: Path) -> list[int]:
-        try:
-            if not model_dir.is_dir():
-                return []
-            entries = list(model_dir.iterdir())
-        except OSError as exc:
-            self._warn_once(model_dir.name, "model folder %r is unreadable: %s", model_dir.name, exc)
-            return []
-        versions = []
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            if not is_version_name(entry.name):
-                if entry.is_dir():
-                    self._warn_once(f"{model_dir.name}/{entry.name}", "skipping folder %r of model %r: version "
-                                    "folders are named by ASCII digits (1, 2, ...)", entry.name, model_dir.name)
-                continue
-            try:
-                if entry.is_dir() and (entry / MANIFEST_FILE).is_file():
-                    versions.append(int(entry.name))
-            except OSError as exc:
-                self._warn_once(f"{model_dir.name}/{entry.name}", "version folder %s/%s is unreadable: %s",
-                                model_dir.name, entry.name, exc)
-        return sorted(versions)
+        return versions_on_disk(self.root / name, self._warn_once)
 
     def _warn_once(self, key: str, message: str, *args: object) -> None:
         # scan() runs on lookups of unloaded models and on the index: warn once per folder, not per request.
