@@ -20,9 +20,6 @@ SKIPPED = (ROOT / "service" / "families", ROOT / "service" / "grpc" / "protos") 
 NOT_A_FAMILY = {
     ("service/http/landing.py", '"Serving: latency, traffic and errors"'),  # a Grafana dashboard's title: network load
 }
-# Files that are not platform code: an operator's end-to-end scenario of two named families (left for the
-# tests' layout, issue 28 item 6).
-SCENARIOS = {"deploy/ray/smoke.py"}
 _WORDS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
 
 
@@ -62,7 +59,7 @@ def test_service_and_deploy_name_no_family_in_code() -> None:
     for folder in SCANNED:
         for path in sorted((ROOT / folder).rglob("*.py")):
             relative = str(path.relative_to(ROOT))
-            if any(path.is_relative_to(skipped) for skipped in SKIPPED) or relative in SCENARIOS:
+            if any(path.is_relative_to(skipped) for skipped in SKIPPED):
                 continue
             hits += [f"{relative}:{line}: {token}" for line, token in _names_in_code(path.read_text())
                      if (relative, token) not in NOT_A_FAMILY]

@@ -19,7 +19,7 @@ import httpx
 import pytest
 from testkit import ROOT, free_port
 
-from deploy.ray.smoke import oversized
+from scripts.ray_smoke import oversized
 
 pytestmark = pytest.mark.ray
 NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)

@@ -24,7 +24,7 @@ from testkit import ROOT, free_port
 
 pytest.importorskip("ray.serve", reason="ray[serve] is not installed (pip install -e '.[ray]')")
 from deploy.ray import launch  # noqa: E402
-from deploy.ray.smoke import oversized  # noqa: E402
+from scripts.ray_smoke import oversized  # noqa: E402
 
 pytestmark = pytest.mark.ray
 

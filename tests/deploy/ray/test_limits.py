@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from deploy.ray.serve_app import DEFAULT_MAX_BODY, max_body_of
-from deploy.ray.smoke import oversized
+from scripts.ray_smoke import oversized
 
 pytestmark = pytest.mark.ray
 LIMIT = 64 * 1024
