@@ -166,9 +166,14 @@ class DynamicBatcher(BatchExecution[P, R], Generic[P, R]):
             self._rows_by_key[item.key] = self._rows_by_key.get(item.key, 0) + item.rows
             self.arrivals.arrive(now)
         self._observer.depth(self._queued)
+        signal = ctx.disconnected if ctx is not None else None
+        if (len(items) == 1 and self._idle and not (signal is not None and signal.is_set())
+                and self._dispatched_at_once(items[0], now, loop)):
+            # Computed right here (the idle fast path): no timer, no disconnect callback, nothing to wait for.
+            self.arrivals.leave(time.monotonic())
+            return [items[0].future.result()]
         # One timer and one callback per request (no waiter tasks): either drops its items while queued.
         timer = loop.call_later(deadline - now, self._expire_all, items)
-        signal = ctx.disconnected if ctx is not None else None
         watch = None
         on_disconnect = functools.partial(self._disconnected_all, items)
         if isinstance(signal, DisconnectSignal):
@@ -179,8 +184,10 @@ class DynamicBatcher(BatchExecution[P, R], Generic[P, R]):
         if signal is not None and signal.is_set():
             on_disconnect()
         # With every instance busy the worker waits for one to finish (`_finished` wakes it), not for arrivals.
-        if self._idle and not (len(items) == 1 and self._dispatched_at_once(items[0], now, loop)):
+        if self._idle:
             self._wake.set()
+        if ctx is not None:
+            ctx.waiting()
         try:
             if len(items) == 1:
                 return [await items[0].future]

@@ -21,6 +21,9 @@ class Waiting(Protocol):
     deadline: float | None
     disconnected: asyncio.Event
 
+    def waiting(self) -> None:
+        """Called before the request waits for its batch: the context starts watching the client then."""
+
 
 class ItemState(StrEnum):
     """A queued request's life: QUEUED -> RUNNING (in a batch) | DROPPED (deadline, disconnect, cancel)."""

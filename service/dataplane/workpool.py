@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
+from service.batching.disconnect import DisconnectSignal
 from service.dataplane.context import RequestContext
 from service.errors import ClientDisconnected, DeadlineExceeded, Overloaded
 from service.metrics import Metrics
@@ -102,13 +103,24 @@ class WorkPool:
 
         self._pending += 1
         self._m_depth.set(self._pending)
+        loop = asyncio.get_running_loop()
         future: Future[T] = self._executor.submit(job)
-        future.add_done_callback(functools.partial(self._job_finished, asyncio.get_running_loop()))
+        future.add_done_callback(functools.partial(self._job_finished, loop))
         wrapped = asyncio.wrap_future(future)
         waiters: set[asyncio.Future] = {wrapped}
-        disconnect = None
+        disconnect: asyncio.Future | None = None
+        on_disconnect = None
         if ctx is not None:
-            disconnect = asyncio.ensure_future(ctx.disconnected.wait())
+            ctx.waiting()
+            signal = ctx.disconnected
+            if isinstance(signal, DisconnectSignal):  # a callback, not a waiter task per job
+                disconnect = loop.create_future()
+                on_disconnect = functools.partial(_settle, disconnect)
+                signal.add_callback(on_disconnect)
+                if signal.is_set():
+                    on_disconnect()
+            else:
+                disconnect = asyncio.ensure_future(signal.wait())
             waiters.add(disconnect)
         try:
             await asyncio.wait(waiters, timeout=max(0.0, deadline - time.monotonic()),
@@ -130,6 +142,8 @@ class WorkPool:
             future.cancel()
             raise
         finally:
+            if on_disconnect is not None:
+                ctx.disconnected.remove_callback(on_disconnect)  # type: ignore[union-attr]
             if disconnect is not None:
                 disconnect.cancel()
 
@@ -144,3 +158,8 @@ class WorkPool:
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _settle(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)

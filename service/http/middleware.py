@@ -84,9 +84,9 @@ class ServiceMiddleware:
         finally:
             self.metrics.in_flight.dec()
             state = scope.get("state", {})
-            watch = state.get("disconnect_watch")
-            if watch is not None:
-                watch.cancel()
+            ctx = state.get("inference_context")
+            if ctx is not None:
+                ctx.stop_watching()
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or "unmatched"
             key = (endpoint, scope["method"], status["code"], state.get("model_name", ""),

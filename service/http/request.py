@@ -5,11 +5,13 @@ rollouts hook."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from typing import TYPE_CHECKING, TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel
+from starlette.types import Receive
 
 from service.dataplane.bodies import validate_json
 from service.dataplane.context import RequestContext, timeout_ms_seconds
@@ -65,26 +67,33 @@ def request_deadline(request: Request) -> float | None:
 
 
 def request_context(request: Request) -> RequestContext:
-    """Deadline from `X-Request-Timeout-Ms` (default: the model's) and a disconnect watch on the connection.
+    """Deadline from `X-Request-Timeout-Ms` (default: the model's) and a disconnect watch on the connection,
+    started when the request first waits (the batcher's queue, the work pool).
 
     Call after the request body has been read: the watcher consumes the ASGI receive channel.
     """
-    existing = getattr(request.state, "inference_context", None)
+    existing = request.scope.get("state", {}).get("inference_context")
     if existing is not None:
         return existing
     ctx = RequestContext(deadline=request_deadline(request))
-    receive = request.receive
-
-    async def watch() -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                ctx.disconnected.set()
-                return
-
-    request.state.inference_context = ctx
-    request.state.disconnect_watch = asyncio.get_running_loop().create_task(watch())
+    state = request.scope.setdefault("state", {})
+    # Started when the request first waits (ctx.waiting()); ServiceMiddleware ends it. The partial holds the
+    # signal, not `ctx`: no reference cycle through the context.
+    ctx.on_wait = functools.partial(_start_watch, request.receive, ctx.disconnected)
+    state["inference_context"] = ctx
     return ctx
+
+
+def _start_watch(receive: Receive, disconnected: asyncio.Event) -> asyncio.Task:
+    return asyncio.get_running_loop().create_task(_watch(receive, disconnected))
+
+
+async def _watch(receive: Receive, disconnected: asyncio.Event) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            disconnected.set()
+            return
 
 
 async def parse_json_body(request: Request, schema: type[ModelT], what: str = "request",

@@ -118,9 +118,9 @@ class ShadowCopies:
             status = 500
         finally:
             done.set()
-            watch = scope["state"].get("disconnect_watch")
-            if watch is not None:
-                watch.cancel()
+            ctx = scope["state"].get("inference_context")
+            if ctx is not None:
+                ctx.stop_watching()
         seconds = time.perf_counter() - started
         error = status >= 500
         rollout.shadow_run += 1
