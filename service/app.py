@@ -94,7 +94,7 @@ def create_app(settings: Settings | None = None, *, grpc_listen: tuple[str, int]
         lifespan=lifespan,
         # FastAPI's native OpenTelemetry checks the global providers on every request; off unless asked for.
         telemetry=None if settings.otel_telemetry else {"tracing": False, "metrics": False, "logs": False},
-        docs_url=None, redoc_url=None,  # service/docs_ui.py: the same pages with assets served from here
+        docs_url=None, redoc_url=None,  # service/http/docs_ui.py: the same pages with assets served from here
     )
     app.state.settings = settings
     app.state.metrics = metrics

@@ -151,7 +151,7 @@ class Settings(BaseSettings):
     otel_telemetry: bool = False
     # Triton serves the repository index to anyone; set true to put it behind the admin token too.
     restrict_repository_index: bool = False
-    # /docs and /redoc load Swagger UI and Redoc from the service itself (service/docs_ui.py, works offline);
+    # /docs and /redoc load Swagger UI and Redoc from the service itself (service/http/docs_ui.py, works offline);
     # true = from the public CDN, as stock FastAPI does.
     docs_cdn: bool = False
     # Base URL of the Grafana that shows this service's dashboards (docker/grafana), e.g. http://localhost:3000;
