@@ -77,7 +77,7 @@ class Preprocessing(PreprocessingSection):
     model_hash: str = Field(pattern=r"^[0-9a-fA-F]{16}$")
     quality: int | None = None  # the quality level (1..6): the checkpoint's, or the level this version serves
     # Quantisation step of y (1: the trained point), or one per latent channel (a variable-rate model's level).
-    step: float | list[float] = Field(1.0, allow_inf_nan=False)
+    step: float | list[float] = 1.0  # checked below: positive and finite, one per channel when a list
     lmbda: float | None = Field(None, alias="lambda")
     entropy_model: str = ENTROPY_MODEL
     input: str = INPUT_DESCRIPTION
