@@ -26,6 +26,7 @@ from training.imagecodec.model import ImageCodec
 from training.imagecodec.networks import TorchNetworks, codec_model
 from training.imagecodec.train import (
     STATE,
+    checkpoint_from_state,
     initial_log_steps,
     level_of_step,
     load_checkpoint,
@@ -96,6 +97,10 @@ def test_variable_rate_run_resumes_and_validates_every_level(tmp_path: Path) -> 
     assert (tmp_path / "run" / STATE).exists()
     loaded = load_checkpoint(result.best_checkpoint)
     assert loaded.extras["lambdas"] == list(LAMBDAS) and loaded.extras["quality"] is None
+    snapshot = load_checkpoint(checkpoint_from_state(tmp_path / "run" / STATE, tmp_path / "snapshot.pt"))
+    assert snapshot.extras["lambdas"] == list(LAMBDAS) and snapshot.extras["provenance"]["training"]["steps"] == 3
+    state = torch.load(tmp_path / "run" / STATE, weights_only=False)["state_dict"]
+    assert all(torch.equal(v, state[k]) for k, v in snapshot.model.state_dict().items())
     with pytest.raises(ValueError, match="another run"):  # the state records the lambdas
         train(replace(config, lambdas=(0.001, 0.01, 0.05), resume=True), tmp_path / "run", images, log=None,
               validation=validation)

@@ -10,7 +10,7 @@ smallest held-out photographs at their own size (the service's largest padded ar
 Our bpp is the length of the actual stream (header and every substream) and our quality that of what the
 decoder makes of those bytes, through the codec procedure (families/imagecodec/codec.py) with the eager
 networks. A model is a variable-rate checkpoint (its trained levels, each with its per-channel steps) or a
-one-lambda checkpoint at quantisation steps (`--levels`, default the served `DEFAULT_LEVELS`).
+one-lambda checkpoint at quantisation steps (`--levels`, default `STEP_LEVELS`, the served levels before issue 30).
 
 Pillow: JPEG (4:2:0, default tables), WebP (`method=6`), AVIF (`speed=--avif-speed`; libavif through
 Pillow) over quality sweeps. BD-rate (Bjontegaard): PCHIP (piecewise cubic) of log-rate over PSNR on each
@@ -71,9 +71,9 @@ def operating_points(checkpoint: Path, levels: dict[int, float] | None = None) -
             return [OperatingPoint(k + 1, tuple(model.level_steps(k).double().tolist()), lambdas[k], model,
                                    f"imagecodec-q{k + 1}") for k in range(model.cfg.levels)]
     if levels is None:
-        from training.imagecodec.default import DEFAULT_LEVELS
+        from training.imagecodec.default import STEP_LEVELS
 
-        levels = dict(DEFAULT_LEVELS)
+        levels = dict(STEP_LEVELS)
     return [OperatingPoint(q, float(step), loaded.extras["lambda"], model, f"imagecodec-q{q}")
             for q, step in sorted(levels.items())]
 
@@ -149,12 +149,22 @@ def _matched_gaps(ours: list[dict[str, Any]], theirs: list[dict[str, Any]]) -> l
 
 
 def evaluate_set(images: dict[str, np.ndarray], models: dict[str, list[OperatingPoint]], codecs: list[str],
-                 avif_speed: int, log=functools.partial(print, flush=True)) -> dict[str, Any]:
+                 avif_speed: int, log=functools.partial(print, flush=True),
+                 cache: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every image through every Pillow setting and every level of every model. `cache`: Pillow rows kept
+    by (image, size, codec, quality, speed) across runs - they depend on nothing else."""
+    cache = {} if cache is None else cache
     per_image: dict[str, dict[str, Any]] = {}
     for name, image in images.items():
         entry: dict[str, Any] = {"size": [int(image.shape[1]), int(image.shape[0])]}
         for fmt in codecs:
-            entry[fmt] = [code_pillow(image, fmt, q, avif_speed) for q in SWEEPS[fmt]]
+            rows = []
+            for q in SWEEPS[fmt]:
+                key = f"{name}|{image.shape[1]}x{image.shape[0]}|{fmt}|{q}|{avif_speed if fmt == 'AVIF' else ''}"
+                if key not in cache:
+                    cache[key] = code_pillow(image, fmt, q, avif_speed)
+                rows.append(cache[key])
+            entry[fmt] = rows
         for label, points in models.items():
             entry[label] = [code_ours(p, image) for p in points]
         for label in models:
@@ -221,6 +231,19 @@ def plot_set(summary: dict[str, Any], title: str, path: Path) -> None:
     plt.close(fig)
 
 
+def record_heldout(checkpoint: Path, measured: dict[str, Any], images: int) -> None:
+    """Store a model's measured held-out figures per level in its checkpoint (`heldout`), weights untouched."""
+    from training.checkpoints import save_checkpoint
+    from training.imagecodec.train import FAMILY, read_payload
+
+    payload = read_payload(checkpoint)
+    payload["heldout"] = {str(lv["quality"]): {"bpp": lv["bpp"], "psnr": lv["psnr"], "ms_ssim": lv["ms_ssim"],
+                                               "images": images, "size": "768x512 centre crops",
+                                               "set": "corpus held-out split (training/imagecodec/corpus.json)"}
+                          for lv in measured["levels"]}
+    save_checkpoint(FAMILY, payload, checkpoint)
+
+
 def own_size_images(corpus: Path, count: int) -> dict[str, np.ndarray]:
     """The `count` held-out photographs of smallest area that the service codes at their own size."""
     photos = corpus_images(corpus, "heldout")
@@ -260,6 +283,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=int, default=None, help="only the first N crops (a quick look)")
     parser.add_argument("--avif-speed", type=int, default=6)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--record", default=None, metavar="LABEL",
+                        help="write the crop set's per-level bpp / PSNR / MS-SSIM into that model's checkpoint "
+                             "(the export copies them into each level's manifest)")
+    parser.add_argument("--pillow-cache", type=Path, default=None,
+                        help="JSON file of Pillow results reused across runs (written back)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     levels = ({int(q): float(s) for q, s in (item.split(":") for item in args.levels.split(","))}
@@ -282,7 +310,10 @@ def main(argv: list[str] | None = None) -> None:
         else:
             images = own_size_images(args.corpus, args.own)
         print(f"[{set_name}] {len(images)} photographs")
-        result = evaluate_set(images, models, codecs, args.avif_speed)
+        cache = json.loads(args.pillow_cache.read_text()) if args.pillow_cache and args.pillow_cache.exists() else {}
+        result = evaluate_set(images, models, codecs, args.avif_speed, cache=cache)
+        if args.pillow_cache:
+            args.pillow_cache.write_text(json.dumps(cache))
         report["sets"][set_name] = result
         title = ("held-out photographs, centre crops 768x512" if set_name == "crop"
                  else "held-out photographs at their own size")
@@ -290,6 +321,9 @@ def main(argv: list[str] | None = None) -> None:
         for label in models:
             print_table(label, set_name, result, codecs)
     (args.out / "rd_report.json").write_text(json.dumps(report, indent=1))
+    if args.record:
+        record_heldout(Path(report["models"][args.record]), report["sets"]["crop"]["models"][args.record],
+                       len(report["sets"]["crop"]["images"]))
     print(f"wrote {args.out / 'rd_report.json'} and rd_<set>.png")
 
 

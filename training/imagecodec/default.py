@@ -36,15 +36,28 @@ from training.imagecodec.config import load_config
 from training.imagecodec.train import FAMILY, load_checkpoint, read_payload, train
 
 DEFAULT_SECONDS = 75.0
-DEFAULT_LEVELS: dict[int, float] = {1: 2.0, 2: 1.0, 3: 0.7, 4: 0.5}
-SHIPPED = Path(__file__).resolve().parents[2] / "models" / "imagecodec" / "imagecodec-q2.pt"
+MODELS = Path(__file__).resolve().parents[2] / "models" / "imagecodec"
+# The one-lambda checkpoint and its levels by quantisation step (kept: the variable-rate run starts from it,
+# and the step-level tests and figures use it).
+SHIPPED_Q2 = MODELS / "imagecodec-q2.pt"
+STEP_LEVELS: dict[int, float] = {1: 2.0, 2: 1.0, 3: 0.7, 4: 0.5}
+# A variable-rate checkpoint (issue 30): six trained levels, each with its lambda and learned per-channel
+# quantisation steps; {quality: None} = the checkpoint's trained level of that number.
+SHIPPED_VR = MODELS / "imagecodec-vr.pt"
+TRAINED_LEVELS: dict[int, float | None] = {q: None for q in range(1, 7)}
+SHIPPED = SHIPPED_Q2
+DEFAULT_LEVELS: dict[int, float | None] = dict(STEP_LEVELS)
 
 
-def store_half(checkpoint: Path, target: Path) -> Path:
-    """Write `checkpoint` with float16 weights (shared modules stay shared), to keep the file small."""
+def store_half(checkpoint: Path, target: Path, heldout: dict[str, dict] | None = None) -> Path:
+    """Write `checkpoint` with float16 weights (shared modules stay shared), to keep the file small.
+    `heldout`: measured figures per trained level ({"1": {"bpp": ..., "psnr": ...}, ...}) that the export
+    copies into each level's manifest (`training.imagecodec.benchmark --store`)."""
     payload = read_payload(checkpoint)
     payload["state_dict"] = load_checkpoint(checkpoint).model.half().state_dict()
     payload.setdefault("provenance", {})["stored_as"] = "float16 weights (cast back to float32 on load)"
+    if heldout is not None:
+        payload["heldout"] = heldout
     target.parent.mkdir(parents=True, exist_ok=True)
     return save_checkpoint(FAMILY, payload, target)
 

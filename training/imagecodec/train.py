@@ -365,6 +365,31 @@ def train(config: ImageCodecConfig, out_dir: Path, data: Path | None = None, *, 
     return TrainResult(best_checkpoint=checkpoint, out_dir=out_dir, summary=summary)
 
 
+def checkpoint_from_state(state_path: Path, target: Path, data_description: str = "") -> Path:
+    """A checkpoint of the latest weights of a running (or stopped) run, from its `train_state.pt`, without
+    touching the run: the way to evaluate and ship a snapshot while training goes on."""
+    state = torch.load(Path(state_path), map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or state.get(FAMILY_KEY) != FAMILY or "progress" not in state:
+        raise ValueError(f"{state_path} is not an imagecodec training state")
+    run, progress = state["run"], state["progress"]
+    lambdas = run.get("lambdas")
+    payload = {
+        "config": run["model"], "state_dict": state["state_dict"],
+        "quality": None if lambdas else run["quality"], "lambda": None if lambdas else run["lambda"],
+        **({"lambdas": lambdas} if lambdas else {}),
+        "provenance": {
+            "training": {"steps": progress["step"], "seconds": round(progress["seconds"], 1), "batch": run["batch"],
+                         "crop": run["crop"], "lr": run["lr"], "seed": run["seed"],
+                         **({"lambdas": lambdas, "step_lr": run.get("step_lr")} if lambdas else
+                            {"lambda": run["lambda"], "quality": run["quality"]}),
+                         "snapshot_of": str(state_path)},
+            "data": data_description, "history": progress["history"][-HISTORY_KEPT:],
+            "validation": progress["validations"][-HISTORY_KEPT:],
+        },
+    }
+    return save_checkpoint(FAMILY, payload, Path(target))
+
+
 # ---- CLI ------------------------------------------------------------------------------------------------
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
