@@ -3,7 +3,8 @@
 For each family: a committed artifact under `models/<family>/<version>/` is installed as is (for defaults
 that need more training than a first start can afford); otherwise `training.<family>.default.build_default`
 trains it (fixed seeds, synthetic or bundled data, bounded time) and it is exported like any other version.
-A family whose default module has `DEFAULT_LEVELS` ({quality: quantisation step}, the image codec) gets one
+A family whose default module has `DEFAULT_LEVELS` ({quality: quantisation step}, or {quality: None} for
+the trained levels of a variable-rate checkpoint: the image codec) gets one
 model per level from that one checkpoint, `export.families.<family>.publish_levels` (models named by level);
 it is built when any of those models is missing.
 """

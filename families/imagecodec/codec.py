@@ -19,6 +19,10 @@ see dequantised latents. z stays at step 1. Delta = 1 is the trained operating p
 streams of the code before steps existed (x / 1, log 1 = 0 and 1 * s are exact in float32). A stream's
 step is not in the container: the version's hash (in every header) covers the weights and the step
 (`contract.level_hash`), so a stream decoded with another step is refused as a model mismatch.
+
+Per-channel steps (trained levels of a variable-rate model): `step` may be a vector of M steps, one per
+latent channel (the level's learned quantisation steps, `training.imagecodec.model`); every element then
+uses its channel's step in the same three places. A scalar step runs exactly the arithmetic it always ran.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import functools
 import math
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import constriction
@@ -72,7 +76,8 @@ class CodecModel:
     tables: PmfTables
     max_pixels: int = 4096 * 4096  # of the padded image
     max_aspect: int = MAX_ASPECT
-    step: float = 1.0  # quantisation step of y (1 = the trained operating point)
+    # Quantisation step of y (1 = the trained operating point): a number, or one step per latent channel (M).
+    step: float | tuple[float, ...] = 1.0
     _y_models: list = field(default_factory=list, repr=False)
     _z_models: list = field(default_factory=list, repr=False)
     _y_min_bits: float = field(default=0.0, repr=False)  # least information any y symbol carries
@@ -81,12 +86,34 @@ class CodecModel:
     def __post_init__(self) -> None:
         if len(self.model_hash) != HASH_BYTES:
             raise ValueError(f"model hash must be {HASH_BYTES} bytes")
-        if not (math.isfinite(self.step) and self.step > 0):
-            raise ValueError(f"quantisation step must be a positive number, got {self.step}")
+        self.step = check_step(self.step, self.M)
         self._y_models = [_categorical(p) for p in self.tables.y_pmfs]
         self._z_models = [_categorical(p) for p in self.tables.z_pmfs]
         self._y_min_bits = min(_min_bits(p) for p in self.tables.y_pmfs)
         self._z_min_bits = sum(_min_bits(p) for p in self.tables.z_pmfs)
+
+
+def check_step(step: float | Sequence[float], channels: int) -> float | tuple[float, ...]:
+    """A positive finite step, or exactly `channels` of them (per latent channel, as a tuple)."""
+    if isinstance(step, int | float | np.floating | np.integer):
+        value = float(step)
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"quantisation step must be a positive number, got {step}")
+        return value
+    values = tuple(float(v) for v in step)
+    if len(values) != channels:
+        raise ValueError(f"per-channel quantisation steps must number {channels} (M), got {len(values)}")
+    if not all(math.isfinite(v) and v > 0 for v in values):
+        raise ValueError("per-channel quantisation steps must be positive numbers")
+    return values
+
+
+def _step_arrays(step: float | tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(step, log step) as float32: 0-d for a scalar step (the arithmetic of before), (M,) per channel."""
+    if isinstance(step, float):
+        return np.float32(step), np.float32(math.log(step))
+    values = np.asarray(step, dtype=np.float64)
+    return values.astype(np.float32), np.log(values).astype(np.float32)
 
 
 def _min_bits(counts: np.ndarray) -> float:
@@ -286,8 +313,7 @@ def _progressive(nets: Networks, model: CodecModel, hp: np.ndarray, coder: _Symb
     collected: dict[int, int] = {}
     y_flat = None if y is None else y.reshape(-1)
     hint_pos, hint_idx = hints if hints is not None else (np.zeros(0, dtype=np.int64),) * 2
-    step = np.float32(model.step)
-    log_step = np.float32(math.log(model.step))
+    step_c, log_step_c = _step_arrays(model.step)
     state = None
     for k in range(NUM_STEPS):
         pos = positions[k]
@@ -302,6 +328,9 @@ def _progressive(nets: Networks, model: CodecModel, hp: np.ndarray, coder: _Symb
             f = STEP_FACTOR[k]
             log_scale = _scatter(out["log_scale"], f, h, w).reshape(-1)[pos]
             mean = _scatter(out["mean"], f, h, w).reshape(-1)[pos]
+        # this step's elements' quantisation steps (one number, or the step of each element's channel)
+        step, log_step = (step_c, log_step_c) if step_c.ndim == 0 else (step_c[pos // (h * w)],
+                                                                        log_step_c[pos // (h * w)])
         # The pmf of the step-scaled symbol: scale sigma / Delta (log_step is 0 at Delta = 1: exact).
         # Non-finite parameters (only from a crafted stream) map to fixed indices on both sides.
         t = np.nan_to_num(scale_position(log_scale - log_step), nan=0.0, posinf=SCALE_LEVELS - 1, neginf=0.0)

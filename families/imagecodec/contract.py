@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from families.imagecodec.codec import GRAPH_INPUTS, MAX_ASPECT, PAD_MULTIPLE, CodecModel
 from families.imagecodec.tables import PmfTables
@@ -41,14 +42,22 @@ def level_name(quality: int) -> str:
     return f"{FAMILY_NAME}-q{quality}"
 
 
-def level_hash(weights_hash: bytes, step: float) -> bytes:
+def level_hash(weights_hash: bytes, step: float | Sequence[float]) -> bytes:
     """The identity a version's streams carry: the weights' hash at step 1 (streams unchanged from before
-    steps existed), else a hash of (weights, step), so a stream never decodes with another step."""
-    if not (math.isfinite(step) and step > 0):
-        raise ValueError(f"quantisation step must be a positive number, got {step}")
-    if step == 1.0:
-        return bytes(weights_hash)
-    digest = hashlib.sha256(bytes(weights_hash) + f"|step={float(step)!r}".encode()).digest()
+    steps existed), else a hash of (weights, step), so a stream never decodes with another step. A per-channel
+    step vector (a trained level of a variable-rate model) hashes its list of steps."""
+    if isinstance(step, int | float):
+        if not (math.isfinite(step) and step > 0):
+            raise ValueError(f"quantisation step must be a positive number, got {step}")
+        if step == 1.0:
+            return bytes(weights_hash)
+        tag = f"|step={float(step)!r}"
+    else:
+        values = [float(v) for v in step]
+        if not values or not all(math.isfinite(v) and v > 0 for v in values):
+            raise ValueError("per-channel quantisation steps must be positive numbers")
+        tag = f"|steps={values!r}"
+    digest = hashlib.sha256(bytes(weights_hash) + tag.encode()).digest()
     return digest[: len(weights_hash)]
 
 
@@ -67,7 +76,8 @@ class Preprocessing(PreprocessingSection):
     max_aspect: int = Field(MAX_ASPECT, gt=0)  # padded long side / short side
     model_hash: str = Field(pattern=r"^[0-9a-fA-F]{16}$")
     quality: int | None = None  # the quality level (1..6): the checkpoint's, or the level this version serves
-    step: float = Field(1.0, gt=0, allow_inf_nan=False)  # quantisation step of y (1: the trained point)
+    # Quantisation step of y (1: the trained point), or one per latent channel (a variable-rate model's level).
+    step: float | list[float] = 1.0  # checked below: positive and finite, one per channel when a list
     lmbda: float | None = Field(None, alias="lambda")
     entropy_model: str = ENTROPY_MODEL
     input: str = INPUT_DESCRIPTION
@@ -79,6 +89,20 @@ class Preprocessing(PreprocessingSection):
             raise ValueError(f"pad_multiple {value} is not this code's {PAD_MULTIPLE}")
         return value
 
+    @field_validator("step")
+    @classmethod
+    def _positive_steps(cls, value: float | list[float]) -> float | list[float]:
+        values = value if isinstance(value, list) else [value]
+        if not values or not all(math.isfinite(v) and v > 0 for v in values):
+            raise ValueError("quantisation steps must be positive numbers")
+        return value
+
+    @model_validator(mode="after")
+    def _one_step_per_channel(self) -> Preprocessing:
+        if isinstance(self.step, list) and len(self.step) != self.M:
+            raise ValueError(f"step has {len(self.step)} per-channel values, M is {self.M}")
+        return self
+
     @property
     def hash_bytes(self) -> bytes:
         return bytes.fromhex(self.model_hash)
@@ -86,4 +110,5 @@ class Preprocessing(PreprocessingSection):
     def codec_model(self, name: str, tables: PmfTables) -> CodecModel:
         """The coding procedure's model of a version named `name` with its shipped tables."""
         return CodecModel(name=name, model_hash=self.hash_bytes, M=self.M, N=self.N, tables=tables,
-                          max_pixels=self.max_pixels, max_aspect=self.max_aspect, step=self.step)
+                          max_pixels=self.max_pixels, max_aspect=self.max_aspect,
+                          step=tuple(self.step) if isinstance(self.step, list) else self.step)

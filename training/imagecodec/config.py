@@ -31,11 +31,16 @@ class CodecConfig:
     rwkv_hidden_rates: tuple[int, int, int] = (2, 3, 4)  # phase 2 channel-mix widths for s1/s2/s3
     prior_width: int = 0  # spatial-prior width (0 -> 2M)
     prior_blocks: int = 2  # depthwise residual blocks per spatial prior
+    # Trained rate levels of a variable-rate model (0: one operating point). Each level has its own learned
+    # per-channel quantisation step of y (ImageCodec.log_steps, shape (levels, M)) and its own lambda.
+    levels: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.phase not in PHASES:
             raise ValueError(f"phase must be one of {PHASES}, got {self.phase!r}")
+        if self.levels < 0:
+            raise ValueError("levels must be >= 0")
         if self.M % 4:
             raise ValueError("M must be a multiple of 4 (channel quarters of the schedule)")
         self.widths = tuple(self.widths)
@@ -119,6 +124,11 @@ class ImageCodecConfig:
     resume: bool = False  # continue <out>/train_state.pt exactly (weights, optimiser, step, clock, RNGs)
     save_every_s: float = 300.0  # how often the resumable state is written (and on SIGTERM / SIGINT)
     eval_every: int = 0  # steps between validations with the real bitstream (0: none; then the last step)
+    # Variable rate: one model, one lambda per trained level (model.levels = len(lambdas)); every optimiser step
+    # trains one level (`training.imagecodec.train.level_of_step`). Empty: one lambda (`quality` / `lmbda`).
+    lambdas: tuple[float, ...] = ()
+    step_lr: float = 3e-3  # learning rate of the levels' log quantisation steps (they must move fast)
+    val_corpus: str | None = None  # validate on this corpus's held-out photographs (default: scikit-image's)
 
     def __post_init__(self) -> None:
         if self.quality not in LAMBDAS:
@@ -130,6 +140,12 @@ class ImageCodecConfig:
             raise ValueError(f"scales must be in (0, 1], got {self.scales!r}")
         if self.save_every_s <= 0 or self.eval_every < 0:
             raise ValueError("save_every_s must be positive and eval_every >= 0")
+        self.lambdas = tuple(float(v) for v in self.lambdas)
+        if any(not v > 0 for v in self.lambdas):
+            raise ValueError(f"lambdas must be positive, got {self.lambdas!r}")
+        if self.model.levels != len(self.lambdas):
+            raise ValueError(f"model.levels ({self.model.levels}) must equal the number of lambdas "
+                             f"({len(self.lambdas)})")
 
     @property
     def lambda_(self) -> float:

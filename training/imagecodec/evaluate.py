@@ -245,9 +245,9 @@ def _parse_levels(text: str | None) -> dict[int, float] | None:
     if not text:
         return None
     if text == "default":
-        from training.imagecodec.default import DEFAULT_LEVELS
+        from training.imagecodec.default import STEP_LEVELS
 
-        return dict(DEFAULT_LEVELS)
+        return dict(STEP_LEVELS)
     return {int(q): float(step) for q, step in (item.split(":") for item in text.split(","))}
 
 
@@ -260,7 +260,8 @@ def main() -> None:
                              "centre-cropped to 768x512")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--levels", default=None,
-                        help="'default' (the served levels) or q:step,... - one checkpoint at each level's step")
+                        help="'default' (STEP_LEVELS, the levels served before issue 30) or q:step,...: "
+                             "one checkpoint at each level's step")
     args = parser.parse_args()
     if args.corpus:
         images = corpus_heldout(args.corpus)

@@ -212,6 +212,14 @@ def _ste_round(x: torch.Tensor) -> torch.Tensor:
     return x + (torch.round(x) - x).detach()
 
 
+def _quantise(y: torch.Tensor, mean: torch.Tensor, step: torch.Tensor | None) -> torch.Tensor:
+    """y_hat as the codec makes it: mu + Delta * round((y - mu) / Delta) (straight-through rounding);
+    step None is Delta = 1 with the arithmetic of before steps existed."""
+    if step is None:
+        return _ste_round(y - mean) + mean
+    return mean + step * _ste_round((y - mean) / step)
+
+
 class ImageCodec(nn.Module):
     def __init__(self, cfg: CodecConfig) -> None:
         super().__init__()
@@ -223,6 +231,8 @@ class ImageCodec(nn.Module):
         self.context = ContextModel(cfg)
         self.z_mean = nn.Parameter(torch.zeros(cfg.N))
         self.z_log_scale = nn.Parameter(torch.zeros(cfg.N))
+        if cfg.levels:  # a variable-rate model: per level, per channel log quantisation step of y
+            self.log_steps = nn.Parameter(torch.zeros(cfg.levels, cfg.M))
         self._mask_cache: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _masks(self, h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -236,8 +246,16 @@ class ImageCodec(nn.Module):
     def z_scale(self) -> torch.Tensor:
         return torch.exp(self.z_log_scale).clamp(SCALE_MIN, SCALE_MAX)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Training/eval pass: x in [0, 1], (B, 3, H, W) with H, W multiples of 64."""
+    def level_steps(self, level: int) -> torch.Tensor:
+        """The (M,) quantisation steps of a trained level (0-based) of a variable-rate model."""
+        if not self.cfg.levels:
+            raise ValueError("this model has no trained levels (CodecConfig.levels = 0)")
+        return torch.exp(self.log_steps[level])
+
+    def forward(self, x: torch.Tensor, level: int | None = None) -> dict[str, torch.Tensor]:
+        """Training/eval pass: x in [0, 1], (B, 3, H, W) with H, W multiples of 64. `level` (variable-rate
+        models): code y with that level's per-channel steps Delta - symbols round((y - mu) / Delta) under the
+        Gaussian of scale sigma / Delta, y_hat = mu + Delta * symbol, as the codec does."""
         y = self.g_a(x)
         z = self.h_a(y)
         zm = self.z_mean.view(1, -1, 1, 1)
@@ -246,30 +264,38 @@ class ImageCodec(nn.Module):
         z_lik = gaussian_likelihood(z + noise_z if self.training else torch.round(z - zm) + zm, zm, zs)
         z_hat = _ste_round(z - zm) + zm
         hp = self.h_s(z_hat)
-        log_scale, mean, y_hat = self.progressive(y, hp)
-        scale = torch.exp(log_scale).clamp(SCALE_MIN, SCALE_MAX)
-        if self.training:
-            y_lik = gaussian_likelihood(y + torch.empty_like(y).uniform_(-0.5, 0.5), mean, scale)
-        else:
-            y_lik = gaussian_likelihood(y_hat, mean, scale)
+        step = None if level is None else self.level_steps(level).view(1, -1, 1, 1)
+        log_scale, mean, y_hat = self.progressive(y, hp, step)
+        if step is None:
+            scale = torch.exp(log_scale).clamp(SCALE_MIN, SCALE_MAX)
+            if self.training:
+                y_lik = gaussian_likelihood(y + torch.empty_like(y).uniform_(-0.5, 0.5), mean, scale)
+            else:
+                y_lik = gaussian_likelihood(y_hat, mean, scale)
+        else:  # in symbol units: the codec's table holds sigma / Delta
+            scale = torch.exp(log_scale - torch.log(step)).clamp(SCALE_MIN, SCALE_MAX)
+            noisy = y + step * torch.empty_like(y).uniform_(-0.5, 0.5) if self.training else y_hat
+            u = (noisy - mean) / step
+            y_lik = gaussian_likelihood(u, torch.zeros_like(u), scale)
         x_hat = self.g_s(y_hat)
         return {"x_hat": x_hat, "y_likelihoods": y_lik, "z_likelihoods": z_lik}
 
-    def progressive(self, y: torch.Tensor, hp: torch.Tensor):
-        """The 11-step loop exactly as the codec runs it (with STE rounding instead of coding)."""
+    def progressive(self, y: torch.Tensor, hp: torch.Tensor, step: torch.Tensor | None = None):
+        """The 11-step loop exactly as the codec runs it (with STE rounding instead of coding); `step`: the
+        (1, M, 1, 1) quantisation steps of y (None: 1)."""
         b, m, h, w = y.shape
         masks, known = self._masks(h, w, y.device)
         log_scale = masks[0] * hp[:, :m]
         mean = masks[0] * hp[:, m:]
-        y_hat = masks[0] * (_ste_round(y - hp[:, m:]) + hp[:, m:])
+        y_hat = masks[0] * _quantise(y, hp[:, m:], step)
         state = self.context.init(hp)
-        for k, step in enumerate(self.context.steps, start=1):
-            state, ls_g, mu_g = step(state, y_hat, hp, known[k].expand(b, -1, -1, -1))
+        for k, context_step in enumerate(self.context.steps, start=1):
+            state, ls_g, mu_g = context_step(state, y_hat, hp, known[k].expand(b, -1, -1, -1))
             f = STEP_FACTOR[k]
             mu_k = scatter_grid(mu_g, f, h, w)
             log_scale = log_scale + masks[k] * scatter_grid(ls_g, f, h, w)
             mean = mean + masks[k] * mu_k
-            y_hat = y_hat + masks[k] * (_ste_round(y - mu_k) + mu_k)
+            y_hat = y_hat + masks[k] * _quantise(y, mu_k, step)
         return log_scale, mean, y_hat
 
 

@@ -42,8 +42,10 @@ def build_tables(model: ImageCodec) -> PmfTables:
         return PmfTables.build(model.z_mean.numpy(), model.z_scale().numpy())
 
 
-def codec_model(model: ImageCodec, name: str, tables: PmfTables | None = None, step: float = 1.0) -> CodecModel:
-    """The procedure's model of `model` coding y with quantisation step `step` (1: the trained point)."""
+def codec_model(model: ImageCodec, name: str, tables: PmfTables | None = None,
+                step: float | tuple[float, ...] = 1.0) -> CodecModel:
+    """The procedure's model of `model` coding y with quantisation step `step` (1: the trained point; or one
+    step per latent channel, a trained level of a variable-rate model)."""
     tables = tables or build_tables(model)
     return CodecModel(name=name, model_hash=level_hash(bytes.fromhex(state_hash(model)[:16]), step), M=model.cfg.M,
                       N=model.cfg.N, tables=tables, step=step)

@@ -32,7 +32,7 @@ import torch
 from families.imagecodec.codec import decode, encode
 from training.checkpoints import FAMILY_KEY, Checkpoint, TrainResult, read_checkpoint, save_atomic, save_checkpoint
 from training.imagecodec.config import LAMBDAS, SIZES, CodecConfig, ImageCodecConfig, load_config
-from training.imagecodec.data import RandomCrops, folder_images, heldout_photos, skimage_photos
+from training.imagecodec.data import RandomCrops, corpus_heldout, folder_images, heldout_photos, skimage_photos
 from training.imagecodec.model import ImageCodec, count_parameters, rd_loss
 from training.imagecodec.networks import TorchNetworks, codec_model
 from training.loop import stop_on_signals
@@ -77,13 +77,23 @@ def load_checkpoint(path: Path) -> Checkpoint:
                       config=CodecConfig.from_dict(payload["config"]), extras=extras)
 
 
+def level_of_step(step: int, levels: int, seed: int) -> int:
+    """The trained level (0-based) of optimiser step `step` (1-based) of a variable-rate run: each round of
+    `levels` steps visits every level once, in an order drawn from (seed, round) - balanced, and a function
+    of the step alone, so a resumed run trains the same levels without another RNG in its state."""
+    rnd, pos = divmod(step - 1, levels)
+    return int(np.random.default_rng([seed, rnd]).permutation(levels)[pos])
+
+
 def checkpoint_payload(model: ImageCodec, config: ImageCodecConfig, *, steps: int, seconds: float,
                        data_description: str, history: list[dict[str, Any]],
                        earlier: dict[str, Any] | None) -> dict[str, Any]:
     """The checkpoint's content (`save_checkpoint` adds the family tag)."""
     return {
-        "config": model.cfg.to_dict(), "state_dict": model.state_dict(), "quality": config.quality,
-        "lambda": config.lambda_,
+        "config": model.cfg.to_dict(), "state_dict": model.state_dict(),
+        "quality": None if config.lambdas else config.quality,
+        "lambda": None if config.lambdas else config.lambda_,
+        **({"lambdas": list(config.lambdas)} if config.lambdas else {}),
         "provenance": {
             "training": {"steps": steps, "seconds": round(seconds, 1), "batch": config.batch, "crop": config.crop,
                          "lr": config.lr, "seed": config.seed, "device": config.device, "lambda": config.lambda_,
@@ -112,8 +122,11 @@ class Progress:
 
 def _run_identity(config: ImageCodecConfig) -> dict[str, Any]:
     """What a resumed run must share with the state it continues."""
-    return {"model": config.model.to_dict(), "quality": config.quality, "lambda": config.lambda_,
-            "batch": config.batch, "crop": config.crop, "lr": config.lr, "seed": config.seed}
+    identity = {"model": config.model.to_dict(), "quality": config.quality, "lambda": config.lambda_,
+                "batch": config.batch, "crop": config.crop, "lr": config.lr, "seed": config.seed}
+    if config.lambdas:  # only variable-rate states carry these (older states compare equal as before)
+        identity.update(lambdas=list(config.lambdas), step_lr=config.step_lr)
+    return identity
 
 
 def _save_state(path: Path, model: ImageCodec, optimiser: torch.optim.Optimizer, schedule: Schedule,
@@ -145,21 +158,34 @@ def _resume(path: Path, model: ImageCodec, optimiser: torch.optim.Optimizer, sch
     return Progress(**state["progress"])
 
 
-def validation_images() -> dict[str, np.ndarray]:
-    """Centre crops of photographs from another source than the training set (see `heldout_photos`)."""
+def validation_images(corpus: str | Path | None = None) -> dict[str, np.ndarray]:
+    """Centre crops of photographs from another source than the training set (see `heldout_photos`), or of
+    the held-out photographs of a built corpus (at 768x512 first, as the evaluation sees them)."""
     h, w = VALIDATION_CROP
     crops = {}
-    for name, img in heldout_photos().items():
+    photos = corpus_heldout(Path(corpus)) if corpus else heldout_photos()
+    for name, img in photos.items():
         ch, cw = min(h, img.shape[0]), min(w, img.shape[1])
         top, left = (img.shape[0] - ch) // 2, (img.shape[1] - cw) // 2
         crops[name] = np.ascontiguousarray(img[top:top + ch, left:left + cw])
     return crops
 
 
-def validate(model: ImageCodec, images: dict[str, np.ndarray], lmbda: float) -> dict[str, float]:
-    """Rate-distortion with the real coder: bpp of the actual stream bytes, MSE of what they decode to."""
+def validate_levels(model: ImageCodec, images: dict[str, np.ndarray], lambdas: tuple[float, ...]) -> dict[str, Any]:
+    """Every trained level of a variable-rate model with the real coder; `cost` is the sum of the levels'."""
+    rows = [{"level": k + 1, **validate(model, images, lmbda, level=k)} for k, lmbda in enumerate(lambdas)]
+    return {"cost": round(sum(r["cost"] for r in rows), 6), "levels": rows}
+
+
+def validate(model: ImageCodec, images: dict[str, np.ndarray], lmbda: float,
+             level: int | None = None) -> dict[str, float]:
+    """Rate-distortion with the real coder: bpp of the actual stream bytes, MSE of what they decode to
+    (`level`: a trained level of a variable-rate model, coded with its per-channel steps)."""
     cpu_model = copy.deepcopy(model).cpu().eval()
-    nets, cm = TorchNetworks(cpu_model), codec_model(cpu_model, "validation")
+    step: float | tuple[float, ...] = 1.0
+    if level is not None:
+        step = tuple(cpu_model.level_steps(level).detach().double().tolist())
+    nets, cm = TorchNetworks(cpu_model), codec_model(cpu_model, "validation", step=step)
     bits = pixels = 0
     squared = 0.0
     for image in images.values():
@@ -177,17 +203,23 @@ def validate(model: ImageCodec, images: dict[str, np.ndarray], lmbda: float) -> 
 
 def make_optimiser(model: ImageCodec, config: ImageCodecConfig) -> tuple[torch.optim.Optimizer, Schedule]:
     """Adam; the learning rate drops by 0.3 at 80 % and again at 95 % of the steps (or of the time budget)."""
-    optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
+    steps_params = [p for name, p in model.named_parameters() if name == "log_steps"]
+    others = [p for name, p in model.named_parameters() if name != "log_steps"]
+    groups: list[dict[str, Any]] = [{"params": others, "lr": config.lr}]
+    if steps_params:  # its own rate: the steps must travel far in few visits per level
+        groups.append({"params": steps_params, "lr": config.step_lr})
+    optimiser = torch.optim.Adam(groups, lr=config.lr)
     steps = config.steps
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimiser, [int(steps * 0.8), int(steps * 0.95)], 0.3)
     return optimiser, schedule
 
 
 def training_step(model: ImageCodec, optimiser: torch.optim.Optimizer, x: torch.Tensor,
-                  lmbda: float) -> dict[str, float]:
-    """One optimiser step of the rate-distortion loss on the batch `x`; returns loss, bpp and mse."""
+                  lmbda: float, level: int | None = None) -> dict[str, float]:
+    """One optimiser step of the rate-distortion loss on the batch `x` (at trained level `level` of a
+    variable-rate model, 0-based, with that level's lambda); returns loss, bpp and mse."""
     model.train()
-    losses = rd_loss(model(x), x, lmbda)
+    losses = rd_loss(model(x) if level is None else model(x, level), x, lmbda)
     optimiser.zero_grad(set_to_none=True)
     losses["loss"].backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -202,8 +234,9 @@ def schedule_step(optimiser: torch.optim.Optimizer, schedule: Schedule, config: 
         schedule.step()
         return
     frac = elapsed / config.seconds
-    for group in optimiser.param_groups:
-        group["lr"] = config.lr * (0.3 if frac > 0.8 else 1.0) * (0.3 if frac > 0.95 else 1.0)
+    bases = [config.lr, config.step_lr]  # the weights' group, then the levels' steps when there are levels
+    for group, base in zip(optimiser.param_groups, bases, strict=False):
+        group["lr"] = base * (0.3 if frac > 0.8 else 1.0) * (0.3 if frac > 0.95 else 1.0)
 
 
 def log_row(step: int, elapsed: float, losses: dict[str, float]) -> dict[str, Any]:
@@ -213,13 +246,26 @@ def log_row(step: int, elapsed: float, losses: dict[str, float]) -> dict[str, An
     return row
 
 
-def _continued(model: ImageCodec, init: str | None) -> dict[str, Any] | None:
-    """Load the weights of the run to continue (same config); its training provenance (the chain of rounds)."""
+def _continued(model: ImageCodec, init: str | None, lambdas: tuple[float, ...] = ()) -> dict[str, Any] | None:
+    """Load the weights of the run to continue (same config); its training provenance (the chain of rounds).
+    A variable-rate model started from a one-lambda checkpoint gets its levels' steps from
+    `initial_log_steps` (the checkpoint's own trade-off at step 1, so it starts from today's curve)."""
     if init is None:
         return None
     start_from = read_payload(Path(init))
-    model.load_state_dict(start_from["state_dict"])
+    state = dict(start_from["state_dict"])
+    if lambdas and "log_steps" not in state:
+        reference = start_from.get("lambda") or LAMBDAS[start_from.get("quality") or 2]
+        state["log_steps"] = initial_log_steps(lambdas, reference, model.cfg.M)
+    model.load_state_dict(state)
     return start_from.get("provenance", {}).get("training")
+
+
+def initial_log_steps(lambdas: tuple[float, ...], reference: float, channels: int) -> torch.Tensor:
+    """log Delta per level for a model trained at one lambda `reference` with step 1: Delta = sqrt(reference /
+    lambda) (at high rate MSE ~ Delta^2 / 12, so the best step goes as lambda^-1/2), the same for every channel."""
+    steps = torch.tensor([math.sqrt(reference / lmbda) for lmbda in lambdas], dtype=torch.float32)
+    return torch.log(steps)[:, None].expand(len(lambdas), channels).clone()
 
 
 def train(config: ImageCodecConfig, out_dir: Path, data: Path | None = None, *, log: Log = print,
@@ -233,7 +279,7 @@ def train(config: ImageCodecConfig, out_dir: Path, data: Path | None = None, *, 
     photos = folder_images(Path(data)) if data else skimage_photos()
     crops = RandomCrops(list(photos.values()), config.crop, seed=config.seed, scales=config.scales)
     model = ImageCodec(config.model)
-    earlier = _continued(model, config.init)
+    earlier = _continued(model, config.init, config.lambdas)
     model = model.to(config.device)
     optimiser, schedule = make_optimiser(model, config)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -244,7 +290,7 @@ def train(config: ImageCodecConfig, out_dir: Path, data: Path | None = None, *, 
         if log:
             log(json.dumps({"resumed": str(state_path), "step": progress.step, "seconds": round(progress.seconds, 1)}))
     if config.eval_every and validation is None:
-        validation = validation_images()
+        validation = validation_images(config.val_corpus)
     description = str(data) if data else "scikit-image bundled photographs: " + ", ".join(sorted(photos))
 
     def write_checkpoint() -> Path:
@@ -255,7 +301,9 @@ def train(config: ImageCodecConfig, out_dir: Path, data: Path | None = None, *, 
         return save_checkpoint(FAMILY, payload, out_dir / CHECKPOINT)
 
     def validate_now() -> None:
-        result = {"step": progress.step, **validate(model, validation, config.lambda_)}
+        measured = (validate_levels(model, validation, config.lambdas) if config.lambdas
+                    else validate(model, validation, config.lambda_))
+        result = {"step": progress.step, **measured}
         progress.validations.append(result)
         if log:
             log(json.dumps({"validation": result}))
@@ -267,7 +315,13 @@ def train(config: ImageCodecConfig, out_dir: Path, data: Path | None = None, *, 
     with stop_on_signals() as stop:
         while (progress.step < config.steps and (config.seconds is None or progress.seconds < config.seconds)
                and not stop.is_set()):
-            losses = training_step(model, optimiser, crops.batch(config.batch).to(config.device), config.lambda_)
+            batch = crops.batch(config.batch).to(config.device)
+            if config.lambdas:
+                level = level_of_step(progress.step + 1, len(config.lambdas), config.seed)
+                losses = training_step(model, optimiser, batch, config.lambdas[level], level)
+                losses["level"] = level + 1
+            else:
+                losses = training_step(model, optimiser, batch, config.lambda_)
             progress.step += 1
             progress.seconds = run_base + time.perf_counter() - run_start
             schedule_step(optimiser, schedule, config, progress.seconds)
@@ -286,11 +340,37 @@ def train(config: ImageCodecConfig, out_dir: Path, data: Path | None = None, *, 
     _save_state(state_path, model, optimiser, schedule, crops, config, progress)
     checkpoint = out_dir / CHECKPOINT if config.eval_every and progress.best_step else write_checkpoint()
     summary = {"steps": progress.step, "seconds": round(progress.seconds, 1), "quality": config.quality,
-               "lambda": config.lambda_, "parameters": count_parameters(model), "finished": finished,
+               "lambda": config.lambda_, **({"lambdas": list(config.lambdas)} if config.lambdas else {}),
+               "parameters": count_parameters(model), "finished": finished,
                "last": progress.history[-1] if progress.history else None,
                "best_validation": next((v for v in progress.validations if v["step"] == progress.best_step), None)}
     model.cpu().eval()
     return TrainResult(best_checkpoint=checkpoint, out_dir=out_dir, summary=summary)
+
+
+def checkpoint_from_state(state_path: Path, target: Path, data_description: str = "") -> Path:
+    """A checkpoint of the latest weights of a running (or stopped) run, from its `train_state.pt`, without
+    touching the run: the way to evaluate and ship a snapshot while training goes on."""
+    state = torch.load(Path(state_path), map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or state.get(FAMILY_KEY) != FAMILY or "progress" not in state:
+        raise ValueError(f"{state_path} is not an imagecodec training state")
+    run, progress = state["run"], state["progress"]
+    lambdas = run.get("lambdas")
+    payload = {
+        "config": run["model"], "state_dict": state["state_dict"],
+        "quality": None if lambdas else run["quality"], "lambda": None if lambdas else run["lambda"],
+        **({"lambdas": lambdas} if lambdas else {}),
+        "provenance": {
+            "training": {"steps": progress["step"], "seconds": round(progress["seconds"], 1), "batch": run["batch"],
+                         "crop": run["crop"], "lr": run["lr"], "seed": run["seed"],
+                         **({"lambdas": lambdas, "step_lr": run.get("step_lr")} if lambdas else
+                            {"lambda": run["lambda"], "quality": run["quality"]}),
+                         "snapshot_of": str(state_path)},
+            "data": data_description, "history": progress["history"][-HISTORY_KEPT:],
+            "validation": progress["validations"][-HISTORY_KEPT:],
+        },
+    }
+    return save_checkpoint(FAMILY, payload, Path(target))
 
 
 # ---- CLI ------------------------------------------------------------------------------------------------
@@ -315,6 +395,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--init", type=Path, default=None, help="start from this checkpoint's weights")
     parser.add_argument("--resume", action="store_true", help=f"continue <out>/{STATE} when it exists")
     parser.add_argument("--save-every", type=float, default=300.0, help="seconds between resumable states")
+    parser.add_argument("--log-every", type=int, default=50, help="steps between training log rows")
+    parser.add_argument("--lambdas", type=float, nargs="+", default=None,
+                        help="variable rate: one model trained at these lambdas, one level each (q1 = the first)")
+    parser.add_argument("--step-lr", type=float, default=3e-3, help="learning rate of the levels' steps")
+    parser.add_argument("--val-corpus", type=Path, default=None,
+                        help="validate on this built corpus's held-out photographs (default: scikit-image's)")
     parser.add_argument("--eval-every", type=int, default=0,
                         help="steps between validations with the real bitstream (checkpoint.pt = the best)")
     return parser.parse_args(argv)
@@ -323,11 +409,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def config_from_args(args: argparse.Namespace) -> ImageCodecConfig:
     """The --size preset with the phase and the training flags given."""
     config = load_config(args.size)
-    return replace(config, model=replace(config.model, phase=args.phase), quality=args.quality, lmbda=args.lmbda,
+    lambdas = tuple(args.lambdas or ())
+    return replace(config, model=replace(config.model, phase=args.phase, levels=len(lambdas)), lambdas=lambdas,
+                   step_lr=args.step_lr, val_corpus=str(args.val_corpus) if args.val_corpus else None,
+                   quality=args.quality, lmbda=args.lmbda,
                    steps=args.steps, seconds=args.seconds, batch=args.batch, crop=args.crop,
                    scales=tuple(args.scales), lr=args.lr,
                    seed=args.seed, device=args.device, init=str(args.init) if args.init else None,
-                   resume=args.resume, save_every_s=args.save_every, eval_every=args.eval_every)
+                   resume=args.resume, save_every_s=args.save_every, eval_every=args.eval_every,
+                   log_every=args.log_every)
 
 
 def main(argv: list[str] | None = None) -> None:
