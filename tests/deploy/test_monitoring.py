@@ -26,16 +26,17 @@ from deploy_support import (
     variable_queries,
 )
 
+from service.families import metric_builders
 from service.metrics import Metrics
 
 GPU_METRICS = {"gpu_memory_used_bytes", "gpu_memory_total_bytes", "gpu_utilization_ratio"}
 
 
 def exported_names() -> set[str]:
-    """Sample names the service can expose (service/metrics.py), plus NVML's and Prometheus' `up`."""
+    """Sample names the service can expose (service/metrics.py, each family's own), plus NVML's and Prometheus' `up`."""
     names = set(GPU_METRICS) | {"up"}
     suffixes = {"histogram": ("_bucket", "_sum", "_count"), "counter": ("_total",), "gauge": ("",)}
-    for family in Metrics().registry.collect():
+    for family in Metrics(metric_builders()).registry.collect():
         names |= {family.name + suffix for suffix in suffixes[family.type]}
     return names
 
