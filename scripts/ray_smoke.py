@@ -1,7 +1,7 @@
 """Operator's smoke check of a running Ray Serve deployment (after `make serve-ray REPLICAS=2`): readiness, N
 forecasts and which replicas answered them (X-Replica), an oversized body (declared, and chunked) answered 413
-before it is read, and with the admin token an enrolment through one weld replica and the replicas whose classify sees it as
-the nearest neighbour, and 409 on the duplicate id.
+before it is read, and with the admin token an enrolment through one weld replica and the replicas whose
+classify sees it as the nearest neighbour, and 409 on the duplicate id.
 
     SERVICE_ADMIN_TOKEN=t make serve-ray REPLICAS=2
     python scripts/ray_smoke.py --url http://127.0.0.1:8000 --token t
