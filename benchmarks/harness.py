@@ -1,9 +1,9 @@
 """Drive a real service: a `python -m service` process on a free loopback port (LiveServer), and a tiny model to
 serve (train_tiny, export_tiny), and a Prometheus sample read (metric_value).
 
-Shared by the benchmarks (`from harness import ...`, benchmarks/ on sys.path) and the tests (`benchmarks.harness`,
-through tests/testkit.py and the server fixtures of tests/conftest.py): not a test module, so that no benchmark
-imports from tests/.
+Shared by the benchmarks (`from harness import ...`, benchmarks/ on sys.path) and the tests (`from
+benchmarks.harness import ...`, and the server fixtures of tests/conftest.py): not a test module, so that no
+benchmark imports from tests/.
 """
 
 from __future__ import annotations

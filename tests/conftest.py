@@ -7,10 +7,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from testkit import HOSTILE_RECORDS, InProcessService, LiveServer, export_tiny, train_tiny
+
+from benchmarks.harness import LiveServer, export_tiny, train_tiny
+from tests.fixtures.asgi import InProcessService
+from tests.fixtures.hostile import HOSTILE_RECORDS
 
 # Each family's repository fixtures (and `all_families_repository`), usable from any test folder.
-pytest_plugins = ["fixtures.traffic", "fixtures.weld", "fixtures.water", "fixtures.imagecodec", "fixtures.combined"]
+pytest_plugins = ["tests.fixtures.traffic", "tests.fixtures.weld", "tests.fixtures.water", "tests.fixtures.imagecodec",
+                  "tests.fixtures.combined"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -26,7 +30,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
-    """Totals of every `testkit.hostile_request` of the run (the figures issue 11 asks to report)."""
+    """Totals of every `hostile_request` of the run (the figures issue 11 asks to report)."""
     if not HOSTILE_RECORDS:
         return
     server_errors = sum(1 for _, status, *_ in HOSTILE_RECORDS if status >= 500)

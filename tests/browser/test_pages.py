@@ -13,7 +13,8 @@ from typing import Any
 
 import httpx
 import pytest
-from testkit import LiveServer, export_tiny
+
+from benchmarks.harness import LiveServer, export_tiny
 
 HERE = Path(__file__).resolve().parent
 TASK_PREFIXES = ("/traffic/", "/weld/", "/water/", "/image/")

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from deploy_support import (
+
+from tests.fixtures.deploy_support import (
     COMPOSE,
     COMPOSE_CPU,
     COMPOSE_SCHEMA,

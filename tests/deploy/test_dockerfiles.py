@@ -10,7 +10,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from deploy_support import (
+
+from tests.fixtures.deploy_support import (
     DOCKER,
     ROOT,
     copy_sources,

@@ -11,11 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from deploy_prometheus import Prometheus, finite, free_port
-from deploy_support import metric_names, panel_queries, prometheus_binary, substitute, variable_queries
 from prometheus_client import start_http_server
 
 from service.metrics import Metrics
+from tests.fixtures.deploy_prometheus import Prometheus, finite, free_port
+from tests.fixtures.deploy_support import metric_names, panel_queries, prometheus_binary, substitute, variable_queries
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.gpu]
 

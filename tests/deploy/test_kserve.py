@@ -10,7 +10,8 @@ from typing import Any
 
 import jsonschema
 import pytest
-from deploy_support import DOCKER, ROOT, env_of, load_yaml, parse_dockerfile
+
+from tests.fixtures.deploy_support import DOCKER, ROOT, env_of, load_yaml, parse_dockerfile
 
 KSERVE = ROOT / "deploy" / "kserve"
 CRDS = Path(__file__).resolve().parent / "kserve_crds"

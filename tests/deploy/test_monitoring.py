@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from deploy_support import (
+
+from tests.fixtures.deploy_support import (
     ALERTS_TEST_YML,
     ALERTS_YML,
     DOCKER,
@@ -18,6 +19,7 @@ from deploy_support import (
     ROOT,
     alert_rules,
     dashboards,
+    exported_names,
     iter_panels,
     metric_names,
     panel_queries,
@@ -25,20 +27,6 @@ from deploy_support import (
     split_comparison,
     variable_queries,
 )
-
-from service.families import metric_builders
-from service.metrics import Metrics
-
-GPU_METRICS = {"gpu_memory_used_bytes", "gpu_memory_total_bytes", "gpu_utilization_ratio"}
-
-
-def exported_names() -> set[str]:
-    """Sample names the service can expose (service/metrics.py, each family's own), plus NVML's and Prometheus' `up`."""
-    names = set(GPU_METRICS) | {"up"}
-    suffixes = {"histogram": ("_bucket", "_sum", "_count"), "counter": ("_total",), "gauge": ("",)}
-    for family in Metrics(metric_builders()).registry.collect():
-        names |= {family.name + suffix for suffix in suffixes[family.type]}
-    return names
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from deploy_prometheus import Prometheus, finite, free_port, scraping
-from deploy_support import (
+
+from tests.fixtures.deploy_prometheus import Prometheus, finite, free_port, scraping
+from tests.fixtures.deploy_support import (
     DOCKER,
     alert_rules,
     metric_names,
@@ -27,7 +28,7 @@ from deploy_support import (
     substitute,
     variable_queries,
 )
-from deploy_traffic import drive
+from tests.fixtures.deploy_traffic import drive
 
 pytestmark = pytest.mark.prometheus
 

@@ -21,13 +21,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from deploy_prometheus import Prometheus, finite, scraping
-from deploy_support import alert_rules, panel_queries, prometheus_binary, split_comparison, substitute
 
 from families.manifest import Manifest
 from families.water.contract import Preprocessing
 from families.weld.preprocessing import PreprocessParams
 from service.families.water.schemas import reconstruct_example
+from tests.fixtures.deploy_prometheus import Prometheus, finite, scraping
+from tests.fixtures.deploy_support import alert_rules, panel_queries, prometheus_binary, split_comparison, substitute
 from training.weld.data import read_manifest
 
 pytestmark = pytest.mark.prometheus

@@ -9,8 +9,17 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from deploy_support import DOCKER, PROMETHEUS_YML, ROOT, dashboards, iter_panels, load_yaml, metric_names
-from test_monitoring import exported_names
+
+from tests.fixtures.deploy_support import (
+    DOCKER,
+    PROMETHEUS_YML,
+    ROOT,
+    dashboards,
+    exported_names,
+    iter_panels,
+    load_yaml,
+    metric_names,
+)
 
 RULES = DOCKER / "prometheus" / "rollout_alerts.yml"
 RULES_TEST = DOCKER / "prometheus" / "tests" / "rollout_alerts_test.yml"
@@ -18,7 +27,7 @@ RULES_TEST = DOCKER / "prometheus" / "tests" / "rollout_alerts_test.yml"
 
 @pytest.fixture(scope="module")
 def promtool() -> str:
-    from deploy_support import prometheus_binary
+    from tests.fixtures.deploy_support import prometheus_binary
 
     return prometheus_binary("promtool")
 

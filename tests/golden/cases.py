@@ -154,8 +154,8 @@ def load() -> dict[str, Any]:
 
 
 def main() -> None:
-    sys.path.insert(0, str(HERE.parent))
-    from testkit import running_server
+    sys.path.insert(0, str(HERE.parents[1]))
+    from benchmarks.harness import running_server
 
     if sys.argv[1:] != ["record"]:
         raise SystemExit("usage: python tests/golden/cases.py record")

@@ -9,9 +9,9 @@ from typing import Any
 
 import httpx
 import pytest
-from testkit import LiveServer
 
-from golden import cases
+from benchmarks.harness import LiveServer
+from tests.golden import cases
 
 
 @pytest.fixture(scope="module")

@@ -21,15 +21,16 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from fixtures.imagecodec import untrained_codec_checkpoint
 from PIL import Image
-from testkit import LiveServer, hostile_request, jpeg_claiming, metric_value, png_claiming
 
+from benchmarks.harness import LiveServer, metric_value
 from export.core import publish, with_batching
 from export.families.imagecodec import plan_from_checkpoint
 from families.imagecodec.bitstream import Bitstream
 from families.imagecodec.contract import Preprocessing
 from families.manifest import Manifest, VersionPolicy
+from tests.fixtures.hostile import hostile_request, jpeg_claiming, png_claiming
+from tests.fixtures.imagecodec import untrained_codec_checkpoint
 
 MAX_PIXELS = 2048 * 2048  # large enough that one coding job holds the worker (~0.5 s, tiny model)
 MAX_ASPECT = 8

@@ -11,13 +11,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from fixtures.imagecodec import local_codec, png_bytes, smooth_image, untrained_codec_checkpoint
 from PIL import Image
 
 from export.core import publish
 from export.families.imagecodec import plan_from_checkpoint
 from families.imagecodec.bitstream import Bitstream
 from families.imagecodec.codec import decode, encode
+from tests.fixtures.imagecodec import local_codec, png_bytes, smooth_image, untrained_codec_checkpoint
 
 SIZES = [(64, 64), (37, 101), (130, 67)]
 MAX_PIXELS = 200 * 200
@@ -41,7 +41,7 @@ def server(repository: Path, module_server):
 
 @pytest.fixture(scope="module")
 def module_server():  # module-scoped variant of conftest's live_server: one process for this module
-    from testkit import LiveServer
+    from benchmarks.harness import LiveServer
 
     servers = []
 

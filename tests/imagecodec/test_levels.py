@@ -11,7 +11,6 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from fixtures.imagecodec import local_codec, png_bytes, smooth_image, untrained_codec_checkpoint
 from PIL import Image
 
 from export.families.imagecodec import publish_levels
@@ -19,6 +18,7 @@ from families.imagecodec.bitstream import BitstreamError, StreamHeader
 from families.imagecodec.codec import decode, encode
 from families.imagecodec.contract import Preprocessing, level_hash, level_name
 from families.manifest import Manifest, verify_files
+from tests.fixtures.imagecodec import local_codec, png_bytes, smooth_image, untrained_codec_checkpoint
 from training.imagecodec.default import SHIPPED_Q2, STEP_LEVELS
 from training.imagecodec.evaluate import psnr
 from training.imagecodec.networks import TorchNetworks, codec_model

@@ -11,14 +11,15 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from fixtures.imagecodec import local_codec
 from PIL import Image
 from prometheus_client import CollectorRegistry
-from testkit import LiveServer, hostile_request, metric_value, running_server
 
+from benchmarks.harness import LiveServer, metric_value, running_server
 from families.imagecodec.codec import decode, encode
 from service.families.imagecodec.metrics import ImagecodecMetrics
 from service.families.imagecodec.quality import PSNR_CAP_DB, CodecQuality, level_of, psnr_db
+from tests.fixtures.hostile import hostile_request
+from tests.fixtures.imagecodec import local_codec
 
 REPORT: list[tuple[str, int, float, float, float]] = []
 

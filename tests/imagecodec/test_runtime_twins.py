@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures.imagecodec import local_codec, smooth_image
 
 from families.imagecodec.codec import decode, encode
 from families.manifest import Manifest
 from service.runtimes import choose_format
+from tests.fixtures.imagecodec import local_codec, smooth_image
 
 SIZES = [(64, 64), (37, 101), (130, 67)]
 

@@ -191,7 +191,7 @@ def test_publish_trained_levels_and_decode_from_the_manifests(trained_repository
 
 
 def test_every_trained_level_round_trips_over_http(trained_repository: tuple[Path, Path, dict], serve) -> None:
-    from fixtures.imagecodec import local_codec, png_bytes
+    from tests.fixtures.imagecodec import local_codec, png_bytes
 
     repo, _, _ = trained_repository
     server = serve(repo)

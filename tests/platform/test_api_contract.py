@@ -25,7 +25,8 @@ import httpx
 import pytest
 import tritonclient.http as triton
 from prometheus_client.parser import text_string_to_metric_families
-from testkit import LiveServer
+
+from benchmarks.harness import LiveServer
 
 ADMIN_TOKEN = "contract-admin-token"
 ST_SEED = 20261202

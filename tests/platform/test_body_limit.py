@@ -18,7 +18,8 @@ from typing import Any
 
 import httpx
 import pytest
-from testkit import LiveServer
+
+from benchmarks.harness import LiveServer
 
 TOKEN = "body-limit-token"
 LIMIT = 256 * 1024

@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from testkit import export_tiny, metric_value
 
+from benchmarks.harness import export_tiny, metric_value
 from families.manifest import Batching
 from service.batching.batcher import DynamicBatcher
 from service.batching.delay import ArrivalRate

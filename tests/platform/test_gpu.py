@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from testkit import metric_value
 
+from benchmarks.harness import metric_value
 from families.manifest import Manifest
 from service.runtimes import open_runtime, ort_has_cuda, resolve_device
 

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
-from testkit import export_tiny, free_port, metric_value
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype, triton_to_np_dtype
 
+from benchmarks.harness import export_tiny, free_port, metric_value
 from families.manifest import Manifest
 
 # The messages are tritonclient's own generated classes, never service.grpc.protos: another tritonclient release

@@ -204,7 +204,7 @@ WIDE_ROWS = 65_536  # 4 MiB of FP32 input in one batch
 
 @pytest.fixture(scope="module")
 def hardening_repository(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from testkit import export_tiny
+    from benchmarks.harness import export_tiny
 
     repository = tmp_path_factory.mktemp("hardening-repo")
     export_tiny(tiny_checkpoint, repository, "tiny")

@@ -1,7 +1,7 @@
 """Hostile and careless clients of the HTTP layer and the Open Inference Protocol on a live process (issue 11:
 items 5, 6 (loop-lag metric), 8, 10, 13 and 16).
 
-Each case runs through `testkit.hostile_request`: its status, a time bound, the event-loop-lag bound (health
+Each case runs through `hostile_request`: its status, a time bound, the event-loop-lag bound (health
 pings every 10 ms on a connection opened before the case) and a peak-RSS-growth bound. One module-scoped
 server on the tiny repository, default settings but a short header timeout and a global connection limit
 small enough to reach with a few hundred sockets. Raw-socket cases build their `httpx.Response` from the
@@ -22,10 +22,11 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 from fastapi import FastAPI, Request
-from testkit import LiveServer, hostile_request, metric_value
 
+from benchmarks.harness import LiveServer, metric_value
 from service.app import create_app, install_error_handlers
 from service.settings import Settings
+from tests.fixtures.hostile import hostile_request
 
 HEADER_TIMEOUT_S = 4.0
 MAX_CONNECTIONS = 400

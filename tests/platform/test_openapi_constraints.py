@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from testkit import InProcessService
+
+from tests.fixtures.asgi import InProcessService
 
 TRAFFIC_PATHS = ("/traffic/forecast", "/traffic/observations")
 

@@ -10,8 +10,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from testkit import export_tiny
 
+from benchmarks.harness import export_tiny
 from service.http.landing import GRAFANA_DASHBOARDS, QUEUED, model_entries, wants_json
 from service.metrics import Metrics
 from service.models.hub import ModelHub

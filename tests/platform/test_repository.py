@@ -18,8 +18,8 @@ import torch
 import tritonclient.http as triton
 from onnx import numpy_helper
 from prometheus_client import generate_latest
-from testkit import LiveServer, export_tiny, hostile_request, metric_value
 
+from benchmarks.harness import LiveServer, export_tiny, metric_value
 from export.core import ExportPlan, GraphExport, publish
 from families.manifest import ChecksumError, Manifest, VersionPolicy, sha256_file, verify_files
 from service.errors import NotFound, NotReady
@@ -27,6 +27,7 @@ from service.metrics import Metrics
 from service.models.hub import ModelHub
 from service.runtimes import open_runtime
 from service.settings import Settings
+from tests.fixtures.hostile import hostile_request
 
 TOKEN = "repo-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

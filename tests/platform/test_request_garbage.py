@@ -10,7 +10,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from testkit import metric_value
+
+from benchmarks.harness import metric_value
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,8 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from testkit import ROOT, LiveServer
 
+from benchmarks.harness import ROOT, LiveServer
 from service.families import metric_builders, specs
 from service.metrics import Metrics
 from service.rollouts.controller import decide

@@ -13,8 +13,8 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from testkit import export_tiny, metric_value
 
+from benchmarks.harness import export_tiny, metric_value
 from families.manifest import Manifest
 from service.runtimes import open_runtime
 

@@ -1,6 +1,6 @@
 """Hostile and careless clients of POST /traffic/forecast on a live service process (issue 11).
 
-Each case runs through `testkit.hostile_request`: its status, a time bound, the event-loop-lag bound (health
+Each case runs through `hostile_request`: its status, a time bound, the event-loop-lag bound (health
 pings every 10 ms) and a peak-RSS-growth bound. One module-scoped server (`serve`) keeps the file fast.
 """
 
@@ -15,14 +15,15 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from testkit import LiveServer, hostile_request
 
+from benchmarks.harness import LiveServer
 from families.manifest import Manifest
 from families.traffic.contract import Preprocessing
 from families.traffic.preprocessing import Scaler
 from service.errors import InvalidInput
 from service.families.traffic.routes import prepare_window
 from service.families.traffic.schemas import ForecastResponse, ForecastWindow
+from tests.fixtures.hostile import hostile_request
 
 STEP = np.timedelta64(300, "s")
 REPORT: list[tuple[str, int, float, float, float]] = []

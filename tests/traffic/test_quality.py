@@ -17,12 +17,13 @@ import httpx
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
-from testkit import LiveServer, hostile_request
 
+from benchmarks.harness import LiveServer
 from families.manifest import Manifest
 from families.traffic.contract import training_statistics
 from service.families.traffic.metrics import TrafficMetrics
 from service.families.traffic.quality import ForecastStore, last_non_missing
+from tests.fixtures.hostile import hostile_request
 
 STEP_NS = 300 * 10**9
 REPORT: list[tuple[str, int, float, float, float]] = []

@@ -11,10 +11,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from testkit import InProcessService
 
 from families.manifest import Manifest
 from families.traffic.preprocessing import Scaler, build_features
+from tests.fixtures.asgi import InProcessService
 from training.traffic.train import load_checkpoint
 
 if TYPE_CHECKING:

@@ -1,6 +1,6 @@
 """Hostile and careless clients of POST /water/reconstruct on a live service process (issue 11).
 
-Each case runs through `testkit.hostile_request`: its status, a time bound, the event-loop-lag bound (health
+Each case runs through `hostile_request`: its status, a time bound, the event-loop-lag bound (health
 pings every 10 ms) and a peak-RSS-growth bound. One module-scoped server keeps the file fast.
 """
 
@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from testkit import LiveServer, hostile_request
 
+from benchmarks.harness import LiveServer
 from families.manifest import Manifest
 from families.water.contract import Grid, Preprocessing
 from families.water.preprocessing import MODALITIES
@@ -24,6 +24,7 @@ from service.families.water.schemas import (
     ReconstructResponse,
     max_json_values,
 )
+from tests.fixtures.hostile import hostile_request
 from training.water.data import generate
 
 REPORT: list[tuple[str, int, float, float, float]] = []

@@ -11,8 +11,8 @@ import httpx
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
-from testkit import LiveServer, hostile_request, metric_value
 
+from benchmarks.harness import LiveServer, metric_value
 from families.manifest import Manifest
 from families.water.contract import Preprocessing, missing_statistic
 from families.water.observed import graph_inputs
@@ -23,6 +23,7 @@ from service.families.water.routes import WaterState, prepare_request
 from service.families.water.schemas import ReconstructRequest, max_json_values
 from service.metrics import DriftMetrics
 from service.runtimes import open_runtime
+from tests.fixtures.hostile import hostile_request
 from training.water.data import generate
 
 REPORT: list[tuple[str, int, float, float, float]] = []

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from testkit import InProcessService
 
 from families.water.preprocessing import MODALITIES
+from tests.fixtures.asgi import InProcessService
 from training.water.data import generate
 
 

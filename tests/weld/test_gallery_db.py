@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures.gallery_worker import KEY, Worker, embeddings
-from fixtures.postgres import postgres_server  # noqa: F401 - the session fixture, used by `gallery_url`
 
 from families.weld.gallery import ENROLLED_FILE, GalleryStore, npz_bytes
 from families.weld.gallery_db import DuplicateIds, GalleryUnavailable, SQLiteGallery, open_gallery_db
+from tests.fixtures.gallery_worker import KEY, Worker, embeddings
+from tests.fixtures.postgres import postgres_server  # noqa: F401 - the session fixture, used by `gallery_url`
 
 DIM = 8
 REFRESH_S = 0.05

@@ -17,12 +17,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from fixtures.postgres import postgres_server  # noqa: F401 - the session fixture, used by `gallery`
-from testkit import LiveServer
 
+from benchmarks.harness import LiveServer
 from families.manifest import Manifest
 from families.weld.classes import CLASSES
 from families.weld.preprocessing import PreprocessParams
+from tests.fixtures.postgres import postgres_server  # noqa: F401 - the session fixture, used by `gallery`
 
 TOKEN = "teardown-token"
 AUTH = {"authorization": f"Bearer {TOKEN}"}

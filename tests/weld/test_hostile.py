@@ -1,7 +1,7 @@
 """Hostile and careless clients of /weld/classify and /weld/gallery on a live service process (issue 11:
 items 4, 6, 7, 12 and 13 for weld), plus the preprocessing and gallery mechanisms behind the answers.
 
-Each HTTP case runs through `testkit.hostile_request`: its status, a time bound, the event-loop-lag bound
+Each HTTP case runs through `hostile_request`: its status, a time bound, the event-loop-lag bound
 (health pings every 10 ms) and a peak-RSS-growth bound. One module-scoped server keeps the file fast;
 oversized media are crafted headers (a PNG that claims 12000x12000, a FLAC that claims one hour) rather
 than real giant files, since the point is that the header is read before anything is decoded.
@@ -22,8 +22,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from testkit import HostileProbe, LiveServer, hostile_request, jpeg_claiming, metric_value, png_claiming, running_server
 
+from benchmarks.harness import LiveServer, metric_value, running_server
 from families.weld.gallery import GalleryKey, GalleryStore, npz_bytes, read_npz
 from families.weld.gallery_db import open_gallery_db
 from families.weld.preprocessing import (
@@ -37,6 +37,7 @@ from families.weld.preprocessing import (
 )
 from service.errors import ServiceError
 from service.families.weld.jsontensors import split_tensor_body
+from tests.fixtures.hostile import HostileProbe, hostile_request, jpeg_claiming, png_claiming
 from training.weld.data import read_manifest
 
 TOKEN = "weld-hostile-token"

@@ -11,14 +11,15 @@ import httpx
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
-from testkit import LiveServer, hostile_request, metric_value, running_server
 
+from benchmarks.harness import LiveServer, metric_value, running_server
 from families.manifest import Manifest
 from families.weld.knn import KnnResult
 from families.weld.ood import loo_nearest_distances, manifest_quality
 from families.weld.preprocessing import PreprocessParams
 from service.families.weld.metrics import WeldMetrics
 from service.families.weld.quality import WeldQuality
+from tests.fixtures.hostile import hostile_request
 from training.weld.data import read_manifest
 
 REPORT: list[tuple[str, int, float, float, float]] = []

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from testkit import ROOT, free_port
+
+from benchmarks.harness import ROOT, free_port
 
 # ray.serve, not ray, decides: without ray installed, `import ray` finds this folder (tests/deploy is on
 # pythonpath) as an empty namespace package.

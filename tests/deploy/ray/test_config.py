@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from testkit import ROOT
+
+from benchmarks.harness import ROOT
 
 pytest.importorskip("ray.serve", reason="ray[serve] is not installed (pip install -e '.[ray]')")
 from ray.serve._private.build_app import build_app as build_serve_app  # noqa: E402

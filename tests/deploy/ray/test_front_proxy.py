@@ -17,8 +17,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from testkit import ROOT, free_port
 
+from benchmarks.harness import ROOT, free_port
 from scripts.ray_smoke import oversized
 
 pytestmark = pytest.mark.ray

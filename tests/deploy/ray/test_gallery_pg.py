@@ -12,7 +12,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fixtures.postgres import postgres_server  # noqa: F401 - the session fixture
+
+from tests.fixtures.postgres import postgres_server  # noqa: F401 - the session fixture
 
 pytestmark = pytest.mark.ray
 TOKEN = "ray-pg-token"

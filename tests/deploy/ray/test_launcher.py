@@ -20,7 +20,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from testkit import ROOT, free_port
+
+from benchmarks.harness import ROOT, free_port
 
 pytest.importorskip("ray.serve", reason="ray[serve] is not installed (pip install -e '.[ray]')")
 from deploy.ray import launch  # noqa: E402

@@ -17,8 +17,10 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from deploy_prometheus import SCRAPE_S, Prometheus
-from deploy_support import (
+
+from benchmarks.harness import ROOT
+from tests.fixtures.deploy_prometheus import SCRAPE_S, Prometheus
+from tests.fixtures.deploy_support import (
     ALERTS_YML,
     PROMETHEUS_YML,
     alert_rules,
@@ -27,7 +29,6 @@ from deploy_support import (
     prometheus_binary,
     substitute,
 )
-from testkit import ROOT
 
 pytestmark = [pytest.mark.ray, pytest.mark.prometheus]
 N = 60
