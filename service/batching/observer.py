@@ -31,23 +31,6 @@ class BatchObserver(Protocol):
         """One request left without being computed: one of REJECTIONS."""
 
 
-class NullObserver:
-    """Reports to nobody (a batcher built outside the service, e.g. in a benchmark)."""
-
-    def depth(self, queued: int) -> None:
-        pass
-
-    def waited(self, seconds: float) -> None:
-        pass
-
-    def computed(self, seconds: float) -> None:
-        pass
-
-    def batch(self, rows: int) -> None:
-        pass
-
-    def outcome(self, outcome: str) -> None:
-        pass
-
-    def rejected(self, reason: str) -> None:
-        pass
+class NullObserver(BatchObserver):
+    """Reports to nobody (a batcher built outside the service, e.g. in a benchmark): the protocol's methods,
+    inherited, do nothing."""
